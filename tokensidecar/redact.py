@@ -1,0 +1,71 @@
+"""The one redaction path: every log line, status document and error message goes through it.
+
+Two layers, because either alone misses something:
+
+* **Known values.** Every token and credential the process handles is registered with
+  :func:`remember` the moment it is read, and replaced by ``[REDACTED sha256:<12 hex>]``
+  wherever it appears, even inside an upstream's error text.
+* **Shapes.** Values the process never saw as a token (an HTTP body echoing a header, a
+  Vault client token inside an hvac exception) are caught by pattern: Hugging Face tokens
+  (``hf_…``), JWTs, Vault tokens (``hvs.``/``s.``/``b.``), and ``Bearer …`` headers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import threading
+
+__all__ = ["fingerprint", "redact", "remember", "safe_error"]
+
+_PATTERNS = re.compile(
+    r"(?:"
+    r"\bhf_[A-Za-z0-9_\-]{8,}"  # Hugging Face tokens: hf_…, hf_jwt_…, hf_oauth_…
+    r"|\beyJ[A-Za-z0-9_\-]{4,}\.[A-Za-z0-9_\-]{4,}\.[A-Za-z0-9_\-]*"  # JWTs
+    r"|\b(?:hvs|hvb|hvr|s|b|r)\.[A-Za-z0-9_\-]{20,}"  # Vault/OpenBao tokens
+    r"|(?<=Bearer )[^\s\"',]+"
+    r")"
+)
+
+_lock = threading.Lock()
+_known: dict[str, str] = {}
+_known_re: re.Pattern[str] | None = None
+
+# Values this short are not worth hiding and would garble ordinary words if replaced.
+_MIN_SECRET_LEN = 6
+
+
+def fingerprint(value: str) -> str:
+    """First 12 hex digits of sha256: safe to show, enough to tell tokens apart."""
+    return hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+
+
+def remember(value: str | None) -> None:
+    """Register a secret so that it is redacted wherever it later appears."""
+    global _known_re
+    if not value or len(value) < _MIN_SECRET_LEN:
+        return
+    with _lock:
+        if value in _known:
+            return
+        _known[value] = f"[REDACTED sha256:{fingerprint(value)}]"
+        # Longest first, so a token containing another is replaced whole.
+        ordered = sorted(_known, key=len, reverse=True)
+        _known_re = re.compile("|".join(re.escape(v) for v in ordered))
+
+
+def redact(text: str) -> str:
+    """Return ``text`` with every known secret and every token-shaped string replaced."""
+    if not text:
+        return text
+    known_re = _known_re
+    if known_re is not None:
+        text = known_re.sub(lambda m: _known[m.group(0)], text)
+    return _PATTERNS.sub(lambda m: f"[REDACTED sha256:{fingerprint(m.group(0))}]", text)
+
+
+def safe_error(exc: BaseException) -> str:
+    """A one-line, redacted description of an exception for logs, /status and stderr."""
+    text = str(exc).strip().replace("\n", " ")
+    name = type(exc).__name__
+    return redact(f"{name}: {text}" if text else name)

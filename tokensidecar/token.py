@@ -1,0 +1,142 @@
+"""The token as the rest of the program sees it, and the checks it must pass to be published.
+
+A :class:`Token` carries the secret value and what is known about it (source, version,
+expiry). Its ``repr`` never shows the value, and creating one registers the value with
+the redactor, so a token that reaches a log line or an exception by mistake is masked.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+from tokensidecar.redact import fingerprint, remember
+
+__all__ = [
+    "MAX_TOKEN_BYTES",
+    "InvalidToken",
+    "Token",
+    "format_time",
+    "jwt_expiry",
+    "parse_time",
+    "utcnow",
+    "validate",
+]
+
+MAX_TOKEN_BYTES = 4096
+
+
+class InvalidToken(ValueError):
+    """The value cannot be a token; the message says why, never what the value was."""
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def format_time(moment: datetime | None) -> str | None:
+    """RFC 3339 in UTC with a ``Z``, seconds precision (what token.json and /status show)."""
+    if moment is None:
+        return None
+    return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def parse_time(text: str | None) -> datetime | None:
+    """RFC 3339 / ISO 8601 (``Z`` or offset; naive means UTC) or epoch seconds → aware datetime."""
+    if text is None:
+        return None
+    raw = str(text).strip()
+    if not raw:
+        return None
+    try:
+        return datetime.fromtimestamp(float(raw), UTC)
+    except ValueError:
+        pass
+    moment = datetime.fromisoformat(raw.replace("Z", "+00:00").replace("z", "+00:00"))
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def jwt_expiry(value: str) -> datetime | None:
+    """The ``exp`` claim of a JWT (``hf_jwt_…`` or plain), without checking its signature.
+
+    Only used to schedule refreshes; the Hub is the one that decides whether it is valid.
+    """
+    candidate = value.removeprefix("hf_jwt_")
+    parts = candidate.split(".")
+    if len(parts) != 3:
+        return None
+    payload = parts[1] + "=" * (-len(parts[1]) % 4)
+    try:
+        claims: Any = json.loads(base64.urlsafe_b64decode(payload))
+    except (binascii.Error, ValueError, UnicodeDecodeError):
+        return None
+    exp = claims.get("exp") if isinstance(claims, dict) else None
+    if isinstance(exp, int | float) and not isinstance(exp, bool):
+        try:
+            return datetime.fromtimestamp(exp, UTC)
+        except (OverflowError, OSError, ValueError):
+            return None
+    return None
+
+
+def validate(value: str) -> str:
+    """Return the token stripped of surrounding whitespace, or raise :class:`InvalidToken`.
+
+    Rules (CONTRACT §3): non-empty, no whitespace inside, printable ASCII, at most 4 KiB.
+    """
+    token = value.strip()
+    if not token:
+        raise InvalidToken("token is empty")
+    if len(token.encode("utf-8", "surrogatepass")) > MAX_TOKEN_BYTES:
+        raise InvalidToken(f"token is longer than {MAX_TOKEN_BYTES} bytes")
+    for char in token:
+        if char.isspace():
+            raise InvalidToken("token contains whitespace")
+        if not (0x21 <= ord(char) <= 0x7E):
+            raise InvalidToken("token contains a character that is not printable ASCII")
+    return token
+
+
+@dataclass(frozen=True)
+class Token:
+    """A fetched token and its metadata. ``value`` is never shown by ``repr``."""
+
+    value: str = field(repr=False)
+    source: str
+    version: str | None = None
+    expires_at: datetime | None = None
+    fetched_at: datetime = field(default_factory=utcnow)
+    verified: bool = False
+
+    def __post_init__(self) -> None:
+        remember(self.value)
+        remember(self.value.strip())
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint(self.value)
+
+    def with_expiry(self, expires_at: datetime | None) -> Token:
+        return replace(self, expires_at=expires_at)
+
+    def expiry(self) -> datetime | None:
+        """The known expiry: the source's metadata first, then the token's own ``exp``."""
+        return self.expires_at or jwt_expiry(self.value)
+
+    def is_expired(self, now: datetime | None = None) -> bool:
+        expiry = self.expiry()
+        return expiry is not None and expiry <= (now or utcnow())
+
+    def metadata(self) -> dict[str, Any]:
+        """What token.json holds: everything about the token except the token."""
+        return {
+            "version": self.version,
+            "fingerprint": self.fingerprint,
+            "source": self.source,
+            "fetched_at": format_time(self.fetched_at),
+            "expires_at": format_time(self.expiry()),
+        }
