@@ -1,0 +1,631 @@
+"""One Vault/OpenBao session: log in, keep the client token alive, read and write KV secrets.
+
+The sidecar's ``vault`` source and the rotation job both talk to Vault through a
+:class:`VaultSession`, so there is one place that knows how to log in (``token``,
+``approle``, ``kubernetes``, ``jwt``), when to renew, when to log in again and what to
+revoke. The behaviour follows Vault Agent's auto-auth:
+
+* The client token is renewed at about 2/3 of its TTL, with jitter, in an asyncio task
+  started on first use. When Vault refuses the renewal, or the renewal comes back
+  truncated by the token's ``max_ttl``, the session logs in again instead.
+* A 403 on a request means the token is gone (revoked server-side, expired while Vault
+  was down, or a dev server restarted): the session logs in again and retries the
+  request once. A second 403 is a real permission problem and is reported as such.
+* A token obtained by logging in is revoked in :meth:`VaultSession.aclose`; a token the
+  user supplied (``VAULT_TOKEN``, a token file) is renewed if renewable, never revoked:
+  it is not ours to end.
+
+hvac is synchronous (requests), so every call runs in :func:`asyncio.to_thread`. The
+trade-off: one worker thread per in-flight call, which for a sidecar doing one read per
+refresh interval is nothing, and in exchange we use the maintained client rather than a
+hand-written HTTP layer. Login credentials (JWT, AppRole secret_id, token file) are read
+from their files again at every login, because kubelet rotates projected tokens.
+
+Every credential read here is registered with :func:`tokensidecar.redact.remember`, and
+every hvac/requests error becomes a :class:`VaultError` with a redacted message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import pathlib
+import random
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from tokensidecar.config import ConfigError
+from tokensidecar.redact import redact, remember, safe_error
+from tokensidecar.sources import SourceError
+from tokensidecar.token import parse_time
+
+if TYPE_CHECKING:
+    import hvac
+
+    from tokensidecar.config import Config
+
+__all__ = [
+    "KvMetadata",
+    "KvPath",
+    "KvSecret",
+    "VaultCasConflict",
+    "VaultError",
+    "VaultLogin",
+    "VaultPermissionDenied",
+    "VaultSession",
+]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Renew at this fraction of the token's TTL (Vault Agent and Vault Secrets Operator
+# renew at about 2/3), moved by up to ±10% so a fleet of sidecars does not renew in step.
+RENEW_AT = 2 / 3
+RENEW_JITTER = 0.1
+# After a failed renewal (Vault unreachable), try again after this many seconds at most,
+# and never later than a third of what is left of the token's life.
+RENEW_RETRY_MAX = 30.0
+# requests' timeout for each Vault call: long enough for a busy Vault, short enough that
+# an unreachable one does not stall a refresh for minutes.
+REQUEST_TIMEOUT = 10.0
+
+
+class VaultError(SourceError):
+    """Vault could not do what was asked. The message is redacted and names the path."""
+
+    def __init__(self, message: str, *, status: int | None = None, retryable: bool = True) -> None:
+        super().__init__(redact(message), retryable=retryable)
+        self.status = status
+
+
+class VaultPermissionDenied(VaultError):
+    """403 even after logging in again: the policy does not allow this path."""
+
+
+class VaultCasConflict(VaultError):
+    """A KV v2 check-and-set write lost: the secret's current version is not the one given."""
+
+
+@dataclass(frozen=True)
+class KvPath:
+    """A KV secret as users write it, ``<mount>/<path>``: the first segment is the mount."""
+
+    mount: str
+    path: str
+
+    @classmethod
+    def parse(cls, text: str) -> KvPath:
+        mount, _, path = text.strip().strip("/").partition("/")
+        path = path.strip("/")
+        if not mount or not path:
+            raise ValueError(f"{text!r} is not <mount>/<path> (e.g. secret/hf/model-a)")
+        return cls(mount=mount, path=path)
+
+    def __str__(self) -> str:
+        return f"{self.mount}/{self.path}"
+
+
+@dataclass(frozen=True)
+class KvSecret:
+    """One read of a KV secret. ``data`` holds secrets and is never shown by ``repr``."""
+
+    path: KvPath
+    data: Mapping[str, Any] = field(repr=False)
+    #: KV v2 version number; None for KV v1, which has no versions.
+    version: int | None = None
+    #: KV v2 ``custom_metadata`` of the secret (shared by all versions); empty for KV v1.
+    custom_metadata: Mapping[str, str] = field(default_factory=dict)
+    created_time: datetime | None = None
+
+
+@dataclass(frozen=True)
+class KvMetadata:
+    """KV v2 metadata of a secret: a cheap way to learn whether it changed."""
+
+    path: KvPath
+    current_version: int
+    custom_metadata: Mapping[str, str] = field(default_factory=dict)
+    updated_time: datetime | None = None
+
+
+@dataclass(frozen=True)
+class VaultLogin:
+    """How to obtain a client token. Files are read at each login, never cached."""
+
+    method: str
+    mount: str
+    role: str | None = None
+    jwt_file: str | None = None
+    role_id_file: str | None = None
+    secret_id_file: str | None = None
+    #: ``VAULT_TOKEN`` from the environment (token auth); kept out of ``repr``.
+    token: str | None = field(default=None, repr=False)
+    token_file: str | None = None
+
+    @property
+    def user_supplied(self) -> bool:
+        """True for ``token`` auth: the token belongs to the user and is never revoked."""
+        return self.method == "token"
+
+
+@dataclass
+class _ClientToken:
+    accessor: str | None
+    #: Seconds the token had left when we last learned it; 0 means it never expires.
+    ttl: float
+    renewable: bool
+    #: The TTL granted at login: a renewal that returns less was truncated by max_ttl.
+    granted_ttl: float
+    learned_at: float
+
+
+def _read_secret_file(path: str, *, setting: str) -> str:
+    try:
+        value = pathlib.Path(path).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise VaultError(f"cannot read {setting} {path}: {exc.strerror or safe_error(exc)}") from None
+    if not value:
+        raise VaultError(f"{setting} {path} is empty")
+    remember(value)
+    return value
+
+
+class VaultSession:
+    """A logged-in hvac client whose token is kept alive until :meth:`aclose`."""
+
+    def __init__(
+        self,
+        *,
+        addr: str,
+        login: VaultLogin,
+        namespace: str | None = None,
+        verify: bool | str = True,
+        timeout: float = REQUEST_TIMEOUT,
+    ) -> None:
+        self.addr = addr.rstrip("/")
+        self.login_method = login
+        self.namespace = namespace
+        self._verify = verify
+        self._timeout = timeout
+        self._client: hvac.Client | None = None
+        self._token: _ClientToken | None = None
+        #: Bumped at each login, so concurrent 403s cause one re-login, not several.
+        self._generation = 0
+        self._login_lock: asyncio.Lock | None = None
+        self._renewal: asyncio.Task[None] | None = None
+        self._closed = False
+        #: Counters for logs, tests and benchmarks.
+        self.logins = 0
+        self.renewals = 0
+
+    # -- construction -------------------------------------------------------------------
+
+    @classmethod
+    def from_config(cls, config: Config) -> VaultSession:
+        """Check the VAULT_SETTINGS of ``config`` and build a session (raises ConfigError)."""
+        addr = config.require("vault_addr", when="Vault is used")
+        if not str(addr).startswith(("http://", "https://")):
+            raise ConfigError("VAULT_ADDR", f"{addr!r} is not an http:// or https:// URL")
+        method = config.vault_auth
+        mount = (config.vault_auth_mount or method).strip("/")
+        when = f"--vault-auth={method}"
+        if method in ("kubernetes", "jwt"):
+            login = VaultLogin(
+                method=method,
+                mount=mount,
+                role=config.require("vault_role", when=when),
+                jwt_file=config.require("vault_jwt_file", when=when),
+            )
+        elif method == "approle":
+            login = VaultLogin(
+                method=method,
+                mount=mount,
+                role_id_file=config.require("vault_role_id_file", when=when),
+                secret_id_file=config.vault_secret_id_file or None,
+            )
+        elif method == "token":
+            token = config.vault_token or None
+            if not token and not config.vault_token_file:
+                raise ConfigError("", f"VAULT_TOKEN or TOKENSIDECAR_VAULT_TOKEN_FILE is required when {when}")
+            remember(token)
+            login = VaultLogin(method=method, mount=mount, token=token, token_file=config.vault_token_file)
+        else:  # the Setting's choices make this unreachable from the CLI
+            raise ConfigError("TOKENSIDECAR_VAULT_AUTH", f"unknown auth method {method!r}")
+        verify: bool | str = not config.vault_skip_verify
+        if config.vault_cacert:
+            if not pathlib.Path(config.vault_cacert).is_file():
+                raise ConfigError("VAULT_CACERT", f"{config.vault_cacert} is not a readable file")
+            verify = config.vault_cacert
+        return cls(addr=addr, login=login, namespace=config.vault_namespace or None, verify=verify)
+
+    # -- public API ---------------------------------------------------------------------
+
+    @property
+    def token_accessor(self) -> str | None:
+        """Accessor of the current client token (not a credential): lets an operator or a
+        test find, inspect or revoke the token without knowing it."""
+        return self._token.accessor if self._token else None
+
+    async def read_kv(self, path: KvPath, *, kv_version: int = 2, version: int | None = None) -> KvSecret:
+        """Read a KV secret. ``version`` (KV v2 only) reads that version instead of the latest.
+
+        Every string value of the data is registered for redaction: it is all secret.
+        """
+        if kv_version == 1:
+            if version is not None:
+                raise ValueError("KV v1 has no versions")
+            response = await self._call(
+                lambda client: client.secrets.kv.v1.read_secret(path=path.path, mount_point=path.mount),
+                what=f"read {path}",
+                path=path,
+            )
+            data = dict(response.get("data") or {})
+            _remember_values(data)
+            return KvSecret(path=path, data=data)
+        response = await self._call(
+            lambda client: client.secrets.kv.v2.read_secret_version(
+                path=path.path, version=version, mount_point=path.mount, raise_on_deleted_version=True
+            ),
+            what=f"read {path}" + (f" version {version}" if version is not None else ""),
+            path=path,
+        )
+        body = response.get("data") or {}
+        data = dict(body.get("data") or {})
+        _remember_values(data)
+        metadata = body.get("metadata") or {}
+        return KvSecret(
+            path=path,
+            data=data,
+            version=_as_int(metadata.get("version")),
+            custom_metadata=dict(metadata.get("custom_metadata") or {}),
+            created_time=_as_time(metadata.get("created_time")),
+        )
+
+    async def read_kv_metadata(self, path: KvPath) -> KvMetadata:
+        """KV v2 metadata only (current version, custom_metadata): no secret crosses the wire.
+
+        Needs ``read`` on ``<mount>/metadata/<path>`` in the policy.
+        """
+        response = await self._call(
+            lambda client: client.secrets.kv.v2.read_secret_metadata(path=path.path, mount_point=path.mount),
+            what=f"read metadata of {path}",
+            path=path,
+        )
+        body = response.get("data") or {}
+        return KvMetadata(
+            path=path,
+            current_version=_as_int(body.get("current_version")) or 0,
+            custom_metadata=dict(body.get("custom_metadata") or {}),
+            updated_time=_as_time(body.get("updated_time")),
+        )
+
+    async def write_kv(
+        self,
+        path: KvPath,
+        data: Mapping[str, Any],
+        *,
+        cas: int | None = None,
+        custom_metadata: Mapping[str, str] | None = None,
+    ) -> int:
+        """Write a new KV v2 version; return its version number.
+
+        ``cas`` is Vault's check-and-set: 0 writes only if the secret does not exist yet,
+        N only if the current version is N; a lost race raises :class:`VaultCasConflict`.
+        ``custom_metadata`` is merged into the secret's metadata (PATCH, so keys other
+        tools set survive) *after* the data is written: a reader in between sees the new
+        data with the old metadata, i.e. an expiry that is too early, never too late.
+        """
+        _remember_values(dict(data))
+        response = await self._call(
+            lambda client: client.secrets.kv.v2.create_or_update_secret(
+                path=path.path, secret=dict(data), cas=cas, mount_point=path.mount
+            ),
+            what=f"write {path}",
+            path=path,
+        )
+        version = _as_int((response.get("data") or {}).get("version")) or 0
+        if custom_metadata:
+            metadata_body = {"custom_metadata": {str(k): str(v) for k, v in custom_metadata.items()}}
+            await self._call(
+                lambda client: client.adapter.request(
+                    "PATCH",
+                    f"/v1/{path.mount}/metadata/{path.path}",
+                    json=metadata_body,
+                    headers={"Content-Type": "application/merge-patch+json"},
+                ),
+                what=f"write metadata of {path}",
+                path=path,
+            )
+        return version
+
+    async def ensure_login(self) -> None:
+        """Log in now if not logged in yet (reads call this themselves)."""
+        if self._client is None or self._token is None:
+            await self._login(seen_generation=self._generation)
+
+    async def aclose(self) -> None:
+        """Stop renewing; revoke the client token if we obtained it by logging in."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._renewal is not None:
+            self._renewal.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._renewal
+            self._renewal = None
+        client, token = self._client, self._token
+        self._client, self._token = None, None
+        if client is None:
+            return
+        if token is not None and not self.login_method.user_supplied:
+            try:
+                await asyncio.to_thread(client.auth.token.revoke_self)
+                log.info("vault token revoked", extra={"accessor": token.accessor})
+            except Exception as exc:  # best effort: the token still expires at its TTL
+                log.warning("could not revoke vault token", extra={"error": safe_error(exc)})
+        await asyncio.to_thread(client.adapter.close)
+
+    # -- calls, login and renewal ---------------------------------------------------------
+
+    async def _call(self, request: Callable[[hvac.Client], T], *, what: str, path: KvPath | None = None) -> T:
+        """Run one hvac request in a thread; on 403 log in again and retry once."""
+        if self._closed:
+            raise VaultError(f"cannot {what}: the Vault session is closed", retryable=False)
+        await self.ensure_login()
+        for attempt in (1, 2):
+            client, generation = self._client, self._generation
+            assert client is not None
+            try:
+                return await asyncio.to_thread(request, client)
+            except Exception as exc:
+                import hvac.exceptions
+
+                if isinstance(exc, hvac.exceptions.Forbidden) and attempt == 1:
+                    # Vault answers 403 "permission denied" both for a policy that does not
+                    # allow the path and for a token that no longer exists. Only a fresh
+                    # login tells them apart.
+                    log.info("vault answered 403; logging in again", extra={"path": str(path or "")})
+                    await self._login(seen_generation=generation)
+                    continue
+                raise _vault_error(exc, what=what, path=path) from None
+        raise AssertionError("unreachable")
+
+    async def _login(self, *, seen_generation: int) -> None:
+        if self._login_lock is None:
+            self._login_lock = asyncio.Lock()
+        async with self._login_lock:
+            if self._generation != seen_generation and self._token is not None:
+                return  # another caller logged in while we waited
+            if self._client is None:
+                self._client = await asyncio.to_thread(self._new_client)
+            token = await self._obtain_token(self._client)
+            self._token = token
+            self._generation += 1
+            self.logins += 1
+            log.info(
+                "vault login",
+                extra={
+                    "auth": self.login_method.method,
+                    "mount": self.login_method.mount,
+                    "ttl_seconds": token.ttl,
+                    "renewable": token.renewable,
+                    "accessor": token.accessor,
+                },
+            )
+            if self._renewal is None or self._renewal.done():
+                self._renewal = asyncio.create_task(self._keep_token_fresh(), name="vault-token-renewal")
+
+    def _new_client(self) -> hvac.Client:
+        import hvac
+
+        # token="" stops hvac from picking up VAULT_TOKEN or ~/.vault-token on its own:
+        # which token is used is decided here, by the configured auth method.
+        return hvac.Client(
+            url=self.addr, token="", namespace=self.namespace, verify=self._verify, timeout=self._timeout
+        )
+
+    async def _obtain_token(self, client: hvac.Client) -> _ClientToken:
+        login = self.login_method
+        what = f"log in to Vault with {login.method} auth at auth/{login.mount}"
+        if login.user_supplied:
+            if login.token_file:
+                value = _read_secret_file(login.token_file, setting="TOKENSIDECAR_VAULT_TOKEN_FILE")
+            elif login.token:
+                value = login.token
+            else:
+                raise VaultError("no Vault token configured", retryable=False)
+            client.token = value
+            try:
+                response = await asyncio.to_thread(client.auth.token.lookup_self)
+            except Exception as exc:
+                raise _vault_error(exc, what="look up the Vault token (VAULT_TOKEN or token file)") from None
+            info = response.get("data") or {}
+            ttl = float(info.get("ttl") or 0)
+            return _ClientToken(
+                accessor=info.get("accessor") or None,
+                ttl=ttl,
+                renewable=bool(info.get("renewable")),
+                granted_ttl=float(info.get("creation_ttl") or ttl),
+                learned_at=_monotonic(),
+            )
+        if login.method == "approle":
+            role_id = _read_secret_file(login.role_id_file or "", setting="TOKENSIDECAR_VAULT_ROLE_ID_FILE")
+            secret_id = (
+                _read_secret_file(login.secret_id_file, setting="TOKENSIDECAR_VAULT_SECRET_ID_FILE")
+                if login.secret_id_file
+                else None
+            )
+
+            def request(client: hvac.Client) -> Any:
+                return client.auth.approle.login(
+                    role_id=role_id, secret_id=secret_id, use_token=False, mount_point=login.mount
+                )
+        else:
+            jwt = _read_secret_file(login.jwt_file or "", setting="TOKENSIDECAR_VAULT_JWT_FILE")
+            role = login.role or ""
+            if login.method == "kubernetes":
+
+                def request(client: hvac.Client) -> Any:
+                    return client.auth.kubernetes.login(
+                        role=role, jwt=jwt, use_token=False, mount_point=login.mount
+                    )
+            else:
+
+                def request(client: hvac.Client) -> Any:
+                    return client.auth.jwt.jwt_login(role=role, jwt=jwt, use_token=False, path=login.mount)
+
+        try:
+            response = await asyncio.to_thread(request, client)
+        except Exception as exc:
+            raise _vault_error(exc, what=what) from None
+        auth = response.get("auth") or {}
+        client_token = auth.get("client_token")
+        if not client_token:
+            raise VaultError(f"{what}: the response carried no client token")
+        remember(client_token)
+        client.token = client_token
+        ttl = float(auth.get("lease_duration") or 0)
+        return _ClientToken(
+            accessor=auth.get("accessor") or None,
+            ttl=ttl,
+            renewable=bool(auth.get("renewable")),
+            granted_ttl=ttl,
+            learned_at=_monotonic(),
+        )
+
+    async def _keep_token_fresh(self) -> None:
+        """Renew (or replace) the client token at ~2/3 of its TTL until the session closes."""
+        failures = 0
+        while not self._closed:
+            token = self._token
+            if token is None or token.ttl <= 0:
+                return  # a token without TTL (e.g. a root token) never needs renewing
+            if self.login_method.user_supplied and not token.renewable:
+                log.warning(
+                    "the supplied vault token is not renewable; it expires at its TTL",
+                    extra={"ttl_seconds": token.ttl, "accessor": token.accessor},
+                )
+                return
+            remaining = token.ttl - (_monotonic() - token.learned_at)
+            if failures:
+                delay = min(RENEW_RETRY_MAX, 2.0 ** (failures - 1), max(remaining / 3, 0.5))
+                delay *= random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not cryptography
+            else:
+                delay = token.ttl * RENEW_AT * random.uniform(1 - RENEW_JITTER, 1 + RENEW_JITTER)  # noqa: S311
+                delay -= _monotonic() - token.learned_at
+            await asyncio.sleep(max(delay, 0.0))
+            try:
+                await self._renew_or_login(seen_generation=self._generation)
+            except VaultError as exc:
+                failures += 1
+                log.warning(
+                    "vault token renewal failed",
+                    extra={"error": str(exc), "consecutive_failures": failures},
+                )
+            else:
+                failures = 0
+
+    async def _renew_or_login(self, *, seen_generation: int) -> None:
+        token, client = self._token, self._client
+        if token is None or client is None:
+            return
+        by_login = not self.login_method.user_supplied
+        if by_login and (not token.renewable or token.ttl < token.granted_ttl - 1):
+            # Not renewable, or the last renewal was truncated by max_ttl: renewing
+            # again cannot outlive max_ttl, a fresh login can.
+            await self._login(seen_generation=seen_generation)
+            return
+        import hvac.exceptions
+
+        try:
+            response = await asyncio.to_thread(client.auth.token.renew_self)
+        except (hvac.exceptions.Forbidden, hvac.exceptions.InvalidRequest) as exc:
+            # Refused: the token was revoked, expired, or reached its max_ttl.
+            log.info("vault refused to renew the token; logging in again", extra={"error": safe_error(exc)})
+            await self._login(seen_generation=seen_generation)
+            return
+        except Exception as exc:
+            raise _vault_error(exc, what="renew the Vault token") from None
+        auth = response.get("auth") or {}
+        ttl = float(auth.get("lease_duration") or 0)
+        token.ttl, token.learned_at = ttl, _monotonic()
+        token.renewable = bool(auth.get("renewable", token.renewable))
+        self.renewals += 1
+        log.debug("vault token renewed", extra={"ttl_seconds": ttl, "accessor": token.accessor})
+
+
+def _monotonic() -> float:
+    return asyncio.get_running_loop().time()
+
+
+def _remember_values(data: Mapping[str, Any]) -> None:
+    for value in data.values():
+        if isinstance(value, str):
+            remember(value)
+            remember(value.strip())
+
+
+def _as_int(value: Any) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _as_time(value: Any) -> datetime | None:
+    try:
+        return parse_time(value) if isinstance(value, str) and value else None
+    except ValueError:
+        return None
+
+
+def _vault_error(exc: BaseException, *, what: str, path: KvPath | None = None) -> VaultError:
+    """Turn an hvac or requests exception into a redacted, user-facing :class:`VaultError`."""
+    import hvac.exceptions
+    import requests
+
+    if isinstance(exc, VaultError):
+        return exc
+    if isinstance(exc, requests.exceptions.ConnectionError | requests.exceptions.Timeout):
+        kind = "timed out" if isinstance(exc, requests.exceptions.Timeout) else "cannot connect"
+        return VaultError(f"cannot {what}: Vault {kind} ({type(exc).__name__})")
+    if isinstance(exc, hvac.exceptions.VaultError):
+        # hvac's str() appends the method and URL; the errors list alone says what Vault said.
+        detail = ", ".join(str(e) for e in (exc.errors or [])) or str(exc.args[0] if exc.args else "")
+        status = {
+            hvac.exceptions.InvalidRequest: 400,
+            hvac.exceptions.Unauthorized: 401,
+            hvac.exceptions.Forbidden: 403,
+            hvac.exceptions.InvalidPath: 404,
+            hvac.exceptions.RateLimitExceeded: 429,
+            hvac.exceptions.InternalServerError: 500,
+            hvac.exceptions.VaultNotInitialized: 501,
+            hvac.exceptions.BadGateway: 502,
+            hvac.exceptions.VaultDown: 503,
+        }.get(type(exc))
+        if isinstance(exc, hvac.exceptions.Forbidden):
+            return VaultPermissionDenied(
+                f"cannot {what}: permission denied (check the role's policies){_detail(detail)}", status=403
+            )
+        if isinstance(exc, hvac.exceptions.InvalidPath):
+            hint = ""
+            if path is not None and path.path.startswith(("data/", "metadata/")):
+                hint = f" (give the path without '/data/': {path.mount}/{path.path.split('/', 1)[1]})"
+            return VaultError(f"cannot {what}: no secret there{hint}", status=404)
+        if isinstance(exc, hvac.exceptions.InvalidRequest) and "check-and-set" in detail:
+            return VaultCasConflict(f"cannot {what}: check-and-set lost{_detail(detail)}", status=400)
+        return VaultError(
+            f"cannot {what}: Vault answered {status or 'an error'}{_detail(detail)}", status=status
+        )
+    if isinstance(exc, asyncio.CancelledError):
+        raise exc
+    return VaultError(f"cannot {what}: {safe_error(exc)}")
+
+
+def _detail(text: str) -> str:
+    text = redact(text.strip())
+    return f": {text}" if text else ""
