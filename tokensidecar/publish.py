@@ -1,0 +1,104 @@
+"""Publishing: the one place that writes the token file and ``token.json``.
+
+A reader (huggingface_hub re-reads ``HF_TOKEN_PATH`` on every Hub request) must see either
+the old complete token or the new complete token — never an empty, partial or missing
+file, including across a crash of this process and a full filesystem. So each file is
+written whole to a temporary file in the same directory, flushed and fsynced, given its
+final mode, and then renamed over the old one: ``rename(2)`` within one filesystem is
+atomic, and a failure at any step before it leaves the published file untouched (the
+temporary file is removed). The directory is fsynced after the rename so the new entry
+survives a node crash too.
+
+The token is written before ``token.json``. The two are not swapped together (that would
+need kubelet's ``..data`` symlink dance, which breaks readers that open the file by its
+path with ``O_NOFOLLOW`` and buys nothing here): the token is what matters, and the
+metadata follows it within microseconds. A crash between the two renames leaves
+metadata describing the previous token, which the next publish corrects.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+
+from tokensidecar.token import Token, validate
+
+__all__ = ["PublishError", "Publisher"]
+
+
+class PublishError(Exception):
+    """Writing failed (e.g. ENOSPC); the previously published files are intact."""
+
+
+class Publisher:
+    def __init__(self, *, token_path: str | os.PathLike[str], mode: int = 0o440) -> None:
+        self.token_path = Path(token_path)
+        self.metadata_path = self.token_path.with_name(self.token_path.name + ".json")
+        if self.token_path.name == "token":
+            # CONTRACT §3: "token.json" beside "token".
+            self.metadata_path = self.token_path.with_name("token.json")
+        self.mode = mode
+        self._published_value: str | None = None
+        self._published_metadata: dict[str, object] | None = None
+
+    def prepare(self) -> None:
+        """Create the directory if needed, and sweep temporary files a killed run left."""
+        directory = self.token_path.parent
+        directory.mkdir(parents=True, exist_ok=True)
+        for leftover in directory.glob(".*.tmp-*"):
+            with contextlib.suppress(OSError):
+                leftover.unlink()
+
+    def publish(self, token: Token) -> bool:
+        """Write the token and its metadata; return True if anything on disk changed.
+
+        Raises :class:`PublishError` on any write failure, with the old files intact, and
+        :class:`~tokensidecar.token.InvalidToken` before writing anything if the value
+        breaks the token rules.
+        """
+        value = validate(token.value)
+        metadata = token.metadata()
+        changed = False
+        try:
+            if value != self._published_value:
+                self._write_atomically(self.token_path, value.encode("ascii"))
+                self._published_value = value
+                changed = True
+            if metadata != self._published_metadata:
+                body = json.dumps(metadata, indent=None, sort_keys=True).encode() + b"\n"
+                self._write_atomically(self.metadata_path, body)
+                self._published_metadata = metadata
+                changed = True
+        except OSError as exc:
+            # strerror only: the path is ours and the token is never part of an OSError.
+            raise PublishError(f"cannot write {exc.filename or self.token_path}: {exc.strerror}") from None
+        return changed
+
+    def _write_atomically(self, path: Path, content: bytes) -> None:
+        directory = path.parent
+        tmp = directory / f".{path.name}.tmp-{os.getpid()}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            try:
+                view = memoryview(content)
+                while view:
+                    written = os.write(fd, view)
+                    view = view[written:]
+                os.fsync(fd)
+                os.fchmod(fd, self.mode)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(dir_fd)
+        except OSError:
+            pass  # some filesystems refuse fsync on directories; the rename is still atomic
+        finally:
+            os.close(dir_fd)

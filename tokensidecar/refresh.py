@@ -1,0 +1,302 @@
+"""The refresher: turns a source into a published, verified, fresh token — and keeps it so.
+
+One loop per sidecar. Every candidate token, whether fetched on schedule or seen by a
+watch, goes through the same steps: validate → (if new) verify at the Hub → publish →
+notify. Whatever fails, the last good token stays published, the failure is counted
+and reported, and the loop retries with full-jitter backoff.
+
+Scheduling (CONTRACT §4):
+
+* polled sources are fetched every ``refresh_interval``, or at 2/3 of the token's
+  remaining lifetime when that is sooner, with ±10% jitter;
+* watched sources publish each change as it is seen and are only fetched again after
+  a failure (to retry) — no polling;
+* after a failure the next attempt comes after ``Backoff`` (1 s doubling to
+  ``max_backoff``, full jitter).
+
+The Hub rate-limits ``whoami``, so a token is verified once, when its fingerprint is new,
+never on every poll.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from tokensidecar.backoff import Backoff, jittered
+from tokensidecar.publish import PublishError
+from tokensidecar.redact import safe_error
+from tokensidecar.sources import SourceError
+from tokensidecar.token import InvalidToken, Token, format_time, utcnow, validate
+from tokensidecar.verify import HubUnavailable, TokenRejected
+
+if TYPE_CHECKING:
+    from tokensidecar.metrics import SidecarMetrics
+    from tokensidecar.notify import Notifier
+    from tokensidecar.publish import Publisher
+    from tokensidecar.sources import Source
+    from tokensidecar.verify import Verifier
+
+__all__ = ["RefreshFailed", "RefreshState", "Refresher"]
+
+log = logging.getLogger(__name__)
+
+# Refreshing more often than this buys nothing and would hammer a source whose tokens
+# live only seconds (or whose expiry metadata is wrong).
+MIN_REFRESH_SECONDS = 1.0
+
+
+class RefreshFailed(Exception):
+    """One attempt failed; the message is redacted and says what to look at."""
+
+
+@dataclass
+class RefreshState:
+    """What /status, /readyz and the metrics report. Never holds the token value itself
+    except inside ``last_good``, whose ``repr`` hides it."""
+
+    source: str
+    last_good: Token | None = None
+    last_error: str | None = None
+    last_error_at: datetime | None = None
+    consecutive_failures: int = 0
+    next_refresh_at: datetime | None = None
+    started_at: datetime = field(default_factory=utcnow)
+
+    def readiness(self, now: datetime | None = None) -> tuple[bool, str]:
+        if self.last_good is None:
+            reason = "no token published yet"
+            if self.last_error:
+                reason += f"; last error: {self.last_error}"
+            return False, reason
+        if self.last_good.is_expired(now):
+            return False, f"published token expired at {format_time(self.last_good.expiry())}"
+        return True, "token published"
+
+    def status(self) -> dict[str, Any]:
+        good = self.last_good
+        return {
+            "source": self.source,
+            "version": good.version if good else None,
+            "fingerprint": good.fingerprint if good else None,
+            "fetched_at": format_time(good.fetched_at) if good else None,
+            "expires_at": format_time(good.expiry()) if good else None,
+            "verified": good.verified if good else None,
+            "next_refresh_at": format_time(self.next_refresh_at),
+            "last_error": self.last_error,
+            "last_error_at": format_time(self.last_error_at),
+            "consecutive_failures": self.consecutive_failures,
+            "ready": self.readiness()[0],
+        }
+
+
+class Refresher:
+    def __init__(
+        self,
+        *,
+        source: Source,
+        publisher: Publisher,
+        metrics: SidecarMetrics,
+        verifier: Verifier | None = None,
+        notifier: Notifier | None = None,
+        refresh_interval: float = 60.0,
+        max_backoff: float = 60.0,
+        on_hub_outage: str = "publish",
+    ) -> None:
+        self.source = source
+        self.publisher = publisher
+        self.metrics = metrics
+        self.verifier = verifier
+        self.notifier = notifier
+        self.refresh_interval = refresh_interval
+        self.on_hub_outage = on_hub_outage
+        self.backoff = Backoff(base=1.0, cap=max_backoff)
+        self.state = RefreshState(source=source.kind)
+        self._verified_fingerprint: str | None = None
+
+    # -- one candidate ---------------------------------------------------------------
+
+    async def fetch_and_publish(self) -> Token:
+        """Fetch once and run the candidate through validate → verify → publish."""
+        started = time.perf_counter()
+        try:
+            token = await self.source.fetch()
+        except SourceError as exc:
+            raise RefreshFailed(str(exc)) from None
+        finally:
+            self.metrics.fetch_duration.observe(time.perf_counter() - started)
+        return await self.accept(token)
+
+    async def accept(self, candidate: Token) -> Token:
+        """Validate, verify (when new) and publish a candidate; raise RefreshFailed."""
+        try:
+            token = replace(candidate, value=validate(candidate.value), verified=False)
+        except InvalidToken as exc:
+            raise RefreshFailed(f"token from {candidate.source} rejected: {exc}") from None
+        if token.is_expired():
+            raise RefreshFailed(
+                f"token from {candidate.source} already expired at {format_time(token.expiry())}"
+            )
+        token = await self._verify(token)
+        try:
+            changed = await asyncio.to_thread(self.publisher.publish, token)
+        except PublishError as exc:
+            raise RefreshFailed(str(exc)) from None
+        previous = self.state.last_good
+        self.state.last_good = token
+        if previous is None or previous.fingerprint != token.fingerprint:
+            self.metrics.rotations.labels(result="success").inc()
+            log.info(
+                "published a new token",
+                extra={
+                    "fingerprint": token.fingerprint,
+                    "version": token.version,
+                    "expires_at": format_time(token.expiry()),
+                    "verified": token.verified,
+                    "previous_fingerprint": previous.fingerprint if previous else None,
+                },
+            )
+        if changed:
+            self.metrics.publishes.inc()
+            if self.notifier is not None:
+                await self.notifier.notify(token.metadata())
+        return token
+
+    async def _verify(self, token: Token) -> Token:
+        last = self.state.last_good
+        if self.verifier is None:
+            return token
+        if token.fingerprint == self._verified_fingerprint and last is not None:
+            # Already accepted by the Hub: keep its verdict and the expiry it gave.
+            return replace(token, expires_at=token.expires_at or last.expires_at, verified=True)
+        try:
+            verified = await self.verifier.verify(token)
+        except TokenRejected as exc:
+            self.metrics.verify.labels(result="rejected").inc()
+            raise RefreshFailed(f"the Hub rejected the new token: {exc}") from None
+        except HubUnavailable as exc:
+            if self.on_hub_outage == "hold":
+                self.metrics.verify.labels(result="hub_unavailable_held").inc()
+                raise RefreshFailed(f"the Hub is unavailable, holding the new token: {exc}") from None
+            self.metrics.verify.labels(result="hub_unavailable_published").inc()
+            log.warning(
+                "the Hub is unavailable; publishing the new token unverified",
+                extra={"fingerprint": token.fingerprint, "error": str(exc)},
+            )
+            return token
+        self.metrics.verify.labels(result="ok").inc()
+        self._verified_fingerprint = verified.fingerprint
+        return verified
+
+    # -- bookkeeping -------------------------------------------------------------------
+
+    def _record_success(self) -> None:
+        token = self.state.last_good
+        self.state.consecutive_failures = 0
+        self.state.last_error = None
+        self.backoff.reset()
+        self.metrics.consecutive_failures.set(0)
+        self.metrics.last_success.set(time.time())
+        expiry = token.expiry() if token else None
+        self.metrics.token_expiry.set(expiry.timestamp() if expiry else float("nan"))
+        self.update_ready()
+
+    def _record_failure(self, message: str) -> float:
+        self.state.consecutive_failures += 1
+        self.state.last_error = message
+        self.state.last_error_at = utcnow()
+        self.metrics.rotations.labels(result="failure").inc()
+        self.metrics.consecutive_failures.set(self.state.consecutive_failures)
+        self.update_ready()
+        delay = self.backoff.next_delay()
+        log.warning(
+            "refresh failed; keeping the last good token",
+            extra={
+                "error": message,
+                "consecutive_failures": self.state.consecutive_failures,
+                "retry_in_seconds": round(delay, 3),
+                "last_good_fingerprint": self.state.last_good.fingerprint if self.state.last_good else None,
+            },
+        )
+        return delay
+
+    def update_ready(self) -> bool:
+        ready, _ = self.state.readiness()
+        self.metrics.ready.set(1 if ready else 0)
+        return ready
+
+    def next_poll_delay(self) -> float:
+        """Refresh interval, or 2/3 of the remaining lifetime when sooner; ±10% jitter."""
+        delay = self.refresh_interval
+        token = self.state.last_good
+        expiry = token.expiry() if token else None
+        if expiry is not None:
+            remaining = (expiry - utcnow()).total_seconds()
+            delay = min(delay, remaining * 2 / 3)
+        return max(MIN_REFRESH_SECONDS, jittered(delay))
+
+    # -- the loop ----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Refresh until cancelled. Watched sources feed a queue; timeouts trigger fetches."""
+        events: asyncio.Queue[Token | SourceError] = asyncio.Queue()
+        pump = asyncio.create_task(self._pump_watch(events)) if self.source.watchable else None
+        delay: float | None = 0.0
+        try:
+            while True:
+                self._schedule(delay)
+                candidate: Token | SourceError | None = None
+                try:
+                    if delay is None:
+                        candidate = await events.get()
+                    elif delay > 0:
+                        candidate = await asyncio.wait_for(events.get(), timeout=delay)
+                except TimeoutError:
+                    candidate = None
+                delay = await self._attempt(candidate)
+        finally:
+            if pump is not None:
+                pump.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await pump
+
+    async def _attempt(self, candidate: Token | SourceError | None) -> float | None:
+        """One refresh; return the delay before the next fetch (None: wait for the watch)."""
+        try:
+            if candidate is None:
+                await self.fetch_and_publish()
+            elif isinstance(candidate, SourceError):
+                raise RefreshFailed(str(candidate))
+            else:
+                await self.accept(candidate)
+        except RefreshFailed as exc:
+            return self._record_failure(str(exc))
+        except Exception as exc:  # a bug or an unexpected client error: report, keep going
+            log.exception("unexpected error during refresh")
+            return self._record_failure(safe_error(exc))
+        self._record_success()
+        return None if self.source.watchable else self.next_poll_delay()
+
+    def _schedule(self, delay: float | None) -> None:
+        self.state.next_refresh_at = None if delay is None else utcnow() + timedelta(seconds=delay)
+
+    async def _pump_watch(self, events: asyncio.Queue[Token | SourceError]) -> None:
+        """Feed watch events to the loop; restart the watch (with backoff) when it breaks."""
+        backoff = Backoff(base=1.0, cap=self.backoff.cap)
+        while True:
+            try:
+                async for event in self.source.watch():
+                    backoff.reset()
+                    await events.put(event)
+                delay = backoff.next_delay()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                await events.put(SourceError(f"watch failed: {safe_error(exc)}"))
+                delay = backoff.next_delay()
+            await asyncio.sleep(delay)
