@@ -1,0 +1,153 @@
+"""Kubernetes client setup in one place: which cluster, which namespace, how errors read.
+
+Every room that talks to the API server (the ``kubernetes-secret`` source, the webhook's
+caBundle patch, the rotation job's Secret writes) builds its client here, so in-cluster
+config, ``KUBECONFIG`` and the pod's namespace are found the same way everywhere.
+
+Two choices worth knowing:
+
+* A client is built from an explicit ``Configuration`` and never from the library's
+  process-wide default (``load_kube_config()`` mutates a global), so two clients in one
+  process cannot step on each other and tests can point one at a fake API server.
+* In-cluster, the service-account token is re-read from its file by the client before it
+  expires (``try_refresh_token``): kubelet rotates projected tokens about every hour, and a
+  sidecar that cached the first one would start getting 401s after it expired.
+
+This module imports the ``kubernetes`` package, which is heavy (its models are ~30 MB
+resident): only code paths that talk to Kubernetes import it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tokensidecar.config import ConfigError
+from tokensidecar.redact import redact
+
+if TYPE_CHECKING:
+    from kubernetes.client import AdmissionregistrationV1Api, ApiClient, CoreV1Api
+
+__all__ = [
+    "NAMESPACE_FILE",
+    "REQUEST_TIMEOUT",
+    "admissionregistration_v1",
+    "api_client",
+    "core_v1",
+    "describe_error",
+    "pod_namespace",
+]
+
+NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
+# (connect, read) seconds for ordinary requests. A local API server answers in
+# milliseconds; a connect that takes 5 s means it is unreachable, not slow.
+REQUEST_TIMEOUT = (5.0, 30.0)
+
+
+def api_client(*, kubeconfig: str | None) -> ApiClient:
+    """An ``ApiClient`` for ``kubeconfig`` (a path, or a ``:``-separated list like
+    ``KUBECONFIG``), or for the pod's in-cluster service account when it is None.
+
+    Raises :class:`ConfigError` naming ``KUBECONFIG`` when neither works.
+    """
+    from kubernetes import client, config
+    from kubernetes.config.config_exception import ConfigException
+
+    configuration = client.Configuration()
+    if kubeconfig:
+        missing = [path for path in kubeconfig.split(os.pathsep) if path and not Path(path).is_file()]
+        if missing:
+            raise ConfigError("KUBECONFIG", f"{missing[0]} does not exist or is not a file")
+        try:
+            config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)  # type: ignore[no-untyped-call]
+        except (ConfigException, OSError, ValueError, TypeError, KeyError) as exc:
+            raise ConfigError("KUBECONFIG", f"cannot use {kubeconfig}: {redact(str(exc))}") from None
+    else:
+        try:
+            config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+        except ConfigException as exc:
+            raise ConfigError(
+                "KUBECONFIG",
+                f"not set, and not running in a cluster ({redact(str(exc))}); "
+                "set KUBECONFIG to run outside Kubernetes",
+            ) from None
+    return client.ApiClient(configuration)
+
+
+def core_v1(api: ApiClient) -> CoreV1Api:
+    from kubernetes import client
+
+    return client.CoreV1Api(api)
+
+
+def admissionregistration_v1(api: ApiClient) -> AdmissionregistrationV1Api:
+    from kubernetes import client
+
+    return client.AdmissionregistrationV1Api(api)
+
+
+def pod_namespace(*, kubeconfig: str | None = None, namespace_file: Path = NAMESPACE_FILE) -> str | None:
+    """The namespace this pod runs in, or None when it cannot be known.
+
+    In order: ``POD_NAMESPACE`` (the downward API, set by the webhook), the service
+    account's namespace file (every pod with a mounted token has it), then the current
+    context's namespace of ``kubeconfig`` (what ``kubectl`` would use, outside a cluster).
+    """
+    from_env = os.environ.get("POD_NAMESPACE", "").strip()
+    if from_env:
+        return from_env
+    try:
+        from_file = namespace_file.read_text().strip()
+    except OSError:
+        from_file = ""
+    if from_file:
+        return from_file
+    if kubeconfig:
+        return _kubeconfig_namespace(kubeconfig)
+    return None
+
+
+def _kubeconfig_namespace(kubeconfig: str) -> str | None:
+    from kubernetes import config
+    from kubernetes.config.config_exception import ConfigException
+
+    try:
+        _, active = config.list_kube_config_contexts(config_file=kubeconfig)  # type: ignore[no-untyped-call]
+    except (ConfigException, OSError, ValueError, TypeError, KeyError):
+        return None
+    namespace = ((active or {}).get("context") or {}).get("namespace")
+    return str(namespace) if namespace else None
+
+
+def describe_error(exc: BaseException, *, action: str) -> str:
+    """One redacted line for a failed API call: ``get secret ns/x: 403 Forbidden (...)``.
+
+    ``ApiException.__str__`` includes response headers and body; the ``Status`` message
+    is the useful part, so only that is kept. Connection errors keep their own text,
+    which names the URL and the cause, never a credential.
+    """
+    from kubernetes.client.exceptions import ApiException
+
+    if isinstance(exc, ApiException):
+        message = _status_message(exc.body)
+        detail = f" ({message})" if message else ""
+        return redact(f"{action}: {exc.status} {exc.reason}{detail}")
+    text = str(exc).strip().replace("\n", " ") or type(exc).__name__
+    return redact(f"{action}: {type(exc).__name__}: {text}")
+
+
+def _status_message(body: Any) -> str:
+    import json
+
+    if isinstance(body, bytes):
+        body = body.decode("utf-8", "replace")
+    if not isinstance(body, str) or not body:
+        return ""
+    try:
+        status = json.loads(body)
+    except ValueError:
+        return ""
+    message = status.get("message") if isinstance(status, dict) else None
+    return str(message)[:300] if message else ""
