@@ -1,0 +1,239 @@
+"""The Hub side: the stand-in behaves like the Hub for real clients, and the verifier judges
+tokens the way the Hub means its answers (rejection vs. outage)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import socket
+import statistics
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from huggingface_hub import HfApi, snapshot_download
+from huggingface_hub.errors import HfHubHTTPError
+
+from tokensidecar.client import read_token, watch_token
+from tokensidecar.config import ConfigError, resolve, sidecar_settings
+from tokensidecar.demo.hub import DEFAULT_FILES, DEFAULT_REPO, HubStandIn
+from tokensidecar.hub import HubVerifier, revoke
+from tokensidecar.token import Token
+from tokensidecar.verify import HubUnavailable, TokenRejected, build_verifier
+
+os.environ.setdefault("HF_HUB_DISABLE_XET", "1")
+
+
+def _token(value: str) -> Token:
+    return Token(value=value, source="test")
+
+
+def _verifier(hub: HubStandIn, *, mode: str = "whoami", **kwargs: float) -> HubVerifier:
+    return HubVerifier(
+        endpoint=hub.url, mode=mode, model_id=DEFAULT_REPO if mode == "repo" else None, **kwargs
+    )
+
+
+def test_snapshot_download_reads_private_repo_only_with_a_valid_token(
+    hub: HubStandIn, tmp_path: Path
+) -> None:
+    token = hub.issue_token(expires_in=60)
+    target = snapshot_download(DEFAULT_REPO, local_dir=tmp_path / "ok", token=token, endpoint=hub.url)
+    for name, content in DEFAULT_FILES.items():
+        assert (Path(target) / name).read_bytes() == content
+
+    hub.revoke(token)
+    with pytest.raises(HfHubHTTPError) as refused:
+        snapshot_download(DEFAULT_REPO, local_dir=tmp_path / "revoked", token=token, endpoint=hub.url)
+    assert refused.value.response.status_code == 401
+    with pytest.raises(HfHubHTTPError):
+        snapshot_download(DEFAULT_REPO, local_dir=tmp_path / "anonymous", token=False, endpoint=hub.url)
+
+
+def test_expired_token_stops_working_at_the_hub(hub: HubStandIn) -> None:
+    token = hub.issue_token(expires_in=0.3)
+    assert HfApi(endpoint=hub.url).whoami(token=token)["name"] == hub.username
+    time.sleep(0.4)
+    with pytest.raises(HfHubHTTPError):
+        HfApi(endpoint=hub.url).whoami(token=token)
+
+
+async def test_verifier_marks_token_verified_with_the_hubs_expiry(hub: HubStandIn) -> None:
+    value = hub.issue_token(expires_in=600)
+    verified = await _verifier(hub).verify(_token(value))
+    assert verified.verified
+    assert verified.expires_at is not None
+    assert abs(verified.expires_at.timestamp() - (time.time() + 600)) < 5
+    assert hub.calls["whoami"] == 1
+
+
+async def test_verifier_keeps_the_sources_own_expiry_over_the_hubs(hub: HubStandIn) -> None:
+    value = hub.issue_token(expires_in=600)
+    from_source = Token(value=value, source="vault").with_expiry(datetime.now(UTC) + timedelta(seconds=90))
+    verified = await _verifier(hub).verify(from_source)
+    assert verified.expires_at == from_source.expires_at
+
+
+async def test_token_unknown_to_the_hub_is_rejected(hub: HubStandIn) -> None:
+    with pytest.raises(TokenRejected, match="HTTP 401"):
+        await _verifier(hub).verify(_token("hf_" + secrets.token_hex(16)))
+
+
+async def test_revoked_token_is_rejected(hub: HubStandIn) -> None:
+    value = hub.issue_token()
+    await revoke(endpoint=hub.url, token=value)
+    assert not hub.is_valid(value)
+    with pytest.raises(TokenRejected):
+        await _verifier(hub).verify(_token(value))
+    # Revoking a dead token again is not an error (RFC 7009 semantics).
+    await revoke(endpoint=hub.url, token=value)
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 429])
+async def test_hub_errors_are_an_outage_not_a_rejection(hub: HubStandIn, status: int) -> None:
+    value = hub.issue_token()
+    hub.fail_next(1, status=status, path_prefix="/api/whoami-v2")
+    with pytest.raises(HubUnavailable, match=f"HTTP {status}"):
+        await _verifier(hub).verify(_token(value))
+    assert (await _verifier(hub).verify(_token(value))).verified
+
+
+async def test_unreachable_hub_is_an_outage() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    verifier = HubVerifier(endpoint=f"http://127.0.0.1:{port}")
+    with pytest.raises(HubUnavailable, match="cannot reach the Hub"):
+        await verifier.verify(_token("hf_" + secrets.token_hex(16)))
+
+
+async def test_hub_that_stalls_is_an_outage_after_the_timeout(hub: HubStandIn) -> None:
+    value = hub.issue_token()
+    hub.stall_next(1, delay=0.8, path_prefix="/api/whoami-v2")
+    started = time.monotonic()
+    with pytest.raises(HubUnavailable, match="did not answer"):
+        await HubVerifier(endpoint=hub.url, request_timeout=0.3).verify(_token(value))
+    assert time.monotonic() - started < 0.7
+
+
+async def test_repo_verification_fails_for_a_token_without_access_to_the_model(hub: HubStandIn) -> None:
+    outsider = hub.issue_token(can_read_repo=False)
+    member = hub.issue_token()
+    # whoami alone accepts both: the Hub knows them.
+    assert (await _verifier(hub).verify(_token(outsider))).verified
+    with pytest.raises(TokenRejected, match=f"read access to {DEFAULT_REPO}"):
+        await _verifier(hub, mode="repo").verify(_token(outsider))
+    assert (await _verifier(hub, mode="repo").verify(_token(member))).verified
+
+
+def test_repo_verification_requires_a_model_id() -> None:
+    config = resolve(sidecar_settings(), {}, environ={"TOKENSIDECAR_VERIFY": "repo"})
+    with pytest.raises(ConfigError, match="TOKENSIDECAR_MODEL_ID is required when --verify=repo"):
+        build_verifier(config)
+    config = resolve(
+        sidecar_settings(), {}, environ={"TOKENSIDECAR_VERIFY": "repo", "TOKENSIDECAR_MODEL_ID": "no-slash"}
+    )
+    with pytest.raises(ConfigError, match="TOKENSIDECAR_MODEL_ID"):
+        build_verifier(config)
+
+
+def test_verifier_is_built_from_settings(hub: HubStandIn) -> None:
+    config = resolve(
+        sidecar_settings(),
+        {},
+        environ={
+            "HF_ENDPOINT": hub.url,
+            "TOKENSIDECAR_VERIFY": "repo",
+            "TOKENSIDECAR_MODEL_ID": DEFAULT_REPO,
+        },
+    )
+    verifier = build_verifier(config)
+    assert isinstance(verifier, HubVerifier)
+    assert (verifier.endpoint, verifier.mode, verifier.model_id) == (hub.url, "repo", DEFAULT_REPO)
+    assert build_verifier(resolve(sidecar_settings(), {}, environ={"TOKENSIDECAR_VERIFY": "none"})) is None
+
+
+async def test_verification_latency_against_the_stand_in(hub: HubStandIn) -> None:
+    value = hub.issue_token()
+    verifier = _verifier(hub, mode="repo")
+    await verifier.verify(_token(value))  # warm the connection pool
+    samples = []
+    for _ in range(20):
+        started = time.perf_counter()
+        await verifier.verify(_token(value))
+        samples.append(time.perf_counter() - started)
+    median = statistics.median(samples)
+    print(f"repo verification (whoami + model info) median {median * 1000:.1f} ms over 20")
+    assert median < 0.5
+
+
+def test_watch_token_calls_back_on_each_rotation(tmp_path: Path) -> None:
+    path = tmp_path / "token"
+    path.write_text("hf_first_token_value")
+    seen: list[str] = []
+    watch = watch_token(path, seen.append, poll_seconds=0.02)
+    try:
+        for value in ("hf_second_token_value", "hf_third_token_value"):
+            staged = tmp_path / ".staged"
+            staged.write_text(value)
+            staged.replace(path)  # how the sidecar publishes: a rename over the old file
+            deadline = time.monotonic() + 3
+            while seen[-1] != value and time.monotonic() < deadline:
+                time.sleep(0.01)
+    finally:
+        watch.stop()
+    assert seen == ["hf_first_token_value", "hf_second_token_value", "hf_third_token_value"]
+    assert read_token(path) == "hf_third_token_value"
+    assert read_token(tmp_path / "missing") is None
+
+
+def test_watch_token_survives_a_failing_callback(tmp_path: Path) -> None:
+    path = tmp_path / "token"
+    path.write_text("hf_first_token_value")
+    calls: list[str] = []
+
+    def flaky(token: str) -> None:
+        calls.append(token)
+        if len(calls) == 1:
+            raise RuntimeError("cannot apply " + token)
+
+    with watch_token(path, flaky, poll_seconds=0.02):
+        (tmp_path / ".staged").write_text("hf_second_token_value")
+        (tmp_path / ".staged").replace(path)
+        deadline = time.monotonic() + 3
+        while len(calls) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert calls == ["hf_first_token_value", "hf_second_token_value"]
+
+
+async def test_canary_token_never_leaks_from_verification_or_revocation(
+    hub: HubStandIn, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    good = hub.issue_token()
+    canaries = [good, "hf_CANARY" + secrets.token_hex(12)]
+    texts: list[str] = []
+    verifier = _verifier(hub, mode="repo")
+    await verifier.verify(_token(good))
+    texts.append(repr(_token(good)))
+    with pytest.raises(TokenRejected) as rejected:
+        await verifier.verify(_token(canaries[1]))
+    texts.append(str(rejected.value))
+    hub.fail_next(1, status=503)
+    with pytest.raises(HubUnavailable) as outage:
+        await verifier.verify(_token(good))
+    texts.append(str(outage.value))
+    await revoke(endpoint=hub.url, token=good)
+    with pytest.raises(TokenRejected) as revoked:
+        await verifier.verify(_token(good))
+    texts.append(str(revoked.value))
+    await asyncio.sleep(0)
+    texts.append(caplog.text)
+    for record in caplog.records:
+        texts.append(repr(vars(record)))
+    for canary in canaries:
+        for text in texts:
+            assert canary not in text

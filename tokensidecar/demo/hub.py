@@ -1,0 +1,599 @@
+"""A local Hugging Face Hub stand-in: just enough of the Hub for real clients to talk to.
+
+The test suite and ``tokensidecar demo`` need a Hub that *enforces* tokens: a token that
+was revoked or has expired must stop working the moment it does, so that a rotation is
+proven by a download that succeeds with the new token and fails with the old one. The real
+Hub cannot be used here (no internet, no way to mint or revoke tokens on demand), so this
+serves the handful of routes that ``huggingface_hub`` (and through it KServe's storage
+initializer) actually calls, with the headers they read:
+
+* ``GET /api/whoami-v2`` — 401 unless the bearer token is currently valid; the answer
+  carries ``auth.accessToken.expiresAt`` for tokens that expire;
+* ``GET /api/models/{org}/{name}[/revision/{rev}]`` and ``/tree/{rev}`` — model info and
+  the file listing ``snapshot_download`` asks for;
+* ``HEAD``/``GET /{org}/{name}/resolve/{rev}/{file}`` with ``X-Repo-Commit``, ``ETag`` and
+  ``Content-Length`` (and no ``X-Xet-*`` headers, so clients take the plain HTTP path);
+* ``POST /oauth/token`` — RFC 8693 token exchange: an id_token subject (JWT signature
+  checked against a trusted public key, ``aud`` and ``exp`` checked) gives ``hf_jwt_…``;
+  Enterprise client credentials plus a member e-mail give ``hf_oauth_…``;
+* ``POST /api/credentials/revoke``.
+
+It is deliberately small and in-memory. Tests steer it directly (issue and revoke tokens,
+make the next requests fail or stall) and read its counters (how many whoami calls each
+token caused). It is test and demo code, not a product feature.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import collections
+import contextlib
+import hashlib
+import hmac
+import json
+import secrets
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
+__all__ = [
+    "DEFAULT_FILES",
+    "DEFAULT_REPO",
+    "HubStandIn",
+    "IssuedToken",
+    "mint_subject_jwt",
+    "serve_in_thread",
+]
+
+DEFAULT_REPO = "acme/private-model"
+# A few small files, shaped like a real model repository.
+DEFAULT_FILES: Mapping[str, bytes] = {
+    "config.json": b'{"architectures": ["TinyModel"], "hidden_size": 8}\n',
+    "README.md": b"# acme/private-model\n\nA private model served only to valid tokens.\n",
+    "weights/model.bin": bytes(range(256)) * 16,
+}
+
+TOKEN_EXCHANGE_GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
+ID_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:id_token"
+USER_EMAIL_TYPE = "urn:huggingface:token-type:user-email"
+ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
+
+
+def _b64url_decode(part: str) -> bytes:
+    return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
+
+
+def _b64url(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def _git_blob_sha(content: bytes) -> str:
+    # The Hub's ETag for a regular (non-LFS) file is its git blob id.
+    return hashlib.sha1(b"blob %d\0" % len(content) + content, usedforsecurity=False).hexdigest()
+
+
+def _iso(moment: float) -> str:
+    return datetime.fromtimestamp(moment, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def mint_subject_jwt(
+    *,
+    private_key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey,
+    audience: str,
+    subject: str = "system:serviceaccount:models:predictor",
+    issuer: str = "https://kubernetes.default.svc.cluster.local",
+    expires_in: float = 3600,
+    extra_claims: Mapping[str, Any] | None = None,
+) -> str:
+    """Sign a JWT the way kubelet signs a projected service-account token (RS256 / ES256)."""
+    now = int(time.time())
+    is_rsa = isinstance(private_key, rsa.RSAPrivateKey)
+    header = {"alg": "RS256" if is_rsa else "ES256", "typ": "JWT", "kid": "stand-in"}
+    claims: dict[str, Any] = {
+        "iss": issuer,
+        "sub": subject,
+        "aud": audience,
+        "iat": now,
+        "nbf": now,
+        "exp": int(now + expires_in),
+        **(extra_claims or {}),
+    }
+    signing_input = f"{_b64url(json.dumps(header).encode())}.{_b64url(json.dumps(claims).encode())}"
+    if isinstance(private_key, rsa.RSAPrivateKey):
+        signature = private_key.sign(signing_input.encode(), padding.PKCS1v15(), hashes.SHA256())
+    else:
+        from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
+        der = private_key.sign(signing_input.encode(), ec.ECDSA(hashes.SHA256()))
+        r, s = decode_dss_signature(der)
+        signature = r.to_bytes(32, "big") + s.to_bytes(32, "big")
+    return f"{signing_input}.{_b64url(signature)}"
+
+
+@dataclass
+class IssuedToken:
+    """A token the stand-in accepts until it is revoked or ``expires_at`` (Unix time) passes."""
+
+    value: str = field(repr=False)
+    kind: str
+    username: str
+    can_read_repo: bool = True
+    expires_at: float | None = None
+    revoked: bool = False
+
+    def is_valid(self, now: float) -> bool:
+        return not self.revoked and (self.expires_at is None or now < self.expires_at)
+
+
+@dataclass
+class _Fault:
+    remaining: int
+    status: int | None
+    delay: float
+    path_prefix: str
+
+
+class _ExchangeRefused(Exception):
+    def __init__(self, status: int, error: str, description: str) -> None:
+        super().__init__(description)
+        self.status = status
+        self.error = error
+        self.description = description
+
+
+class HubStandIn:
+    """An in-memory Hub with one private repository, served by aiohttp on a local port."""
+
+    def __init__(
+        self,
+        *,
+        repo_id: str = DEFAULT_REPO,
+        files: Mapping[str, bytes] = DEFAULT_FILES,
+        username: str = "acme-bot",
+        exchange_lifetime: float = 3600,
+        enterprise_lifetime: float = 8 * 3600,
+    ) -> None:
+        self.repo_id = repo_id
+        self.files = dict(files)
+        self.username = username
+        self.exchange_lifetime = exchange_lifetime
+        self.enterprise_lifetime = enterprise_lifetime
+        self.commit_sha = hashlib.sha1(
+            b"".join(name.encode() + content for name, content in sorted(self.files.items())),
+            usedforsecurity=False,
+        ).hexdigest()
+        self.calls: collections.Counter[str] = collections.Counter()
+        self.whoami_by_token: collections.Counter[str] = collections.Counter()
+        self.downloads_by_token: collections.Counter[str] = collections.Counter()
+        self._lock = threading.Lock()
+        self._tokens: dict[str, IssuedToken] = {}
+        self._faults: list[_Fault] = []
+        self._trusted_keys: list[tuple[Any, str]] = []
+        self._clients: dict[str, str] = {}
+        self._members: set[str] = set()
+        self._jwt_secret = secrets.token_bytes(32)
+        self._runner: web.AppRunner | None = None
+        self.url = ""
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def start(self, *, host: str = "127.0.0.1", port: int = 0) -> str:
+        app = web.Application(middlewares=[self._fault_middleware])
+        app.add_routes(
+            [
+                web.get("/api/whoami-v2", self._whoami),
+                web.get("/api/models/{org}/{name}", self._model_info),
+                web.get("/api/models/{org}/{name}/revision/{rev}", self._model_info),
+                web.get("/api/models/{org}/{name}/tree/{rev}", self._tree),
+                web.get("/api/models/{org}/{name}/tree/{rev}/{path:.*}", self._tree),
+                web.head("/{org}/{name}/resolve/{rev}/{file:.+}", self._resolve),
+                web.get("/{org}/{name}/resolve/{rev}/{file:.+}", self._resolve, allow_head=False),
+                web.post("/oauth/token", self._oauth_token),
+                web.post("/api/credentials/revoke", self._revoke),
+            ]
+        )
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port)
+        await site.start()
+        bound = site._server.sockets[0].getsockname()  # type: ignore[union-attr]
+        self.url = f"http://{host}:{bound[1]}"
+        return self.url
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    # -- steering from tests and the demo ---------------------------------------------------
+
+    def issue_token(
+        self,
+        *,
+        expires_in: float | None = None,
+        kind: str = "hf_",
+        can_read_repo: bool = True,
+        username: str | None = None,
+    ) -> str:
+        """Mint a token the Hub accepts (``kind`` is the prefix: ``hf_``, ``hf_jwt_``, ``hf_oauth_``)."""
+        expires_at = None if expires_in is None else time.time() + expires_in
+        if kind == "hf_jwt_":
+            value = "hf_jwt_" + self._sign_hub_jwt(expires_at=expires_at or time.time() + 3600)
+        else:
+            value = kind + secrets.token_urlsafe(24).replace("-", "x").replace("_", "y")
+        with self._lock:
+            self._tokens[value] = IssuedToken(
+                value=value,
+                kind=kind,
+                username=username or self.username,
+                can_read_repo=can_read_repo,
+                expires_at=expires_at,
+            )
+        return value
+
+    def revoke(self, token: str) -> bool:
+        with self._lock:
+            issued = self._tokens.get(token)
+            if issued is None:
+                return False
+            issued.revoked = True
+            return True
+
+    def is_valid(self, token: str) -> bool:
+        with self._lock:
+            issued = self._tokens.get(token)
+            return issued is not None and issued.is_valid(time.time())
+
+    def trust_issuer(self, *, public_key: Any, audience: str) -> None:
+        """Accept id_token subjects signed by ``public_key`` (PEM bytes or a key) for ``audience``."""
+        key = serialization.load_pem_public_key(public_key) if isinstance(public_key, bytes) else public_key
+        with self._lock:
+            self._trusted_keys.append((key, audience))
+
+    def register_client(self, *, client_id: str, client_secret: str, members: tuple[str, ...] = ()) -> None:
+        """An Enterprise organisation's OAuth app, and the member e-mails it may act for."""
+        with self._lock:
+            self._clients[client_id] = client_secret
+            self._members.update(members)
+
+    def fail_next(self, count: int, *, status: int = 503, path_prefix: str = "/") -> None:
+        """Answer the next ``count`` requests under ``path_prefix`` with ``status`` (5xx, 429, …)."""
+        with self._lock:
+            self._faults.append(_Fault(remaining=count, status=status, delay=0.0, path_prefix=path_prefix))
+
+    def stall_next(self, count: int, *, delay: float, path_prefix: str = "/") -> None:
+        """Delay the next ``count`` requests under ``path_prefix`` by ``delay`` seconds."""
+        with self._lock:
+            self._faults.append(_Fault(remaining=count, status=None, delay=delay, path_prefix=path_prefix))
+
+    def clear_faults(self) -> None:
+        with self._lock:
+            self._faults.clear()
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _sign_hub_jwt(self, *, expires_at: float) -> str:
+        header = _b64url(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+        claims = {"sub": self.username, "iat": int(time.time()), "exp": int(expires_at)}
+        claims["jti"] = secrets.token_hex(8)
+        payload = _b64url(json.dumps(claims).encode())
+        signature = hmac.new(self._jwt_secret, f"{header}.{payload}".encode(), hashlib.sha256).digest()
+        return f"{header}.{payload}.{_b64url(signature)}"
+
+    def _bearer(self, request: web.Request) -> IssuedToken | None:
+        header = request.headers.get("Authorization", "")
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() != "bearer" or not value:
+            return None
+        with self._lock:
+            issued = self._tokens.get(value.strip())
+            return issued if issued is not None and issued.is_valid(time.time()) else None
+
+    def _take_fault(self, path: str) -> _Fault | None:
+        with self._lock:
+            for fault in self._faults:
+                if path.startswith(fault.path_prefix) and fault.remaining > 0:
+                    fault.remaining -= 1
+                    if fault.remaining == 0:
+                        self._faults.remove(fault)
+                    return fault
+        return None
+
+    @web.middleware
+    async def _fault_middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        fault = self._take_fault(request.path)
+        if fault is not None:
+            if fault.delay:
+                await asyncio.sleep(fault.delay)
+            if fault.status is not None:
+                return web.json_response(
+                    {"error": f"stand-in fault: HTTP {fault.status}"},
+                    status=fault.status,
+                    headers={"Retry-After": "1"} if fault.status == 429 else None,
+                )
+        response: web.StreamResponse = await handler(request)
+        return response
+
+    def _repo_access(self, request: web.Request) -> tuple[IssuedToken | None, web.Response | None]:
+        """Private-repo rules of the Hub: anonymous or bad token → 401, no access → 404."""
+        repo_id = f"{request.match_info['org']}/{request.match_info['name']}"
+        issued = self._bearer(request)
+        if repo_id != self.repo_id or issued is None or not issued.can_read_repo:
+            status = 401 if issued is None else 404
+            return issued, web.json_response(
+                {"error": "Repository Not Found"},
+                status=status,
+                headers={"X-Error-Code": "RepoNotFound", "X-Error-Message": "Repository Not Found"},
+            )
+        rev = request.match_info.get("rev", "main")
+        if rev not in ("main", self.commit_sha):
+            return issued, web.json_response(
+                {"error": f"Invalid rev id: {rev}"},
+                status=404,
+                headers={"X-Error-Code": "RevisionNotFound"},
+            )
+        return issued, None
+
+    # -- routes -----------------------------------------------------------------------------
+
+    async def _whoami(self, request: web.Request) -> web.Response:
+        self.calls["whoami"] += 1
+        header = request.headers.get("Authorization", "")
+        raw = header.partition(" ")[2].strip()
+        if raw:
+            self.whoami_by_token[hashlib.sha256(raw.encode()).hexdigest()[:12]] += 1
+        issued = self._bearer(request)
+        if issued is None:
+            return web.json_response({"error": "Invalid credentials in Authorization header"}, status=401)
+        access_token: dict[str, Any] = {
+            "displayName": "tokensidecar-stand-in",
+            "role": "read",
+            "createdAt": _iso(time.time()),
+        }
+        if issued.expires_at is not None:
+            access_token["expiresAt"] = _iso(issued.expires_at)
+        org = self.repo_id.split("/", 1)[0]
+        return web.json_response(
+            {
+                "type": "user",
+                "id": hashlib.sha1(issued.username.encode(), usedforsecurity=False).hexdigest()[:24],
+                "name": issued.username,
+                "fullname": issued.username,
+                "email": f"{issued.username}@example.com",
+                "emailVerified": True,
+                "orgs": [{"type": "org", "name": org, "roleInOrg": "read"}],
+                "auth": {
+                    "type": "oauth" if issued.kind == "hf_oauth_" else "access_token",
+                    "accessToken": access_token,
+                },
+            }
+        )
+
+    async def _model_info(self, request: web.Request) -> web.Response:
+        self.calls["model_info"] += 1
+        _, refusal = self._repo_access(request)
+        if refusal is not None:
+            return refusal
+        org = self.repo_id.split("/", 1)[0]
+        return web.json_response(
+            {
+                "_id": self.commit_sha[:24],
+                "id": self.repo_id,
+                "modelId": self.repo_id,
+                "author": org,
+                "sha": self.commit_sha,
+                "private": True,
+                "gated": False,
+                "disabled": False,
+                "downloads": 0,
+                "likes": 0,
+                "tags": [],
+                "lastModified": "2025-01-01T00:00:00.000Z",
+                "siblings": [{"rfilename": name} for name in sorted(self.files)],
+            }
+        )
+
+    async def _tree(self, request: web.Request) -> web.Response:
+        self.calls["tree"] += 1
+        _, refusal = self._repo_access(request)
+        if refusal is not None:
+            return refusal
+        prefix = request.match_info.get("path", "")
+        entries: list[dict[str, Any]] = []
+        folders: set[str] = set()
+        for name, content in sorted(self.files.items()):
+            if prefix and not name.startswith(prefix.rstrip("/") + "/"):
+                continue
+            parts = name.split("/")[:-1]
+            for depth in range(1, len(parts) + 1):
+                folders.add("/".join(parts[:depth]))
+            entries.append(
+                {"type": "file", "oid": _git_blob_sha(content), "size": len(content), "path": name}
+            )
+        entries.extend(
+            {
+                "type": "directory",
+                "oid": hashlib.sha1(f.encode(), usedforsecurity=False).hexdigest(),
+                "size": 0,
+                "path": f,
+            }
+            for f in sorted(folders)
+        )
+        return web.json_response(entries)
+
+    async def _resolve(self, request: web.Request) -> web.StreamResponse:
+        self.calls["resolve"] += 1
+        issued, refusal = self._repo_access(request)
+        if refusal is not None:
+            return refusal
+        content = self.files.get(request.match_info["file"])
+        if content is None:
+            return web.json_response(
+                {"error": "Entry not found"}, status=404, headers={"X-Error-Code": "EntryNotFound"}
+            )
+        headers = {
+            "X-Repo-Commit": self.commit_sha,
+            "ETag": f'"{_git_blob_sha(content)}"',
+            "Content-Length": str(len(content)),
+            "Content-Type": "application/octet-stream",
+            "Accept-Ranges": "bytes",
+        }
+        if request.method == "HEAD":
+            return web.Response(status=200, headers=headers)
+        assert issued is not None
+        self.downloads_by_token[hashlib.sha256(issued.value.encode()).hexdigest()[:12]] += 1
+        return web.Response(status=200, body=content, headers=headers)
+
+    async def _revoke(self, request: web.Request) -> web.Response:
+        # Like RFC 7009: revoking an unknown or already dead token is not an error.
+        self.calls["revoke"] += 1
+        target = request.headers.get("Authorization", "").partition(" ")[2].strip()
+        if request.can_read_body:
+            with contextlib.suppress(ValueError, json.JSONDecodeError):
+                body = await request.json()
+                if isinstance(body, dict) and isinstance(body.get("token"), str):
+                    target = body["token"]
+        if not target:
+            return web.json_response({"error": "no token to revoke"}, status=400)
+        return web.json_response({"revoked": self.revoke(target)})
+
+    async def _oauth_token(self, request: web.Request) -> web.Response:
+        self.calls["oauth_token"] += 1
+        if request.content_type == "application/json":
+            try:
+                raw_body = await request.json()
+            except (ValueError, json.JSONDecodeError):
+                raw_body = None
+            body = {str(k): str(v) for k, v in raw_body.items()} if isinstance(raw_body, dict) else {}
+        else:
+            body = {k: str(v) for k, v in (await request.post()).items()}
+        try:
+            if body.get("grant_type") != TOKEN_EXCHANGE_GRANT:
+                raise _ExchangeRefused(400, "unsupported_grant_type", "only token exchange is supported")
+            subject_type = body.get("subject_token_type")
+            if subject_type == ID_TOKEN_TYPE:
+                answer = self._exchange_id_token(body)
+            elif subject_type == USER_EMAIL_TYPE:
+                answer = self._exchange_enterprise(request, body)
+            else:
+                raise _ExchangeRefused(
+                    400, "invalid_request", f"unsupported subject_token_type {subject_type}"
+                )
+        except _ExchangeRefused as refused:
+            return web.json_response(
+                {"error": refused.error, "error_description": refused.description}, status=refused.status
+            )
+        return web.json_response(answer)
+
+    def _exchange_id_token(self, body: Mapping[str, str]) -> dict[str, Any]:
+        subject = body.get("subject_token", "")
+        if not body.get("resource"):
+            raise _ExchangeRefused(400, "invalid_request", "resource is required")
+        parts = subject.split(".")
+        if len(parts) != 3:
+            raise _ExchangeRefused(400, "invalid_grant", "subject_token is not a JWT")
+        try:
+            header = json.loads(_b64url_decode(parts[0]))
+            claims = json.loads(_b64url_decode(parts[1]))
+            signature = _b64url_decode(parts[2])
+        except (binascii.Error, ValueError, UnicodeDecodeError):
+            raise _ExchangeRefused(400, "invalid_grant", "subject_token is not a JWT") from None
+        signed = f"{parts[0]}.{parts[1]}".encode()
+        with self._lock:
+            trusted = list(self._trusted_keys)
+        audiences = claims.get("aud")
+        audiences = [audiences] if isinstance(audiences, str) else list(audiences or [])
+        for key, audience in trusted:
+            if not _signature_ok(key=key, alg=str(header.get("alg")), signed=signed, signature=signature):
+                continue
+            if audience not in audiences:
+                raise _ExchangeRefused(400, "invalid_grant", f"audience must be {audience}")
+            exp = claims.get("exp")
+            if not isinstance(exp, int | float) or exp <= time.time():
+                raise _ExchangeRefused(400, "invalid_grant", "subject_token has expired")
+            value = self.issue_token(expires_in=self.exchange_lifetime, kind="hf_jwt_")
+            return {
+                "access_token": value,
+                "issued_token_type": ACCESS_TOKEN_TYPE,
+                "token_type": "bearer",
+                "expires_in": int(self.exchange_lifetime),
+            }
+        raise _ExchangeRefused(400, "invalid_grant", "subject_token signature is not from a trusted issuer")
+
+    def _exchange_enterprise(self, request: web.Request, body: Mapping[str, str]) -> dict[str, Any]:
+        scheme, _, encoded = request.headers.get("Authorization", "").partition(" ")
+        client_id, client_secret = "", ""
+        if scheme.lower() == "basic":
+            with contextlib.suppress(binascii.Error, ValueError, UnicodeDecodeError):
+                client_id, _, client_secret = base64.b64decode(encoded).decode().partition(":")
+        with self._lock:
+            expected = self._clients.get(client_id)
+            is_member = body.get("subject_token", "") in self._members
+        if expected is None or not hmac.compare_digest(expected, client_secret):
+            raise _ExchangeRefused(401, "invalid_client", "client authentication failed")
+        if not is_member:
+            raise _ExchangeRefused(400, "invalid_grant", "subject is not a member of the organization")
+        lifetime = self.enterprise_lifetime
+        requested = body.get("expires_in")
+        if requested:
+            try:
+                lifetime = min(lifetime, float(requested))
+            except ValueError:
+                raise _ExchangeRefused(400, "invalid_request", "expires_in must be a number") from None
+        value = self.issue_token(expires_in=lifetime, kind="hf_oauth_")
+        return {
+            "access_token": value,
+            "issued_token_type": ACCESS_TOKEN_TYPE,
+            "token_type": "bearer",
+            "expires_in": int(lifetime),
+        }
+
+
+def _signature_ok(*, key: Any, alg: str, signed: bytes, signature: bytes) -> bool:
+    try:
+        if alg == "RS256" and isinstance(key, rsa.RSAPublicKey):
+            key.verify(signature, signed, padding.PKCS1v15(), hashes.SHA256())
+            return True
+        if alg == "ES256" and isinstance(key, ec.EllipticCurvePublicKey) and len(signature) == 64:
+            der = encode_dss_signature(
+                int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
+            )
+            key.verify(der, signed, ec.ECDSA(hashes.SHA256()))
+            return True
+    except InvalidSignature:
+        return False
+    return False
+
+
+@contextlib.contextmanager
+def serve_in_thread(hub: HubStandIn, *, host: str = "127.0.0.1", port: int = 0) -> Iterator[HubStandIn]:
+    """Run ``hub`` on its own event loop in a background thread (for sync callers and tests).
+
+    The steering methods (``issue_token``, ``revoke``, ``fail_next``, …) are thread-safe, so
+    the caller keeps using ``hub`` directly while the thread serves it.
+    """
+    loop = asyncio.new_event_loop()
+    started = threading.Event()
+    thread = threading.Thread(target=loop.run_forever, name="hub-stand-in", daemon=True)
+    thread.start()
+    try:
+        asyncio.run_coroutine_threadsafe(hub.start(host=host, port=port), loop).result(timeout=10)
+        started.set()
+        yield hub
+    finally:
+        if started.is_set():
+            asyncio.run_coroutine_threadsafe(hub.stop(), loop).result(timeout=10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+        loop.close()

@@ -1,0 +1,81 @@
+"""The ``oidc-exchange`` source: Hugging Face token exchange with the pod's own identity.
+
+No Hugging Face secret is stored anywhere: the pod's projected service-account token (an
+OIDC id_token signed by the cluster, audience = the Hub) is exchanged at
+``POST {HF_ENDPOINT}/oauth/token`` (RFC 8693, Trusted Publishers) for a short-lived
+``hf_jwt_…`` token. The exchanged token's lifetime comes back as ``expires_in``; the
+source turns it into ``expires_at`` and the refresher comes back at 2/3 of it.
+
+The subject file is read afresh on every fetch, because kubelet rotates the projected
+token in place (at 80% of its lifetime) and a cached copy would expire under us. The
+request itself is :func:`tokensidecar.hub.exchange_id_token`, the same one the rotation
+job's ``oidc-exchange`` issuer uses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from tokensidecar.config import Config, ConfigError
+from tokensidecar.hub import ExchangeRefused, exchange_id_token
+from tokensidecar.redact import remember
+from tokensidecar.sources import Source, SourceError
+from tokensidecar.token import Token
+from tokensidecar.verify import HubUnavailable
+
+__all__ = ["OidcExchangeSource"]
+
+
+class OidcExchangeSource(Source):
+    kind = "oidc-exchange"
+
+    def __init__(self, *, endpoint: str, resource: str, subject_token_file: str | Path) -> None:
+        self.endpoint = endpoint.rstrip("/")
+        self.resource = resource
+        self.subject_token_file = Path(subject_token_file)
+
+    @classmethod
+    def from_config(cls, config: Config) -> OidcExchangeSource:
+        resource = config.require("oidc_resource", when="--source=oidc-exchange")
+        token_file = config.require("oidc_token_file", when="--source=oidc-exchange")
+        endpoint = str(config.hf_endpoint or "").strip()
+        if not endpoint.startswith(("http://", "https://")):
+            raise ConfigError("HF_ENDPOINT", f"{endpoint!r} is not an http(s) URL")
+        return cls(endpoint=endpoint, resource=str(resource), subject_token_file=str(token_file))
+
+    def _read_subject(self) -> str:
+        try:
+            subject = self.subject_token_file.read_text(encoding="ascii").strip()
+        except FileNotFoundError:
+            raise SourceError(f"{self.subject_token_file} does not exist") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not ASCII"
+            raise SourceError(f"cannot read {self.subject_token_file}: {reason}") from None
+        if not subject:
+            raise SourceError(f"{self.subject_token_file} is empty")
+        remember(subject)
+        return subject
+
+    async def fetch(self) -> Token:
+        subject = await asyncio.to_thread(self._read_subject)
+        requested_at = datetime.now(UTC)
+        try:
+            exchanged = await exchange_id_token(
+                endpoint=self.endpoint, subject_token=subject, resource=self.resource
+            )
+        except ExchangeRefused as refused:
+            # invalid_grant and friends need a change on the Hub side (trusted issuer,
+            # audience, subject claims) or a fresh subject token: retry, but it is not transient.
+            raise SourceError(str(refused), retryable=False) from None
+        except HubUnavailable as outage:
+            raise SourceError(str(outage)) from None
+        # Count the lifetime from when we asked, so that network time errs on the early side.
+        expires_at = requested_at + timedelta(seconds=exchanged.expires_in) if exchanged.expires_in else None
+        return Token(
+            value=exchanged.value,
+            source=self.kind,
+            expires_at=expires_at,
+            fetched_at=requested_at,
+        )
