@@ -329,18 +329,22 @@ class VaultSession:
         )
         version = _as_int((response.get("data") or {}).get("version")) or 0
         if custom_metadata:
-            metadata_body = {"custom_metadata": {str(k): str(v) for k, v in custom_metadata.items()}}
-            await self._call(
-                lambda client: client.adapter.request(
-                    "PATCH",
-                    f"/v1/{path.mount}/metadata/{path.path}",
-                    json=metadata_body,
-                    headers={"Content-Type": "application/merge-patch+json"},
-                ),
-                what=f"write metadata of {path}",
-                path=path,
-            )
+            await self.write_kv_metadata(path, custom_metadata)
         return version
+
+    async def write_kv_metadata(self, path: KvPath, custom_metadata: Mapping[str, str]) -> None:
+        """Merge ``custom_metadata`` into a KV v2 secret's metadata (PATCH: other keys survive)."""
+        metadata_body = {"custom_metadata": {str(k): str(v) for k, v in custom_metadata.items()}}
+        await self._call(
+            lambda client: client.adapter.request(
+                "PATCH",
+                f"/v1/{path.mount}/metadata/{path.path}",
+                json=metadata_body,
+                headers={"Content-Type": "application/merge-patch+json"},
+            ),
+            what=f"write metadata of {path}",
+            path=path,
+        )
 
     async def ensure_login(self) -> None:
         """Log in now if not logged in yet (reads call this themselves)."""
