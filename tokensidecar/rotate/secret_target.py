@@ -1,0 +1,248 @@
+"""The ``kubernetes-secret`` target: the rotating Secret that sidecars watch.
+
+Layout of the Secret after a rotation (what ``--source=kubernetes-secret`` and people read)::
+
+    data:
+      token:    <new>            # TOKENSIDECAR_KEY
+      previous: <old>            # overlap: still valid until revoked
+    metadata.annotations:
+      tokensidecar.io/expires-at:           2026-01-01T12:00:00Z   (absent when unknown)
+      tokensidecar.io/rotated-at:           when <new> was stored = when <old> left 'token'
+      tokensidecar.io/version:              monotonic rotation counter
+      tokensidecar.io/fingerprint:          sha256[:12] of <new>
+      tokensidecar.io/previous-fingerprint: sha256[:12] of <old>
+      tokensidecar.io/revoked-fingerprint:  set when the job has revoked <old>
+
+Every write is a merge PATCH that carries the ``metadata.resourceVersion`` the job read:
+the API server refuses it with 409 Conflict when anybody wrote the Secret in between, and
+the job reads again and retries — two jobs racing both finish and neither token is lost.
+Creating an absent Secret is a POST, whose race loser gets 409 AlreadyExists, handled the
+same way. The blocking official client runs in :func:`asyncio.to_thread`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from tokensidecar.config import ConfigError
+from tokensidecar.redact import fingerprint, remember
+from tokensidecar.rotate.targets import StoreConflict, StoredToken, Target, TargetError
+from tokensidecar.token import format_time, parse_time
+
+if TYPE_CHECKING:
+    from tokensidecar.config import Config
+    from tokensidecar.token import Token
+
+__all__ = ["ANNOTATION_PREFIX", "PREVIOUS_KEY", "SecretTarget"]
+
+ANNOTATION_PREFIX = "tokensidecar.io/"
+EXPIRES_AT = ANNOTATION_PREFIX + "expires-at"
+ROTATED_AT = ANNOTATION_PREFIX + "rotated-at"
+VERSION = ANNOTATION_PREFIX + "version"
+FINGERPRINT = ANNOTATION_PREFIX + "fingerprint"
+PREVIOUS_FINGERPRINT = ANNOTATION_PREFIX + "previous-fingerprint"
+REVOKED_FINGERPRINT = ANNOTATION_PREFIX + "revoked-fingerprint"
+REVOKED_AT = ANNOTATION_PREFIX + "revoked-at"
+#: Where the replaced token stays during the overlap (CONTRACT §8).
+PREVIOUS_KEY = "previous"
+MERGE_PATCH = "application/merge-patch+json"
+
+
+def _decode(encoded: str | None) -> str | None:
+    if not encoded:
+        return None
+    try:
+        value = base64.b64decode(encoded, validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    remember(value)
+    remember(value.strip())
+    return value.strip() or None
+
+
+def _encode(value: str) -> str:
+    return base64.b64encode(value.encode("utf-8")).decode("ascii")
+
+
+def _time(text: str | None) -> datetime | None:
+    try:
+        return parse_time(text)
+    except ValueError:
+        return None
+
+
+class SecretTarget(Target):
+    kind = "kubernetes-secret"
+
+    def __init__(self, *, api_client: Any, name: str, namespace: str, key: str) -> None:
+        if key == PREVIOUS_KEY:
+            raise ConfigError("TOKENSIDECAR_KEY", f"{PREVIOUS_KEY!r} is reserved for the previous token")
+        self.api_client = api_client
+        self.name = name
+        self.namespace = namespace
+        self.key = key
+        self.where = f"Secret {namespace}/{name}"
+
+    @classmethod
+    def from_config(cls, config: Config) -> SecretTarget:
+        from tokensidecar import kube
+
+        name = config.require("secret_name", when="--target=kubernetes-secret")
+        namespace = config.secret_namespace or kube.pod_namespace(kubeconfig=config.kubeconfig)
+        if not namespace:
+            raise ConfigError(
+                "TOKENSIDECAR_SECRET_NAMESPACE", "not set, and this pod's namespace cannot be found"
+            )
+        return cls(
+            api_client=kube.api_client(kubeconfig=config.kubeconfig),
+            name=name,
+            namespace=namespace,
+            key=config.key,
+        )
+
+    def _core(self) -> Any:
+        from tokensidecar import kube
+
+        return kube.core_v1(self.api_client)
+
+    async def _call(self, what: str, request: Any, *args: Any, **kwargs: Any) -> Any:
+        """One API request in a thread; API errors become redacted :class:`TargetError`s."""
+        from kubernetes.client.exceptions import ApiException
+
+        from tokensidecar import kube
+        from tokensidecar.kube import describe_error
+
+        try:
+            return await asyncio.to_thread(request, *args, _request_timeout=kube.REQUEST_TIMEOUT, **kwargs)
+        except ApiException as exc:
+            if exc.status == 409:
+                reason = "it was created meanwhile" if "AlreadyExists" in str(exc.body) else "resourceVersion"
+                raise StoreConflict(f"409 Conflict ({reason})") from None
+            if exc.status == 403:
+                raise TargetError(
+                    f"cannot {what} {self.where}: forbidden (the job's Role must allow it on this Secret)"
+                ) from None
+            raise TargetError(describe_error(exc, action=f"cannot {what} {self.where}")) from None
+        except Exception as exc:  # urllib3 connection errors, timeouts
+            raise TargetError(describe_error(exc, action=f"cannot {what} {self.where}")) from None
+
+    async def read(self) -> StoredToken:
+        from kubernetes.client.exceptions import ApiException
+
+        from tokensidecar import kube
+        from tokensidecar.kube import describe_error
+
+        try:
+            secret = await asyncio.to_thread(
+                self._core().read_namespaced_secret,
+                self.name,
+                self.namespace,
+                _request_timeout=kube.REQUEST_TIMEOUT,
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return StoredToken(where=self.where, revision=None)
+            raise TargetError(describe_error(exc, action=f"cannot read {self.where}")) from None
+        except Exception as exc:  # urllib3 connection errors, timeouts
+            raise TargetError(describe_error(exc, action=f"cannot read {self.where}")) from None
+        data = secret.data or {}
+        annotations = (secret.metadata.annotations if secret.metadata else None) or {}
+        current = _decode(data.get(self.key))
+        previous = _decode(data.get(PREVIOUS_KEY))
+        try:
+            version = int(annotations.get(VERSION, "0"))
+        except ValueError:
+            version = 0
+        # The expiry annotation describes the token it was written with; a token put there
+        # by hand (kubectl edit) without updating it would otherwise look fresh.
+        written_for = annotations.get(FINGERPRINT)
+        expires_at = _time(annotations.get(EXPIRES_AT))
+        if current and written_for and written_for != fingerprint(current):
+            expires_at = None
+        return StoredToken(
+            where=self.where,
+            revision=secret.metadata.resource_version,
+            current=current,
+            previous=previous,
+            expires_at=expires_at,
+            rotated_at=_time(annotations.get(ROTATED_AT)),
+            version=version,
+            previous_revoked=bool(previous)
+            and annotations.get(REVOKED_FINGERPRINT) == fingerprint(previous or ""),
+        )
+
+    async def store(self, *, token: Token, replacing: StoredToken, rotated_at: datetime) -> StoredToken:
+        version = replacing.version + 1
+        expires_at = token.expiry()
+        annotations: dict[str, str | None] = {
+            EXPIRES_AT: format_time(expires_at),
+            ROTATED_AT: format_time(rotated_at),
+            VERSION: str(version),
+            FINGERPRINT: token.fingerprint,
+            PREVIOUS_FINGERPRINT: replacing.current_fingerprint,
+            REVOKED_FINGERPRINT: None,
+            REVOKED_AT: None,
+        }
+        data: dict[str, str | None] = {
+            self.key: _encode(token.value),
+            PREVIOUS_KEY: _encode(replacing.current) if replacing.current else None,
+        }
+        if not replacing.exists:
+            body = {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "type": "Opaque",
+                "metadata": {
+                    "name": self.name,
+                    "namespace": self.namespace,
+                    "labels": {"app.kubernetes.io/managed-by": "tokensidecar-rotate"},
+                    "annotations": {k: v for k, v in annotations.items() if v is not None},
+                },
+                "data": {k: v for k, v in data.items() if v is not None},
+            }
+            created = await self._call("create", self._core().create_namespaced_secret, self.namespace, body)
+            revision = created.metadata.resource_version
+        else:
+            # null deletes a key in a merge patch (RFC 7386): no stale expiry or 'previous'.
+            patch = {
+                "metadata": {"resourceVersion": replacing.revision, "annotations": annotations},
+                "data": data,
+            }
+            patched = await self._call(
+                "update", self._core().patch_namespaced_secret, self.name, self.namespace, patch,
+                _content_type=MERGE_PATCH,
+            )  # fmt: skip
+            revision = patched.metadata.resource_version
+        return StoredToken(
+            where=self.where,
+            revision=revision,
+            current=token.value,
+            previous=replacing.current,
+            expires_at=expires_at,
+            rotated_at=rotated_at,
+            version=version,
+        )
+
+    async def mark_previous_revoked(self, *, stored: StoredToken, revoked_at: datetime) -> None:
+        if not stored.previous or not stored.exists:
+            return
+        patch = {
+            "metadata": {
+                "resourceVersion": stored.revision,
+                "annotations": {
+                    REVOKED_FINGERPRINT: stored.previous_fingerprint,
+                    REVOKED_AT: format_time(revoked_at),
+                },
+            }
+        }
+        await self._call(
+            "annotate", self._core().patch_namespaced_secret, self.name, self.namespace, patch,
+            _content_type=MERGE_PATCH,
+        )  # fmt: skip
+
+    async def aclose(self) -> None:
+        await asyncio.to_thread(self.api_client.close)

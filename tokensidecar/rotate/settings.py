@@ -1,0 +1,156 @@
+"""Settings of ``tokensidecar rotate``: where a fresh token comes from and where it goes.
+
+The job reuses the sidecar's names wherever the meaning is the same (CONTRACT §8): the
+*target* is described by the settings a sidecar reads from (``TOKENSIDECAR_SECRET_NAME``,
+``TOKENSIDECAR_VAULT_PATH``, ``TOKENSIDECAR_KEY``), so one ConfigMap can feed both. Only
+what is new to minting lives here, and a Vault *issuer* path gets its own name because it
+is never the path the sidecars read. This module is imported by ``--help``, so it stays
+light: no clients, only declarations and parsers.
+"""
+
+from __future__ import annotations
+
+import json
+
+from tokensidecar.config import (
+    COMMON_SETTINGS,
+    HUB_SETTINGS,
+    KUBERNETES_SETTINGS,
+    OIDC_SETTINGS,
+    VAULT_SETTINGS,
+    Setting,
+    parse_bool,
+    parse_duration,
+    parse_positive_duration,
+    register,
+)
+
+__all__ = ["ISSUERS", "ROTATE_SETTINGS", "SETTINGS", "TARGETS", "parse_argv"]
+
+ISSUERS = ("oidc-exchange", "enterprise-exchange", "vault", "command")
+TARGETS = ("kubernetes-secret", "vault")
+
+
+def parse_argv(text: str) -> tuple[str, ...]:
+    """A JSON list of strings (``["mint-hf-token", "--org", "acme"]``): run without a shell,
+    so no quoting rules and no injection through the value."""
+    try:
+        argv = json.loads(text)
+    except json.JSONDecodeError:
+        raise ValueError('must be a JSON list of strings, e.g. ["mint-hf-token", "--org", "acme"]') from None
+    if not isinstance(argv, list) or not argv or not all(isinstance(arg, str) for arg in argv):
+        raise ValueError('must be a non-empty JSON list of strings, e.g. ["mint-hf-token"]')
+    if not argv[0]:
+        raise ValueError("the program name (first element) is empty")
+    return tuple(argv)
+
+
+ROTATE_SETTINGS = register(
+    Setting(
+        "issuer",
+        "TOKENSIDECAR_ISSUER",
+        "Where a fresh token comes from: oidc-exchange (Trusted Publishers, the job's projected "
+        "service-account token as subject), enterprise-exchange (Enterprise token exchange with the "
+        "org's OAuth app), vault (copy from --issuer-vault-path), or command (run --issuer-command).",
+        choices=ISSUERS,
+        section="rotate",
+    ),
+    Setting(
+        "target",
+        "TOKENSIDECAR_TARGET",
+        "Where the token is stored for the sidecars: kubernetes-secret (--secret-name) or vault "
+        "(KV v2 at --vault-path).",
+        default="kubernetes-secret",
+        choices=TARGETS,
+        section="rotate",
+    ),
+    Setting(
+        "issuer_command",
+        "TOKENSIDECAR_ISSUER_COMMAND",
+        "Program for --issuer=command, as a JSON list (no shell). It prints the token on stdout, or "
+        'a JSON object {"token", "expires_at" | "expires_in"}; non-zero exit or no output fails.',
+        parse=parse_argv,
+        section="rotate",
+    ),
+    Setting(
+        "issuer_timeout",
+        "TOKENSIDECAR_ISSUER_TIMEOUT",
+        "How long the issuer may take (the command is killed after it).",
+        default="60s",
+        parse=parse_positive_duration,
+        section="rotate",
+    ),
+    Setting(
+        "issuer_vault_path",
+        "TOKENSIDECAR_ISSUER_VAULT_PATH",
+        "KV secret (<mount>/<path>) copied by --issuer=vault; never the --vault-path the sidecars read.",
+        section="rotate",
+    ),
+    Setting(
+        "issuer_vault_key",
+        "TOKENSIDECAR_ISSUER_VAULT_KEY",
+        "Key of the token inside --issuer-vault-path.",
+        default="token",
+        section="rotate",
+    ),
+    Setting(
+        "enterprise_client_id_file",
+        "TOKENSIDECAR_ENTERPRISE_CLIENT_ID_FILE",
+        "File holding the org OAuth app's client_id (--issuer=enterprise-exchange).",
+        section="rotate",
+    ),
+    Setting(
+        "enterprise_client_secret_file",
+        "TOKENSIDECAR_ENTERPRISE_CLIENT_SECRET_FILE",
+        "File holding the org OAuth app's client_secret (--issuer=enterprise-exchange).",
+        section="rotate",
+    ),
+    Setting(
+        "enterprise_subject",
+        "TOKENSIDECAR_ENTERPRISE_SUBJECT",
+        "Member or service identity (email) the Enterprise exchange issues the token for.",
+        section="rotate",
+    ),
+    Setting(
+        "requested_lifetime",
+        "TOKENSIDECAR_REQUESTED_LIFETIME",
+        "Lifetime asked of the issuer (enterprise-exchange expires_in); the Hub may grant less.",
+        parse=parse_positive_duration,
+        section="rotate",
+    ),
+    Setting(
+        "revoke_after",
+        "TOKENSIDECAR_REVOKE_AFTER",
+        "Overlap: revoke the token kept under 'previous' once it was rotated out this long ago "
+        "(POST {HF_ENDPOINT}/api/credentials/revoke). Unset: never revoke.",
+        parse=parse_duration,
+        section="rotate",
+    ),
+    Setting(
+        "min_remaining",
+        "TOKENSIDECAR_MIN_REMAINING",
+        "Skip (exit 0) while the stored token has more than this left, so the CronJob can run "
+        "often and cheaply. Unset: always rotate.",
+        parse=parse_duration,
+        section="rotate",
+    ),
+    Setting(
+        "dry_run",
+        "TOKENSIDECAR_DRY_RUN",
+        "Mint and verify, but write and revoke nothing; print the fingerprints that would change.",
+        default="false",
+        parse=parse_bool,
+        is_bool=True,
+        section="rotate",
+    ),
+    Setting(
+        "metrics_file",
+        "TOKENSIDECAR_METRICS_FILE",
+        "Write the job's outcome here in node-exporter textfile format (path ending in .prom).",
+        section="rotate",
+    ),
+)
+
+SETTINGS: tuple[Setting, ...] = (
+    COMMON_SETTINGS + ROTATE_SETTINGS + HUB_SETTINGS + VAULT_SETTINGS + KUBERNETES_SETTINGS + OIDC_SETTINGS
+)

@@ -1,0 +1,162 @@
+"""The ``vault`` target: a KV v2 secret that sidecars with ``--source=vault`` poll.
+
+Each rotation writes a new KV v2 version holding ``{TOKENSIDECAR_KEY: <new>}`` with
+``cas`` = the version read, so a concurrent job's write makes this one fail with a
+check-and-set conflict instead of silently replacing it; the job then reads again and
+writes on top. The previous token is not copied anywhere: KV v2 keeps it as the version
+before the current one, which is where the overlap bookkeeping reads it from, and its
+"rotated out" time is the current version's ``created_time``.
+
+KV v2 ``custom_metadata`` belongs to the secret, not to a version, and is written after the
+data (:meth:`VaultSession.write_kv`): between the two a reader sees the new token with
+the old metadata. So the metadata carries the ``fingerprint`` of the token it describes,
+and ``expires_at`` is trusted only when that fingerprint matches the current token.
+KV v1 has neither versions nor check-and-set and is refused.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from tokensidecar.config import ConfigError
+from tokensidecar.redact import fingerprint
+from tokensidecar.rotate.targets import StoreConflict, StoredToken, Target, TargetError
+from tokensidecar.token import format_time, parse_time
+
+if TYPE_CHECKING:
+    from tokensidecar.config import Config
+    from tokensidecar.token import Token
+    from tokensidecar.vault import KvPath, KvSecret, VaultSession
+
+__all__ = ["VaultTarget"]
+
+# custom_metadata keys (Vault limits them to 64 entries of at most 512 bytes).
+EXPIRES_AT = "expires_at"
+FINGERPRINT = "fingerprint"
+ROTATED_AT = "rotated_at"
+REVOKED_FINGERPRINT = "revoked_fingerprint"
+REVOKED_AT = "revoked_at"
+
+
+def _time(text: str | None) -> datetime | None:
+    try:
+        return parse_time(text)
+    except ValueError:
+        return None
+
+
+class VaultTarget(Target):
+    kind = "vault"
+
+    def __init__(self, *, session: VaultSession, path: KvPath, key: str) -> None:
+        self.session = session
+        self.path = path
+        self.key = key
+        self.where = f"Vault {path}"
+
+    @classmethod
+    def from_config(cls, config: Config) -> VaultTarget:
+        from tokensidecar.vault import KvPath, VaultSession
+
+        raw_path = config.require("vault_path", when="--target=vault")
+        try:
+            path = KvPath.parse(raw_path)
+        except ValueError as exc:
+            raise ConfigError("TOKENSIDECAR_VAULT_PATH", str(exc)) from None
+        if config.vault_kv_version != 2:
+            raise ConfigError(
+                "TOKENSIDECAR_VAULT_KV_VERSION", "--target=vault needs KV v2 (versions and check-and-set)"
+            )
+        return cls(session=VaultSession.from_config(config), path=path, key=config.key)
+
+    async def _read_version(self, version: int) -> KvSecret | None:
+        from tokensidecar.vault import VaultError
+
+        try:
+            return await self.session.read_kv(self.path, version=version)
+        except VaultError as exc:
+            if exc.status == 404:  # deleted or destroyed version: nothing to read
+                return None
+            raise TargetError(str(exc)) from None
+
+    async def read(self) -> StoredToken:
+        from tokensidecar.vault import VaultError
+
+        try:
+            metadata = await self.session.read_kv_metadata(self.path)
+        except VaultError as exc:
+            if exc.status == 404:
+                return StoredToken(where=self.where, revision=None)
+            raise TargetError(str(exc)) from None
+        version = metadata.current_version
+        if version <= 0:
+            return StoredToken(where=self.where, revision=None)
+        latest = await self._read_version(version)
+        before = await self._read_version(version - 1) if version > 1 else None
+        current = _string(latest.data.get(self.key)) if latest else None
+        previous = _string(before.data.get(self.key)) if before else None
+        custom = metadata.custom_metadata
+        describes_current = current is not None and custom.get(FINGERPRINT) == fingerprint(current)
+        revoked = previous is not None and custom.get(REVOKED_FINGERPRINT) == fingerprint(previous)
+        return StoredToken(
+            where=self.where,
+            revision=str(version),
+            current=current,
+            previous=previous,
+            expires_at=_time(custom.get(EXPIRES_AT)) if describes_current else None,
+            rotated_at=latest.created_time if latest else None,
+            version=version,
+            previous_revoked=revoked,
+        )
+
+    async def store(self, *, token: Token, replacing: StoredToken, rotated_at: datetime) -> StoredToken:
+        from tokensidecar.vault import VaultCasConflict, VaultError
+
+        expires_at = token.expiry()
+        cas = int(replacing.revision) if replacing.revision is not None else 0
+        try:
+            version = await self.session.write_kv(
+                self.path,
+                {self.key: token.value},
+                cas=cas,
+                custom_metadata={
+                    EXPIRES_AT: format_time(expires_at) or "",
+                    FINGERPRINT: token.fingerprint,
+                    ROTATED_AT: format_time(rotated_at) or "",
+                },
+            )
+        except VaultCasConflict:
+            raise StoreConflict(f"check-and-set: {self.path} is no longer at version {cas}") from None
+        except VaultError as exc:
+            raise TargetError(str(exc)) from None
+        return StoredToken(
+            where=self.where,
+            revision=str(version),
+            current=token.value,
+            previous=replacing.current,
+            expires_at=expires_at,
+            # Vault's created_time of the new version is within milliseconds of this.
+            rotated_at=rotated_at,
+            version=version,
+        )
+
+    async def mark_previous_revoked(self, *, stored: StoredToken, revoked_at: datetime) -> None:
+        from tokensidecar.vault import VaultError
+
+        if not stored.previous_fingerprint:
+            return
+        try:
+            await self.session.write_kv_metadata(
+                self.path,
+                {REVOKED_FINGERPRINT: stored.previous_fingerprint, REVOKED_AT: format_time(revoked_at) or ""},
+            )
+        except VaultError as exc:
+            raise TargetError(str(exc)) from None
+
+    async def aclose(self) -> None:
+        await self.session.aclose()
+
+
+def _string(value: object) -> str | None:
+    return value.strip() or None if isinstance(value, str) else None
