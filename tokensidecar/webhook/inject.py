@@ -1,0 +1,710 @@
+"""Injection as a pure function: a pod (as the AdmissionReview carries it) in, a JSON patch out.
+
+No I/O happens here, so every rule of the injection can be tested over plain dicts and the
+HTTPS server around it stays thin. The function is written to *converge*, because the API
+server may call the webhook several times for one pod: KServe's own pod mutator runs after
+this webhook and appends a ``storage-initializer`` that reads ``HF_TOKEN`` from a Secret, and
+with ``reinvocationPolicy: IfNeeded`` the pod comes back here. Each review therefore compares
+the pod with what an injected pod must look like and patches only the difference — a second
+review adds the mount and ``HF_TOKEN_PATH`` to the new container and nothing else, a third
+returns an empty patch. The trade-off: a container that was already injected is never
+rewritten, so changing a pod's annotations after injection has no effect (pods are
+immutable after admission anyway).
+
+Patches address list items by index, so the order of operations matters: changes to
+existing containers come first, at their original indices, and the sidecar is inserted at
+``/spec/initContainers/0`` last, so no earlier operation's index moves under it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from tokensidecar.config import SOURCES, VERIFY_MODES, Config, parse_positive_duration
+from tokensidecar.webhook.quantity import check_quantity, parse_quantity
+
+__all__ = [
+    "ANNOTATION_PREFIX",
+    "INJECT_ANNOTATION",
+    "STATUS_ANNOTATION",
+    "InjectionSettings",
+    "InvalidInjection",
+    "inject",
+    "wants_injection",
+]
+
+ANNOTATION_PREFIX = "tokensidecar.io/"
+INJECT_ANNOTATION = ANNOTATION_PREFIX + "inject"
+STATUS_ANNOTATION = ANNOTATION_PREFIX + "status"
+STATUS_INJECTED = "injected"
+
+# Names the webhook owns inside the pod. Convergence finds earlier work by these names.
+SIDECAR_NAME = "tokensidecar"
+LEGACY_INIT_NAME = "tokensidecar-init"
+TOKEN_VOLUME = "tokensidecar-token"
+SA_TOKEN_VOLUME = "tokensidecar-sa-token"
+KUBE_API_VOLUME = "tokensidecar-kube-api-access"
+SOURCE_MOUNT_NAME_PREFIX = "tokensidecar-source"
+
+# Where the token lands: readers find it through HF_TOKEN_PATH, which huggingface_hub
+# re-reads on every Hub request, so a rotation needs no restart.
+TOKEN_DIR = "/var/run/tokensidecar"
+TOKEN_PATH = TOKEN_DIR + "/token"
+# Projected service-account token for Vault jwt/kubernetes auth and the HF token exchange;
+# kubelet rewrites it before it expires and the sidecar reads it again at each login.
+SA_TOKEN_DIR = "/var/run/secrets/tokensidecar"
+SA_TOKEN_PATH = SA_TOKEN_DIR + "/token"
+# The path in-cluster Kubernetes clients read their credentials from.
+KUBE_API_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+# Where a --source=file volume is mounted in the sidecar.
+SOURCE_DIR = "/var/run/tokensidecar-source"
+
+# tmpfs, because the file holds the HF token: it must never touch the node's disk. 1Mi
+# is far above a 4 KiB token plus token.json and its temporary twin during a swap, and
+# a memory-backed emptyDir counts against the pod's memory, so keep it small.
+TOKEN_VOLUME_SPEC: dict[str, Any] = {
+    "name": TOKEN_VOLUME,
+    "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"},
+}
+
+# Variables that make huggingface_hub ignore HF_TOKEN_PATH: HF_TOKEN wins over the file,
+# and HUGGING_FACE_HUB_TOKEN is its legacy spelling (huggingface_hub utils/_auth.py).
+OVERRIDING_TOKEN_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
+
+# Non-root IDs of the sidecar (the distroless "nonroot" user). runAsNonRoot alone fails
+# for an image whose USER is a name, so the numbers are set explicitly.
+SIDECAR_UID = 65532
+
+# The startup probe gates every later init container and the app: up to 2 minutes
+# (120 x 1s) covers a Vault login, a Hub verification and a few backoff rounds.
+STARTUP_PERIOD_SECONDS = 1
+STARTUP_FAILURE_THRESHOLD = 120
+# Readiness uses /healthz, not /readyz: an expired token must not take a replica that
+# already loaded its model out of its Service (serving needs no token; the failure is
+# visible in tokensidecar_ready and the rotation metrics).
+PROBE_PERIOD_SECONDS = 10
+LIVENESS_FAILURE_THRESHOLD = 3
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+_IMAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,511}$")
+_MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+# Vault auth methods whose credentials the webhook can provide by itself. approle and
+# token need secret files the user would have to mount into the sidecar.
+WEBHOOK_VAULT_AUTH = ("kubernetes", "jwt")
+
+_SOURCE_ANNOTATIONS: dict[str, frozenset[str]] = {
+    "vault": frozenset(
+        {"vault-addr", "vault-path", "vault-role", "vault-auth", "vault-auth-mount", "vault-kv-version"}
+    ),
+    "kubernetes-secret": frozenset({"secret-name", "secret-namespace"}),
+    "file": frozenset({"source-volume", "source-file"}),
+    "oidc-exchange": frozenset({"oidc-resource"}),
+}
+_GENERAL_ANNOTATIONS = frozenset(
+    {
+        "inject",
+        "status",
+        "source",
+        "key",
+        "model-id",
+        "verify",
+        "containers",
+        "image",
+        "cpu-request",
+        "cpu-limit",
+        "memory-request",
+        "memory-limit",
+        "token-audience",
+        "refresh-interval",
+    }
+)
+KNOWN_ANNOTATIONS = _GENERAL_ANNOTATIONS.union(*_SOURCE_ANNOTATIONS.values())
+
+
+class InvalidInjection(ValueError):
+    """The pod asks for injection but cannot get it; ``subject`` is the annotation at fault."""
+
+    def __init__(self, subject: str, problem: str) -> None:
+        super().__init__(f"{subject}: {problem}")
+        self.subject = subject
+        self.problem = problem
+
+
+@dataclass(frozen=True)
+class InjectionSettings:
+    """The webhook's defaults for every injected sidecar (annotations override them)."""
+
+    image: str
+    cpu_request: str = "10m"
+    cpu_limit: str | None = None
+    memory_request: str = "64Mi"
+    memory_limit: str | None = "128Mi"
+    port: int = 8099
+    legacy_sidecar: bool = False
+    vault_addr: str | None = None
+    verify: str = "whoami"
+    hf_endpoint: str | None = None
+    vault_token_audience: str = "vault"
+    oidc_token_audience: str = "https://huggingface.co"
+    token_lifetime_seconds: int = 3600
+
+    @classmethod
+    def from_config(cls, config: Config) -> InjectionSettings:
+        return cls(
+            image=config.sidecar_image,
+            cpu_request=config.sidecar_cpu_request,
+            cpu_limit=config.sidecar_cpu_limit,
+            memory_request=config.sidecar_memory_request,
+            memory_limit=config.sidecar_memory_limit,
+            port=config.sidecar_port,
+            legacy_sidecar=bool(config.legacy_sidecar),
+            vault_addr=config.inject_vault_addr,
+            verify=config.inject_verify,
+            hf_endpoint=config.inject_hf_endpoint,
+            vault_token_audience=config.vault_token_audience,
+            oidc_token_audience=config.oidc_token_audience,
+            token_lifetime_seconds=config.token_lifetime_seconds,
+        )
+
+
+@dataclass
+class _Plan:
+    """What one pod's annotations ask for, validated."""
+
+    source: str
+    env: list[dict[str, Any]] = field(default_factory=list)
+    image: str = ""
+    resources: dict[str, dict[str, str]] = field(default_factory=dict)
+    targets: frozenset[str] | None = None
+    sa_token_audience: str | None = None
+    needs_kube_api: bool = False
+    source_volume: str | None = None
+
+
+def wants_injection(pod: Mapping[str, Any]) -> bool:
+    """True when the pod carries ``tokensidecar.io/inject: "true"``."""
+    annotations = _annotations(pod)
+    value = annotations.get(INJECT_ANNOTATION)
+    return isinstance(value, str) and value.strip().lower() == "true"
+
+
+def inject(pod: Mapping[str, Any], *, settings: InjectionSettings) -> list[dict[str, Any]]:
+    """The RFC 6902 patch that makes ``pod`` an injected pod; ``[]`` when it already is one
+    or does not ask for injection. Raises :class:`InvalidInjection` for bad annotations."""
+    if not wants_injection(pod):
+        return []
+    spec = pod.get("spec")
+    if not isinstance(spec, Mapping):
+        raise InvalidInjection("spec", "the pod has no spec")
+    plan = _read_annotations(pod, settings=settings)
+    patch: list[dict[str, Any]] = []
+    patch += _status_patch(pod)
+    patch += _volume_patch(spec, plan=plan, settings=settings)
+    patch += _target_patch(spec, plan=plan)
+    patch += _sidecar_patch(spec, plan=plan, settings=settings)
+    return patch
+
+
+# --- annotations ------------------------------------------------------------------------
+
+
+def _annotations(pod: Mapping[str, Any]) -> Mapping[str, Any]:
+    metadata = pod.get("metadata")
+    annotations = metadata.get("annotations") if isinstance(metadata, Mapping) else None
+    return annotations if isinstance(annotations, Mapping) else {}
+
+
+def _read_annotations(pod: Mapping[str, Any], *, settings: InjectionSettings) -> _Plan:
+    ours: dict[str, str] = {}
+    for key, value in _annotations(pod).items():
+        if not isinstance(key, str) or not key.startswith(ANNOTATION_PREFIX):
+            continue
+        short = key[len(ANNOTATION_PREFIX) :]
+        if short not in KNOWN_ANNOTATIONS:
+            raise InvalidInjection(key, f"unknown annotation (known: {', '.join(sorted(KNOWN_ANNOTATIONS))})")
+        if not isinstance(value, str):
+            raise InvalidInjection(key, "annotation values must be strings")
+        ours[short] = value.strip()
+
+    def name(short: str) -> str:
+        return ANNOTATION_PREFIX + short
+
+    source = ours.get("source", "vault")
+    if source not in SOURCES:
+        raise InvalidInjection(name("source"), f"{source!r} is not one of {', '.join(SOURCES)}")
+    for other, keys in _SOURCE_ANNOTATIONS.items():
+        if other == source:
+            continue
+        for short in sorted(keys & ours.keys()):
+            raise InvalidInjection(name(short), f"does not apply to source {source!r} (it is for {other!r})")
+
+    def required(short: str, what: str) -> str:
+        value = ours.get(short, "")
+        if not value:
+            raise InvalidInjection(name(short), f"is required for source {source!r} ({what})")
+        return value
+
+    plan = _Plan(source=source)
+    env = plan.env
+    env.append({"name": "TOKENSIDECAR_SOURCE", "value": source})
+
+    if source == "vault":
+        vault_addr = ours.get("vault-addr") or settings.vault_addr
+        if not vault_addr:
+            raise InvalidInjection(
+                name("vault-addr"), "is required: the webhook has no default (--inject-vault-addr)"
+            )
+        if not vault_addr.startswith(("http://", "https://")):
+            raise InvalidInjection(name("vault-addr"), f"{vault_addr!r} is not an http(s) URL")
+        vault_path = required("vault-path", "the KV secret as <mount>/<path>, e.g. secret/hf/model-a")
+        mount, _, rest = vault_path.strip("/").partition("/")
+        if not mount or not rest:
+            raise InvalidInjection(name("vault-path"), f"{vault_path!r} is not <mount>/<path>")
+        auth = ours.get("vault-auth", "kubernetes")
+        if auth not in WEBHOOK_VAULT_AUTH:
+            raise InvalidInjection(
+                name("vault-auth"),
+                f"{auth!r} is not one of {', '.join(WEBHOOK_VAULT_AUTH)} "
+                "(approle and token need credential files the webhook cannot provide)",
+            )
+        role = required("vault-role", f"the Vault role for {auth} auth")
+        env += [
+            {"name": "VAULT_ADDR", "value": vault_addr},
+            {"name": "TOKENSIDECAR_VAULT_PATH", "value": vault_path},
+            {"name": "TOKENSIDECAR_VAULT_AUTH", "value": auth},
+            {"name": "TOKENSIDECAR_VAULT_ROLE", "value": role},
+        ]
+        if ours.get("vault-auth-mount"):
+            env.append({"name": "TOKENSIDECAR_VAULT_AUTH_MOUNT", "value": ours["vault-auth-mount"]})
+        if "vault-kv-version" in ours:
+            if ours["vault-kv-version"] not in ("1", "2"):
+                raise InvalidInjection(name("vault-kv-version"), "must be 1 or 2")
+            env.append({"name": "TOKENSIDECAR_VAULT_KV_VERSION", "value": ours["vault-kv-version"]})
+        if auth == "jwt":
+            plan.sa_token_audience = ours.get("token-audience") or settings.vault_token_audience
+        elif ours.get("token-audience"):
+            plan.sa_token_audience = ours["token-audience"]
+        else:
+            # Vault's kubernetes auth sends the JWT to a TokenReview; a role without an
+            # audience reviews it against the API server's own audience, which only the
+            # pod's standard service-account token carries.
+            plan.needs_kube_api = True
+        if plan.sa_token_audience:
+            env.append({"name": "TOKENSIDECAR_VAULT_JWT_FILE", "value": SA_TOKEN_PATH})
+    elif source == "kubernetes-secret":
+        secret_name = required("secret-name", "the Secret holding the token")
+        if not _DNS_SUBDOMAIN.match(secret_name):
+            raise InvalidInjection(name("secret-name"), f"{secret_name!r} is not a valid Secret name")
+        env.append({"name": "TOKENSIDECAR_SECRET_NAME", "value": secret_name})
+        secret_namespace = ours.get("secret-namespace")
+        if secret_namespace:
+            if not _DNS_LABEL.match(secret_namespace):
+                raise InvalidInjection(name("secret-namespace"), f"{secret_namespace!r} is not a namespace")
+            env.append({"name": "TOKENSIDECAR_SECRET_NAMESPACE", "value": secret_namespace})
+        else:
+            # The downward API names the namespace even when no service-account files are mounted.
+            env.append(
+                {
+                    "name": "TOKENSIDECAR_SECRET_NAMESPACE",
+                    "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}},
+                }
+            )
+        plan.needs_kube_api = True
+    elif source == "file":
+        volume = required("source-volume", "the pod volume holding the token file")
+        volumes = [v.get("name") for v in _list(pod.get("spec"), "volumes") if isinstance(v, Mapping)]
+        if volume not in volumes:
+            raise InvalidInjection(name("source-volume"), f"the pod has no volume named {volume!r}")
+        if volume in (TOKEN_VOLUME, SA_TOKEN_VOLUME, KUBE_API_VOLUME):
+            raise InvalidInjection(name("source-volume"), f"{volume!r} is the webhook's own volume")
+        relative = ours.get("source-file") or ours.get("key") or "token"
+        parts = relative.split("/")
+        if relative.startswith("/") or any(part in ("", ".", "..") for part in parts):
+            raise InvalidInjection(
+                name("source-file"), f"{relative!r} must be a relative path inside the volume"
+            )
+        plan.source_volume = volume
+        env.append({"name": "TOKENSIDECAR_SOURCE_FILE", "value": f"{SOURCE_DIR}/{relative}"})
+    else:  # oidc-exchange
+        resource = required("oidc-resource", "the resource requested in the token exchange")
+        plan.sa_token_audience = ours.get("token-audience") or settings.oidc_token_audience
+        env += [
+            {"name": "TOKENSIDECAR_OIDC_RESOURCE", "value": resource},
+            {"name": "TOKENSIDECAR_OIDC_TOKEN_FILE", "value": SA_TOKEN_PATH},
+        ]
+    if "token-audience" in ours and not ours["token-audience"]:
+        raise InvalidInjection(name("token-audience"), "must not be empty")
+    if "token-audience" in ours and plan.sa_token_audience is None:
+        raise InvalidInjection(name("token-audience"), f"does not apply to source {source!r}")
+
+    if "key" in ours:
+        if not ours["key"] or any(c.isspace() for c in ours["key"]):
+            raise InvalidInjection(name("key"), "must be a non-empty key without whitespace")
+        if source != "file":
+            env.append({"name": "TOKENSIDECAR_KEY", "value": ours["key"]})
+
+    verify = ours.get("verify", settings.verify)
+    if verify not in VERIFY_MODES:
+        raise InvalidInjection(name("verify"), f"{verify!r} is not one of {', '.join(VERIFY_MODES)}")
+    env.append({"name": "TOKENSIDECAR_VERIFY", "value": verify})
+    model_id = ours.get("model-id")
+    if model_id is not None:
+        if not _MODEL_ID.match(model_id):
+            raise InvalidInjection(name("model-id"), f"{model_id!r} is not <org>/<name>")
+        env.append({"name": "TOKENSIDECAR_MODEL_ID", "value": model_id})
+    elif verify == "repo":
+        raise InvalidInjection(name("model-id"), "is required when tokensidecar.io/verify is 'repo'")
+    if settings.hf_endpoint:
+        env.append({"name": "HF_ENDPOINT", "value": settings.hf_endpoint})
+
+    if "refresh-interval" in ours:
+        try:
+            parse_positive_duration(ours["refresh-interval"])
+        except ValueError as exc:
+            raise InvalidInjection(name("refresh-interval"), str(exc)) from None
+        env.append({"name": "TOKENSIDECAR_REFRESH_INTERVAL", "value": ours["refresh-interval"]})
+
+    image = ours.get("image", settings.image)
+    if not _IMAGE.match(image):
+        raise InvalidInjection(name("image"), f"{image!r} is not an image reference")
+    plan.image = image
+
+    plan.resources = _resources(ours, settings=settings)
+
+    if "containers" in ours:
+        names = [part.strip() for part in ours["containers"].split(",") if part.strip()]
+        if not names:
+            raise InvalidInjection(name("containers"), "lists no container")
+        for container_name in names:
+            if not _DNS_LABEL.match(container_name):
+                raise InvalidInjection(name("containers"), f"{container_name!r} is not a container name")
+            if container_name in (SIDECAR_NAME, LEGACY_INIT_NAME):
+                raise InvalidInjection(name("containers"), f"{container_name!r} is the sidecar itself")
+        plan.targets = frozenset(names)
+    return plan
+
+
+def _resources(ours: Mapping[str, str], *, settings: InjectionSettings) -> dict[str, dict[str, str]]:
+    chosen: dict[str, tuple[str, str | None]] = {}  # "cpu-request" → (value, annotation or None)
+    defaults = {
+        "cpu-request": settings.cpu_request,
+        "cpu-limit": settings.cpu_limit,
+        "memory-request": settings.memory_request,
+        "memory-limit": settings.memory_limit,
+    }
+    for short, default in defaults.items():
+        if short in ours:
+            try:
+                chosen[short] = (check_quantity(ours[short]), ANNOTATION_PREFIX + short)
+            except ValueError as exc:
+                raise InvalidInjection(ANNOTATION_PREFIX + short, str(exc)) from None
+        elif default:
+            chosen[short] = (default, None)
+    for kind in ("cpu", "memory"):
+        request, limit = chosen.get(f"{kind}-request"), chosen.get(f"{kind}-limit")
+        if request and limit and parse_quantity(request[0]) > parse_quantity(limit[0]):
+            # Name the annotation the user wrote; the other value is the webhook's default.
+            culprit = request[1] or limit[1] or f"{ANNOTATION_PREFIX}{kind}-limit"
+            raise InvalidInjection(
+                culprit, f"{kind} request {request[0]} is above the {kind} limit {limit[0]}"
+            )
+    resources: dict[str, dict[str, str]] = {}
+    for short, (value, _) in chosen.items():
+        kind, bound = short.split("-")
+        resources.setdefault("requests" if bound == "request" else "limits", {})[kind] = value
+    return resources
+
+
+# --- patch pieces -----------------------------------------------------------------------
+
+
+def _pointer(*parts: str | int) -> str:
+    """RFC 6901 JSON pointer: ``~`` → ``~0`` and ``/`` → ``~1`` (annotation keys hold a ``/``)."""
+    return "".join("/" + str(part).replace("~", "~0").replace("/", "~1") for part in parts)
+
+
+def _list(parent: Any, key: str) -> list[Any]:
+    value = parent.get(key) if isinstance(parent, Mapping) else None
+    return value if isinstance(value, list) else []
+
+
+def _status_patch(pod: Mapping[str, Any]) -> list[dict[str, Any]]:
+    metadata = pod.get("metadata")
+    annotations = metadata.get("annotations") if isinstance(metadata, Mapping) else None
+    if isinstance(annotations, Mapping) and annotations.get(STATUS_ANNOTATION) == STATUS_INJECTED:
+        return []
+    if isinstance(annotations, Mapping):
+        op = "replace" if STATUS_ANNOTATION in annotations else "add"
+        return [
+            {
+                "op": op,
+                "path": _pointer("metadata", "annotations", STATUS_ANNOTATION),
+                "value": STATUS_INJECTED,
+            }
+        ]
+    # Unreachable through inject() (the inject annotation exists), kept for a pod without any.
+    return [{"op": "add", "path": "/metadata/annotations", "value": {STATUS_ANNOTATION: STATUS_INJECTED}}]
+
+
+def _volumes_wanted(
+    spec: Mapping[str, Any], *, plan: _Plan, settings: InjectionSettings
+) -> list[dict[str, Any]]:
+    wanted: list[dict[str, Any]] = [TOKEN_VOLUME_SPEC]
+    if plan.sa_token_audience:
+        wanted.append(
+            {
+                "name": SA_TOKEN_VOLUME,
+                "projected": {
+                    "sources": [
+                        {
+                            "serviceAccountToken": {
+                                "audience": plan.sa_token_audience,
+                                "expirationSeconds": settings.token_lifetime_seconds,
+                                "path": "token",
+                            }
+                        }
+                    ]
+                },
+            }
+        )
+    if plan.needs_kube_api and _kube_api_mount(spec) is None:
+        # automountServiceAccountToken: false (or a review before the ServiceAccount
+        # admission plugin ran): give the sidecar the same three files kubelet would.
+        wanted.append(
+            {
+                "name": KUBE_API_VOLUME,
+                "projected": {
+                    "sources": [
+                        {"serviceAccountToken": {"path": "token", "expirationSeconds": 3607}},
+                        {
+                            "configMap": {
+                                "name": "kube-root-ca.crt",
+                                "items": [{"key": "ca.crt", "path": "ca.crt"}],
+                            }
+                        },
+                        {
+                            "downwardAPI": {
+                                "items": [
+                                    {
+                                        "path": "namespace",
+                                        "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"},
+                                    }
+                                ]
+                            }
+                        },
+                    ]
+                },
+            }
+        )
+    return wanted
+
+
+def _volume_patch(
+    spec: Mapping[str, Any], *, plan: _Plan, settings: InjectionSettings
+) -> list[dict[str, Any]]:
+    existing = {v.get("name") for v in _list(spec, "volumes") if isinstance(v, Mapping)}
+    if _sidecar_present(spec):
+        # Already injected: only the token volume is guaranteed to be needed again.
+        missing = [TOKEN_VOLUME_SPEC] if TOKEN_VOLUME not in existing else []
+    else:
+        missing = [
+            v for v in _volumes_wanted(spec, plan=plan, settings=settings) if v["name"] not in existing
+        ]
+    if not missing:
+        return []
+    if not isinstance(spec.get("volumes"), list):
+        return [{"op": "add", "path": "/spec/volumes", "value": missing}]
+    return [{"op": "add", "path": "/spec/volumes/-", "value": volume} for volume in missing]
+
+
+def _kube_api_mount(spec: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The service-account mount the ServiceAccount admission plugin gave the pod's containers."""
+    for key in ("containers", "initContainers"):
+        for container in _list(spec, key):
+            for mount in _list(container, "volumeMounts"):
+                if isinstance(mount, Mapping) and mount.get("mountPath") == KUBE_API_DIR:
+                    return {"name": mount.get("name"), "mountPath": KUBE_API_DIR, "readOnly": True}
+    return None
+
+
+def _sidecar_present(spec: Mapping[str, Any]) -> bool:
+    names = {
+        c.get("name")
+        for key in ("containers", "initContainers")
+        for c in _list(spec, key)
+        if isinstance(c, Mapping)
+    }
+    return SIDECAR_NAME in names
+
+
+def _target_patch(spec: Mapping[str, Any], *, plan: _Plan) -> list[dict[str, Any]]:
+    patch: list[dict[str, Any]] = []
+    for key in ("initContainers", "containers"):
+        for index, container in enumerate(_list(spec, key)):
+            if not isinstance(container, Mapping):
+                raise InvalidInjection(f"spec.{key}[{index}]", "is not an object")
+            container_name = container.get("name")
+            if container_name in (SIDECAR_NAME, LEGACY_INIT_NAME):
+                continue
+            if plan.targets is not None and container_name not in plan.targets:
+                continue
+            patch += _mount_patch(container, base=("spec", key, index))
+            patch += _env_patch(container, base=("spec", key, index))
+    return patch
+
+
+def _mount_patch(container: Mapping[str, Any], *, base: tuple[str, str, int]) -> list[dict[str, Any]]:
+    mounts = _list(container, "volumeMounts")
+    for mount in mounts:
+        if not isinstance(mount, Mapping):
+            continue
+        if mount.get("name") == TOKEN_VOLUME:
+            return []
+        if mount.get("mountPath") == TOKEN_DIR:
+            raise InvalidInjection(
+                f"spec.{base[1]}[{container.get('name')}]",
+                f"already mounts volume {mount.get('name')!r} at {TOKEN_DIR}",
+            )
+    mount_spec = {"name": TOKEN_VOLUME, "mountPath": TOKEN_DIR, "readOnly": True}
+    if not isinstance(container.get("volumeMounts"), list):
+        return [{"op": "add", "path": _pointer(*base, "volumeMounts"), "value": [mount_spec]}]
+    return [{"op": "add", "path": _pointer(*base, "volumeMounts", "-"), "value": mount_spec}]
+
+
+def _env_patch(container: Mapping[str, Any], *, base: tuple[str, str, int]) -> list[dict[str, Any]]:
+    current = _list(container, "env")
+    # Variables set through envFrom (a whole Secret) cannot be removed from here; an
+    # explicit empty value wins over envFrom, and huggingface_hub treats an empty
+    # HF_TOKEN as unset and falls through to HF_TOKEN_PATH.
+    blank_overrides = bool(_list(container, "envFrom"))
+    wanted: list[Any] = []
+    for variable in current:
+        variable_name = variable.get("name") if isinstance(variable, Mapping) else None
+        if variable_name in OVERRIDING_TOKEN_VARS:
+            if blank_overrides and variable == {"name": variable_name, "value": ""}:
+                wanted.append(variable)
+            continue
+        if variable_name == "HF_TOKEN_PATH":
+            continue
+        wanted.append(variable)
+    if blank_overrides:
+        present = {v.get("name") for v in wanted if isinstance(v, Mapping)}
+        wanted += [{"name": n, "value": ""} for n in OVERRIDING_TOKEN_VARS if n not in present]
+    wanted.append({"name": "HF_TOKEN_PATH", "value": TOKEN_PATH})
+    if _same_env(current, wanted):
+        return []
+    op = "replace" if isinstance(container.get("env"), list) else "add"
+    return [{"op": op, "path": _pointer(*base, "env"), "value": wanted}]
+
+
+def _same_env(current: Sequence[Any], wanted: Sequence[Any]) -> bool:
+    # Order is irrelevant to the result except for $(VAR) references, which never point
+    # at the token variables; compare as multisets of entries so a converged pod is left alone.
+    if len(current) != len(wanted):
+        return False
+    return all(entry in current for entry in wanted) and all(entry in wanted for entry in current)
+
+
+def _sidecar_patch(
+    spec: Mapping[str, Any], *, plan: _Plan, settings: InjectionSettings
+) -> list[dict[str, Any]]:
+    if _sidecar_present(spec):
+        return []
+    patch: list[dict[str, Any]] = []
+    init_containers: list[dict[str, Any]]
+    if settings.legacy_sidecar:
+        regular = _sidecar_container(spec, plan=plan, settings=settings, command="run", native=False)
+        if isinstance(spec.get("containers"), list):
+            patch.append({"op": "add", "path": "/spec/containers/-", "value": regular})
+        else:
+            patch.append({"op": "add", "path": "/spec/containers", "value": [regular]})
+        init_containers = [
+            _sidecar_container(spec, plan=plan, settings=settings, command="once", native=False)
+        ]
+    else:
+        init_containers = [_sidecar_container(spec, plan=plan, settings=settings, command="run", native=True)]
+    if isinstance(spec.get("initContainers"), list):
+        patch.append({"op": "add", "path": "/spec/initContainers/0", "value": init_containers[0]})
+    else:
+        patch.append({"op": "add", "path": "/spec/initContainers", "value": init_containers})
+    return patch
+
+
+def _sidecar_container(
+    spec: Mapping[str, Any], *, plan: _Plan, settings: InjectionSettings, command: str, native: bool
+) -> dict[str, Any]:
+    env = [dict(variable) for variable in plan.env]
+    env.append({"name": "TOKENSIDECAR_TOKEN_FILE", "value": TOKEN_PATH})
+    env.append({"name": "TOKENSIDECAR_LISTEN", "value": f"0.0.0.0:{settings.port}"})
+    security = spec.get("securityContext")
+    if not (isinstance(security, Mapping) and security.get("fsGroup") is not None):
+        # Without an fsGroup the readers run under user and group IDs the webhook cannot
+        # know; the volume is private to this pod, so the token file is made world-readable.
+        env.append({"name": "TOKENSIDECAR_FILE_MODE", "value": "0444"})
+    # The root filesystem is read-only: no .pyc files.
+    env.append({"name": "PYTHONDONTWRITEBYTECODE", "value": "1"})
+
+    mounts: list[dict[str, Any]] = [{"name": TOKEN_VOLUME, "mountPath": TOKEN_DIR}]
+    if plan.sa_token_audience:
+        mounts.append({"name": SA_TOKEN_VOLUME, "mountPath": SA_TOKEN_DIR, "readOnly": True})
+    if plan.needs_kube_api:
+        mounts.append(
+            _kube_api_mount(spec) or {"name": KUBE_API_VOLUME, "mountPath": KUBE_API_DIR, "readOnly": True}
+        )
+    if plan.source_volume:
+        mounts.append({"name": plan.source_volume, "mountPath": SOURCE_DIR, "readOnly": True})
+
+    container: dict[str, Any] = {
+        "name": SIDECAR_NAME if command == "run" else LEGACY_INIT_NAME,
+        "image": plan.image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["tokensidecar", command],
+        "env": env,
+        "resources": plan.resources,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": SIDECAR_UID,
+            "runAsGroup": SIDECAR_UID,
+            "readOnlyRootFilesystem": True,
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "volumeMounts": mounts,
+        # A failed 'once' or a crash shows its last log line in the pod's status.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    if command == "run":
+        container["ports"] = [{"name": "tokensidecar", "containerPort": settings.port, "protocol": "TCP"}]
+        container["readinessProbe"] = _probe(
+            "/healthz", port=settings.port, failures=LIVENESS_FAILURE_THRESHOLD
+        )
+        container["livenessProbe"] = _probe(
+            "/healthz", port=settings.port, failures=LIVENESS_FAILURE_THRESHOLD
+        )
+    if native:
+        # A native sidecar (KEP-753): an init container that keeps running. Kubernetes
+        # starts the next init container only once its startupProbe passes, so KServe's
+        # storage-initializer and the model server find the token already on disk.
+        container["restartPolicy"] = "Always"
+        container["startupProbe"] = {
+            "httpGet": {"path": "/readyz", "port": settings.port},
+            "periodSeconds": STARTUP_PERIOD_SECONDS,
+            "failureThreshold": STARTUP_FAILURE_THRESHOLD,
+            "timeoutSeconds": 1,
+        }
+    return container
+
+
+def _probe(path: str, *, port: int, failures: int) -> dict[str, Any]:
+    return {
+        "httpGet": {"path": path, "port": port},
+        "periodSeconds": PROBE_PERIOD_SECONDS,
+        "timeoutSeconds": 2,
+        "failureThreshold": failures,
+    }

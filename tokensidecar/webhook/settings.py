@@ -1,0 +1,240 @@
+"""Settings of ``tokensidecar webhook``: how it serves TLS, and what it injects by default.
+
+Two kinds of settings live here. The server's own (listen address, certificates,
+``--self-signed`` bootstrap, what to do with invalid annotations) and the defaults it
+stamps into every injected sidecar (image, resources, Vault address, verification mode,
+service-account token audiences). A pod's annotations override the second kind, pod by
+pod; the first kind is the platform team's alone.
+
+This module stays light (no kubernetes, no aiohttp): the CLI imports it for ``--help``.
+"""
+
+from __future__ import annotations
+
+from tokensidecar import __version__
+from tokensidecar.config import (
+    COMMON_SETTINGS,
+    KUBERNETES_SETTINGS,
+    VERIFY_MODES,
+    Setting,
+    parse_bool,
+    parse_listen,
+    register,
+)
+from tokensidecar.webhook.quantity import check_quantity
+
+__all__ = ["SETTINGS", "WEBHOOK_SETTINGS", "parse_positive_int"]
+
+
+def parse_positive_int(text: str) -> int:
+    value = int(text.strip())
+    if value <= 0:
+        raise ValueError("must be a positive integer")
+    return value
+
+
+def parse_token_lifetime(text: str) -> int:
+    # The API server refuses projected service-account tokens shorter than 10 minutes.
+    value = int(text.strip())
+    if value < 600:
+        raise ValueError("must be at least 600 (the API server's minimum)")
+    return value
+
+
+def parse_port(text: str) -> int:
+    value = int(text.strip())
+    if not 1 <= value <= 65535:
+        raise ValueError("must be a port number between 1 and 65535")
+    return value
+
+
+WEBHOOK_SETTINGS = register(
+    Setting(
+        "webhook_listen",
+        "TOKENSIDECAR_WEBHOOK_LISTEN",
+        "HTTPS address of /mutate, /healthz and /metrics (port 0 picks a free port).",
+        default="0.0.0.0:8443",
+        parse=parse_listen,
+        section="webhook",
+    ),
+    Setting(
+        "tls_cert_file",
+        "TOKENSIDECAR_TLS_CERT_FILE",
+        "Serving certificate (PEM, chain allowed); reloaded when it changes on disk.",
+        section="webhook",
+    ),
+    Setting(
+        "tls_key_file",
+        "TOKENSIDECAR_TLS_KEY_FILE",
+        "Private key of --tls-cert-file (PEM); reloaded with it.",
+        section="webhook",
+    ),
+    Setting(
+        "self_signed",
+        "TOKENSIDECAR_SELF_SIGNED",
+        "Generate a CA (shared by all replicas through --ca-secret-name) and a serving "
+        "certificate at start, and patch the CA bundle into --webhook-config-name.",
+        default="false",
+        parse=parse_bool,
+        is_bool=True,
+        section="webhook",
+    ),
+    Setting(
+        "webhook_config_name",
+        "TOKENSIDECAR_WEBHOOK_CONFIG_NAME",
+        "MutatingWebhookConfiguration whose webhooks get the CA bundle (--self-signed).",
+        default="tokensidecar",
+        section="webhook",
+    ),
+    Setting(
+        "service_name",
+        "TOKENSIDECAR_WEBHOOK_SERVICE",
+        "Service in front of the webhook: the serving certificate names <service>, "
+        "<service>.<namespace>, <service>.<namespace>.svc and <service>.<namespace>.svc.cluster.local.",
+        default="tokensidecar-webhook",
+        flag="--service-name",
+        section="webhook",
+    ),
+    Setting(
+        "service_namespace",
+        "TOKENSIDECAR_WEBHOOK_NAMESPACE",
+        "Namespace of that Service and of the CA Secret (default: the webhook pod's own).",
+        flag="--service-namespace",
+        section="webhook",
+    ),
+    Setting(
+        "ca_secret_name",
+        "TOKENSIDECAR_WEBHOOK_CA_SECRET",
+        "Secret through which replicas share one CA (created by the first, read by the others).",
+        default="tokensidecar-webhook-ca",
+        flag="--ca-secret-name",
+        section="webhook",
+    ),
+    Setting(
+        "legacy_sidecar",
+        "TOKENSIDECAR_LEGACY_SIDECAR",
+        "For clusters without native sidecars (Kubernetes < 1.29): inject an init container "
+        "running 'once' plus a regular container running 'run'.",
+        default="false",
+        parse=parse_bool,
+        is_bool=True,
+        section="webhook",
+    ),
+    Setting(
+        "on_invalid",
+        "TOKENSIDECAR_ON_INVALID",
+        "A pod asks for injection with invalid annotations: deny it (the user sees which "
+        "annotation is wrong) or skip injection and admit it with a warning.",
+        default="deny",
+        choices=("deny", "skip"),
+        section="webhook",
+    ),
+    Setting(
+        "max_body_bytes",
+        "TOKENSIDECAR_WEBHOOK_MAX_BODY_BYTES",
+        "Largest AdmissionReview accepted (the API server caps objects at about 1.5 MiB; "
+        "a review carries the object twice on UPDATE).",
+        default=str(4 * 1024 * 1024),
+        parse=parse_positive_int,
+        section="webhook",
+    ),
+    # What every injected sidecar gets unless the pod's annotations say otherwise.
+    Setting(
+        "sidecar_image",
+        "TOKENSIDECAR_SIDECAR_IMAGE",
+        "Image of the injected sidecar (annotation tokensidecar.io/image overrides).",
+        default=f"ghcr.io/tokensidecar/tokensidecar:{__version__}",
+        section="injection",
+    ),
+    Setting(
+        "sidecar_cpu_request",
+        "TOKENSIDECAR_SIDECAR_CPU_REQUEST",
+        "CPU request of the injected sidecar (it is idle between refreshes).",
+        default="10m",
+        parse=check_quantity,
+        section="injection",
+    ),
+    Setting(
+        "sidecar_cpu_limit",
+        "TOKENSIDECAR_SIDECAR_CPU_LIMIT",
+        "CPU limit of the injected sidecar (default none: a throttled sidecar misses its "
+        "refresh deadline, and CPU is compressible anyway).",
+        parse=check_quantity,
+        section="injection",
+    ),
+    Setting(
+        "sidecar_memory_request",
+        "TOKENSIDECAR_SIDECAR_MEMORY_REQUEST",
+        "Memory request of the injected sidecar.",
+        default="64Mi",
+        parse=check_quantity,
+        section="injection",
+    ),
+    Setting(
+        "sidecar_memory_limit",
+        "TOKENSIDECAR_SIDECAR_MEMORY_LIMIT",
+        "Memory limit of the injected sidecar (measured peak RSS with every client loaded: ~68 MiB).",
+        default="128Mi",
+        parse=check_quantity,
+        section="injection",
+    ),
+    Setting(
+        "sidecar_port",
+        "TOKENSIDECAR_SIDECAR_PORT",
+        "Port of the injected sidecar's /healthz and /readyz (shared pod network: change it "
+        "if a model server already listens there).",
+        default="8099",
+        parse=parse_port,
+        section="injection",
+    ),
+    Setting(
+        "inject_vault_addr",
+        "TOKENSIDECAR_INJECT_VAULT_ADDR",
+        "VAULT_ADDR given to injected sidecars (annotation tokensidecar.io/vault-addr overrides).",
+        section="injection",
+    ),
+    Setting(
+        "inject_verify",
+        "TOKENSIDECAR_INJECT_VERIFY",
+        "Verification mode of injected sidecars (annotation tokensidecar.io/verify overrides).",
+        default="whoami",
+        choices=VERIFY_MODES,
+        section="injection",
+    ),
+    Setting(
+        "inject_hf_endpoint",
+        "TOKENSIDECAR_INJECT_HF_ENDPOINT",
+        "HF_ENDPOINT given to injected sidecars (default: the sidecar's own default, the public Hub).",
+        section="injection",
+    ),
+    Setting(
+        "vault_token_audience",
+        "TOKENSIDECAR_VAULT_TOKEN_AUDIENCE",
+        "Audience of the projected service-account token injected for Vault kubernetes/jwt auth "
+        "(must match the Vault role's audience).",
+        default="vault",
+        section="injection",
+    ),
+    Setting(
+        "oidc_token_audience",
+        "TOKENSIDECAR_OIDC_TOKEN_AUDIENCE",
+        "Audience of the projected service-account token injected for --source=oidc-exchange "
+        "(must match the Hugging Face Trusted Publisher's audience).",
+        default="https://huggingface.co",
+        section="injection",
+    ),
+    Setting(
+        "token_lifetime_seconds",
+        "TOKENSIDECAR_PROJECTED_TOKEN_SECONDS",
+        "Requested lifetime of the projected service-account token (kubelet renews it at 80%).",
+        default="3600",
+        parse=parse_token_lifetime,
+        flag="--projected-token-seconds",
+        section="injection",
+    ),
+)
+
+# --self-signed talks to the API server: in-cluster by default, KUBECONFIG outside.
+_KUBECONFIG = tuple(setting for setting in KUBERNETES_SETTINGS if setting.name == "kubeconfig")
+
+SETTINGS: tuple[Setting, ...] = COMMON_SETTINGS + WEBHOOK_SETTINGS + _KUBECONFIG
