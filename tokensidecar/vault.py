@@ -446,7 +446,9 @@ class VaultSession:
             try:
                 response = await asyncio.to_thread(client.auth.token.lookup_self)
             except Exception as exc:
-                raise _vault_error(exc, what="look up the Vault token (VAULT_TOKEN or token file)") from None
+                raise _vault_error(
+                    exc, what="look up the Vault token (VAULT_TOKEN or token file)", login=True
+                ) from None
             info = response.get("data") or {}
             ttl = float(info.get("ttl") or 0)
             return _ClientToken(
@@ -485,7 +487,7 @@ class VaultSession:
         try:
             response = await asyncio.to_thread(request, client)
         except Exception as exc:
-            raise _vault_error(exc, what=what) from None
+            raise _vault_error(exc, what=what, login=True) from None
         auth = response.get("auth") or {}
         client_token = auth.get("client_token")
         if not client_token:
@@ -587,8 +589,14 @@ def _as_time(value: Any) -> datetime | None:
         return None
 
 
-def _vault_error(exc: BaseException, *, what: str, path: KvPath | None = None) -> VaultError:
-    """Turn an hvac or requests exception into a redacted, user-facing :class:`VaultError`."""
+def _vault_error(
+    exc: BaseException, *, what: str, path: KvPath | None = None, login: bool = False
+) -> VaultError:
+    """Turn an hvac or requests exception into a redacted, user-facing :class:`VaultError`.
+
+    ``login``: the request was a login, where 400/403 mean the credentials or the role's
+    bindings were refused, not that a policy lacks a path.
+    """
     import hvac.exceptions
     import requests
 
@@ -611,6 +619,12 @@ def _vault_error(exc: BaseException, *, what: str, path: KvPath | None = None) -
             hvac.exceptions.BadGateway: 502,
             hvac.exceptions.VaultDown: 503,
         }.get(type(exc))
+        if login and isinstance(exc, hvac.exceptions.Forbidden | hvac.exceptions.InvalidRequest):
+            return VaultError(
+                f"cannot {what}: Vault refused the login (check the role, its bound claims and "
+                f"the credentials){_detail(detail)}",
+                status=status,
+            )
         if isinstance(exc, hvac.exceptions.Forbidden):
             return VaultPermissionDenied(
                 f"cannot {what}: permission denied (check the role's policies){_detail(detail)}", status=403

@@ -1,0 +1,120 @@
+"""The ``vault`` source: the token is a key of a Vault/OpenBao KV secret, polled.
+
+Vault has no watch API for KV, so this source is polled by the refresher every
+``TOKENSIDECAR_REFRESH_INTERVAL`` (earlier when the token's expiry is near). To keep a
+poll cheap, a KV v2 fetch first reads the secret's *metadata* (current version and
+``custom_metadata``, no secret on the wire) and reads the data only when the version
+moved; otherwise it returns the previous token with the expiry from the fresh metadata,
+so an ``expires_at`` updated after the data (the rotation job writes data first, then
+metadata) is still seen. When the policy does not allow reading metadata, the source
+says so once and reads the data at every poll instead. KV v1 has no versions: every
+poll reads the data.
+
+Login, token renewal, re-login and revocation belong to :class:`~tokensidecar.vault.VaultSession`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, ClassVar
+
+from tokensidecar.config import ConfigError
+from tokensidecar.sources import Source, SourceError
+from tokensidecar.token import Token, parse_time
+from tokensidecar.vault import KvPath, KvSecret, VaultPermissionDenied, VaultSession
+
+if TYPE_CHECKING:
+    from datetime import datetime
+
+    from tokensidecar.config import Config
+
+__all__ = ["EXPIRES_AT_METADATA_KEY", "VaultSource"]
+
+log = logging.getLogger(__name__)
+
+#: KV v2 ``custom_metadata`` key holding the token's expiry (RFC 3339 or epoch seconds),
+#: written by ``tokensidecar rotate`` (CONTRACT §2, §8).
+EXPIRES_AT_METADATA_KEY = "expires_at"
+
+
+class VaultSource(Source):
+    kind: ClassVar[str] = "vault"
+    watchable: ClassVar[bool] = False
+
+    def __init__(self, *, session: VaultSession, path: KvPath, key: str, kv_version: int = 2) -> None:
+        self.session = session
+        self.path = path
+        self.key = key
+        self.kv_version = kv_version
+        self._last: Token | None = None
+        self._metadata_allowed = kv_version == 2
+
+    @classmethod
+    def from_config(cls, config: Config) -> VaultSource:
+        when = "--source=vault"
+        config.require("vault_addr", when=when)
+        raw_path = config.require("vault_path", when=when)
+        try:
+            path = KvPath.parse(raw_path)
+        except ValueError as exc:
+            raise ConfigError("TOKENSIDECAR_VAULT_PATH", str(exc)) from None
+        key = config.key or "token"
+        return cls(
+            session=VaultSession.from_config(config),
+            path=path,
+            key=key,
+            kv_version=int(config.vault_kv_version or 2),
+        )
+
+    async def fetch(self) -> Token:
+        if self._metadata_allowed and self._last is not None:
+            try:
+                metadata = await self.session.read_kv_metadata(self.path)
+            except VaultPermissionDenied:
+                # Policies often grant only <mount>/data/<path>; the check is an
+                # optimisation, so fall back to reading the data at every poll.
+                log.warning(
+                    "no read access to the secret's metadata; reading its data at every poll",
+                    extra={"path": str(self.path)},
+                )
+                self._metadata_allowed = False
+            else:
+                if str(metadata.current_version) == self._last.version:
+                    expires_at = self._expiry(metadata.custom_metadata)
+                    if expires_at != self._last.expires_at:
+                        self._last = self._last.with_expiry(expires_at)
+                    return self._last
+        secret = await self.session.read_kv(self.path, kv_version=self.kv_version)
+        self._last = self._token_from(secret)
+        return self._last
+
+    async def aclose(self) -> None:
+        await self.session.aclose()
+
+    def _token_from(self, secret: KvSecret) -> Token:
+        value = secret.data.get(self.key)
+        if value is None:
+            keys = ", ".join(sorted(str(k) for k in secret.data)) or "none"
+            raise SourceError(f"{self.path} has no key {self.key!r} (keys: {keys}); set TOKENSIDECAR_KEY")
+        if not isinstance(value, str):
+            raise SourceError(f"{self.path} key {self.key!r} is a {type(value).__name__}, not a string")
+        return Token(
+            value=value,
+            source=self.kind,
+            version=str(secret.version) if secret.version is not None else None,
+            expires_at=self._expiry(secret.custom_metadata),
+        )
+
+    def _expiry(self, custom_metadata: Mapping[str, str]) -> datetime | None:
+        raw = custom_metadata.get(EXPIRES_AT_METADATA_KEY)
+        if not raw:
+            return None
+        try:
+            return parse_time(raw)
+        except (ValueError, OverflowError, OSError):
+            log.warning(
+                "custom_metadata.expires_at is not a time; ignoring it",
+                extra={"path": str(self.path), "expires_at": str(raw)[:64]},
+            )
+            return None
