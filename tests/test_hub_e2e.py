@@ -1,0 +1,146 @@
+"""The real ``tokensidecar run`` against the Hub stand-in: verification, outage policy, and
+expiry-driven refresh of exchanged tokens, observed from outside (file, /metrics, /status)."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.hub import OidcIssuer
+from tests.sidecar_process import SidecarProcess, wait_for
+from tokensidecar.demo.hub import HubStandIn
+
+
+def _fp(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()[:12]
+
+
+def _write(path: Path, value: str) -> None:
+    """Replace the source file the way kubelet and the rotation tools do: a rename."""
+    staged = path.with_name(path.name + ".staged")
+    staged.write_text(value)
+    staged.replace(path)
+
+
+def _file_sidecar(hub: HubStandIn, tmp_path: Path, **env: str) -> tuple[SidecarProcess, Path]:
+    source_file = tmp_path / "source" / "token"
+    source_file.parent.mkdir()
+    (tmp_path / "out").mkdir()
+    sidecar = SidecarProcess(
+        token_file=tmp_path / "out" / "token",
+        env={
+            "TOKENSIDECAR_SOURCE": "file",
+            "TOKENSIDECAR_SOURCE_FILE": str(source_file),
+            "HF_ENDPOINT": hub.url,
+            "TOKENSIDECAR_VERIFY": "whoami",
+            "TOKENSIDECAR_MAX_BACKOFF": "1s",
+            **env,
+        },
+    )
+    return sidecar, source_file
+
+
+def _verify_count(sidecar: SidecarProcess, result: str) -> float:
+    return sidecar.metric("tokensidecar_verify_total", f'result="{result}"') or 0.0
+
+
+def test_rejected_token_is_never_published(hub: HubStandIn, tmp_path: Path) -> None:
+    sidecar, source_file = _file_sidecar(hub, tmp_path)
+    good = hub.issue_token()
+    _write(source_file, good)
+    with sidecar:
+        sidecar.wait_for_token(good)
+        forged = "hf_" + hashlib.sha256(b"forged").hexdigest()[:30]
+        _write(source_file, forged)
+        wait_for(lambda: _verify_count(sidecar, "rejected") >= 1)
+        status = sidecar.status()
+        assert "rejected" in status["last_error"]
+        assert status["fingerprint"] == _fp(good)
+        assert sidecar.token() == good
+        assert _verify_count(sidecar, "ok") == 1
+    for secret in (good, forged):
+        assert secret not in sidecar.logs
+
+
+def test_whoami_is_called_once_per_new_token_not_per_read(hub: HubStandIn, tmp_path: Path) -> None:
+    sidecar, source_file = _file_sidecar(hub, tmp_path)
+    first, second = hub.issue_token(), hub.issue_token()
+    _write(source_file, first)
+    with sidecar:
+        sidecar.wait_for_token(first)
+        for _ in range(4):  # the same token rewritten: the source sees a change each time
+            _write(source_file, first)
+            time.sleep(0.25)
+        assert hub.whoami_by_token[_fp(first)] == 1
+        _write(source_file, second)
+        sidecar.wait_for_token(second)
+        assert hub.whoami_by_token[_fp(second)] == 1
+        assert hub.calls["whoami"] == 2
+
+
+@pytest.mark.parametrize("policy", ["publish", "hold"])
+def test_hub_outage_policy(hub: HubStandIn, tmp_path: Path, policy: str) -> None:
+    sidecar, source_file = _file_sidecar(hub, tmp_path, TOKENSIDECAR_VERIFY_ON_HUB_OUTAGE=policy)
+    first, second = hub.issue_token(), hub.issue_token()
+    _write(source_file, first)
+    with sidecar:
+        sidecar.wait_for_token(first)
+        hub.fail_next(1000, status=503, path_prefix="/api/whoami-v2")
+        _write(source_file, second)
+        if policy == "publish":
+            sidecar.wait_for_token(second)
+            assert _verify_count(sidecar, "hub_unavailable_published") == 1
+            assert sidecar.status()["verified"] is False
+        else:
+            wait_for(lambda: _verify_count(sidecar, "hub_unavailable_held") >= 1)
+            assert sidecar.token() == first
+            assert "unavailable" in sidecar.status()["last_error"]
+            hub.clear_faults()  # the Hub comes back: the held token goes out, verified
+            sidecar.wait_for_token(second, timeout=10)
+            wait_for(lambda: sidecar.status()["verified"] is True)
+    assert second not in sidecar.logs
+
+
+def test_exchanged_token_is_refreshed_from_expires_in(
+    hub: HubStandIn, oidc_issuer: OidcIssuer, tmp_path: Path
+) -> None:
+    hub.exchange_lifetime = 6
+    subject_file = tmp_path / "sa-token"
+    subject_file.write_text(oidc_issuer.mint(audience=hub.url))
+    (tmp_path / "out").mkdir()
+    sidecar = SidecarProcess(
+        token_file=tmp_path / "out" / "token",
+        env={
+            "TOKENSIDECAR_SOURCE": "oidc-exchange",
+            "HF_ENDPOINT": hub.url,
+            "TOKENSIDECAR_OIDC_RESOURCE": "acme",
+            "TOKENSIDECAR_OIDC_TOKEN_FILE": str(subject_file),
+            "TOKENSIDECAR_VERIFY": "repo",
+            "TOKENSIDECAR_MODEL_ID": hub.repo_id,
+        },
+    )
+    published: list[tuple[float, str]] = []
+
+    def record() -> bool:
+        value = sidecar.token()
+        if value and (not published or published[-1][1] != value):
+            published.append((time.monotonic(), value))
+            assert hub.is_valid(value), "a published exchanged token must be live at the Hub"
+        return len(published) >= 4
+
+    with sidecar:
+        wait_for(record, timeout=25, interval=0.05)
+        status = sidecar.status()
+        assert status["source"] == "oidc-exchange"
+        assert sidecar.get("/readyz")[0] == 200
+    gaps = [later[0] - earlier[0] for earlier, later in itertools.pairwise(published)]
+    # 2/3 of a 6 s lifetime is 4 s, ±10% jitter; never after the token has expired.
+    assert all(3.0 <= gap <= 5.5 for gap in gaps), gaps
+    assert all(value.startswith("hf_jwt_") for _, value in published)
+    assert all(hub.whoami_by_token[_fp(value)] == 1 for _, value in published)
+    for _, value in published:
+        assert value not in sidecar.logs
