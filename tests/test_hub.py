@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import secrets
 import socket
 import statistics
@@ -23,8 +22,6 @@ from tokensidecar.demo.hub import DEFAULT_FILES, DEFAULT_REPO, HubStandIn
 from tokensidecar.hub import HubVerifier, revoke
 from tokensidecar.token import Token
 from tokensidecar.verify import HubUnavailable, TokenRejected, build_verifier
-
-os.environ.setdefault("HF_HUB_DISABLE_XET", "1")
 
 
 def _token(value: str) -> Token:
