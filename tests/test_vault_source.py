@@ -88,6 +88,22 @@ async def test_new_kv_version_is_seen_by_fetch(
     assert token.expires_at == datetime.fromtimestamp(1900000000, UTC)
 
 
+async def test_secret_recreated_at_version_one_is_read_again(
+    openbao: DevServer, open_source: Callable[..., VaultSource]
+) -> None:
+    path = f"secret/{unique('hf')}/model-a"
+    mount, rest = path.split("/", 1)
+    openbao.put_kv(path, {"token": "hf_before_recreate"})
+    source = open_source(TOKENSIDECAR_VAULT_PATH=path)
+    assert (await source.fetch()).version == "1"
+
+    openbao.admin.secrets.kv.v2.delete_metadata_and_all_versions(path=rest, mount_point=mount)
+    openbao.put_kv(path, {"token": "hf_after_recreate"})
+    token = await source.fetch()
+
+    assert (token.value, token.version) == ("hf_after_recreate", "1")
+
+
 async def test_unchanged_version_is_served_from_metadata_without_reading_data(
     openbao: DevServer, open_source: Callable[..., VaultSource]
 ) -> None:

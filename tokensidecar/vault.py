@@ -130,6 +130,10 @@ class KvMetadata:
     current_version: int
     custom_metadata: Mapping[str, str] = field(default_factory=dict)
     updated_time: datetime | None = None
+    #: When the current version was written. Version numbers start again at 1 when a
+    #: secret's metadata is deleted and the secret recreated (or a dev server restarts),
+    #: so (version, created_time) is what identifies a version.
+    current_version_created_time: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -296,11 +300,14 @@ class VaultSession:
             path=path,
         )
         body = response.get("data") or {}
+        current_version = _as_int(body.get("current_version")) or 0
+        current = (body.get("versions") or {}).get(str(current_version)) or {}
         return KvMetadata(
             path=path,
-            current_version=_as_int(body.get("current_version")) or 0,
+            current_version=current_version,
             custom_metadata=dict(body.get("custom_metadata") or {}),
             updated_time=_as_time(body.get("updated_time")),
+            current_version_created_time=_as_time(current.get("created_time")),
         )
 
     async def write_kv(

@@ -4,7 +4,7 @@ Vault has no watch API for KV, so this source is polled by the refresher every
 ``TOKENSIDECAR_REFRESH_INTERVAL`` (earlier when the token's expiry is near). To keep a
 poll cheap, a KV v2 fetch first reads the secret's *metadata* (current version and
 ``custom_metadata``, no secret on the wire) and reads the data only when the version
-moved; otherwise it returns the previous token with the expiry from the fresh metadata,
+moved (number *and* creation time: a secret deleted and recreated starts again at 1); otherwise it returns the previous token with the expiry from the fresh metadata,
 so an ``expires_at`` updated after the data (the rotation job writes data first, then
 metadata) is still seen. When the policy does not allow reading metadata, the source
 says so once and reads the data at every poll instead. KV v1 has no versions: every
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from datetime import datetime
 from typing import TYPE_CHECKING, ClassVar
 
 from tokensidecar.config import ConfigError
@@ -25,8 +26,6 @@ from tokensidecar.token import Token, parse_time
 from tokensidecar.vault import KvPath, KvSecret, VaultPermissionDenied, VaultSession
 
 if TYPE_CHECKING:
-    from datetime import datetime
-
     from tokensidecar.config import Config
 
 __all__ = ["EXPIRES_AT_METADATA_KEY", "VaultSource"]
@@ -48,6 +47,9 @@ class VaultSource(Source):
         self.key = key
         self.kv_version = kv_version
         self._last: Token | None = None
+        #: created_time of the KV v2 version behind ``_last``: with the version number,
+        #: it tells a new secret that restarted at version 1 from the one we have.
+        self._last_created: datetime | None = None
         self._metadata_allowed = kv_version == 2
 
     @classmethod
@@ -80,13 +82,19 @@ class VaultSource(Source):
                 )
                 self._metadata_allowed = False
             else:
-                if str(metadata.current_version) == self._last.version:
+                unchanged = (
+                    str(metadata.current_version) == self._last.version
+                    and metadata.current_version_created_time is not None
+                    and metadata.current_version_created_time == self._last_created
+                )
+                if unchanged:
                     expires_at = self._expiry(metadata.custom_metadata)
                     if expires_at != self._last.expires_at:
                         self._last = self._last.with_expiry(expires_at)
                     return self._last
         secret = await self.session.read_kv(self.path, kv_version=self.kv_version)
         self._last = self._token_from(secret)
+        self._last_created = secret.created_time
         return self._last
 
     async def aclose(self) -> None:
