@@ -494,7 +494,8 @@ def main(config: Config) -> int:
     try:
         asyncio.run(_run(config, outcome=outcome, progress=progress))
     except RotationFailed as exc:
-        outcome.result, outcome.error = "failed", str(exc)
+        # One line, whatever the upstream's message looked like (Vault's are multi-line).
+        outcome.result, outcome.error = "failed", " ".join(str(exc).split())
     progress.say(outcome.summary())
     if config.metrics_file:
         try:

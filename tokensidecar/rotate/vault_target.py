@@ -37,6 +37,9 @@ FINGERPRINT = "fingerprint"
 ROTATED_AT = "rotated_at"
 REVOKED_FINGERPRINT = "revoked_fingerprint"
 REVOKED_AT = "revoked_at"
+# Vault refuses empty custom_metadata values; an unknown time is written as this word
+# (which no reader parses as a time) so a stale value never outlives its token.
+UNKNOWN = "unknown"
 
 
 def _time(text: str | None) -> datetime | None:
@@ -121,9 +124,9 @@ class VaultTarget(Target):
                 {self.key: token.value},
                 cas=cas,
                 custom_metadata={
-                    EXPIRES_AT: format_time(expires_at) or "",
+                    EXPIRES_AT: format_time(expires_at) or UNKNOWN,
                     FINGERPRINT: token.fingerprint,
-                    ROTATED_AT: format_time(rotated_at) or "",
+                    ROTATED_AT: format_time(rotated_at) or UNKNOWN,
                 },
             )
         except VaultCasConflict:
@@ -149,7 +152,10 @@ class VaultTarget(Target):
         try:
             await self.session.write_kv_metadata(
                 self.path,
-                {REVOKED_FINGERPRINT: stored.previous_fingerprint, REVOKED_AT: format_time(revoked_at) or ""},
+                {
+                    REVOKED_FINGERPRINT: stored.previous_fingerprint,
+                    REVOKED_AT: format_time(revoked_at) or UNKNOWN,
+                },
             )
         except VaultError as exc:
             raise TargetError(str(exc)) from None

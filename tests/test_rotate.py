@@ -1,0 +1,518 @@
+"""``tokensidecar rotate`` against real stand-ins: kmock Secrets through the official client,
+the Hub stand-in over HTTP (exchange, whoami, model read, revoke), and real OpenBao KV v2.
+
+Most cases run the job in-process (``main(config)``: the same entry the CLI calls) to stay
+quick; the leak and exit-status cases run the real CLI as a subprocess.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.fixtures.kube import KubeApi
+from tokensidecar.config import ConfigError, resolve
+from tokensidecar.demo.hub import HubStandIn
+from tokensidecar.demo.openbao import DevServer
+from tokensidecar.redact import fingerprint
+from tokensidecar.rotate.job import main
+from tokensidecar.rotate.settings import SETTINGS
+from tokensidecar.token import parse_time, utcnow
+
+SECRET = "hf-token-rotating"
+# Prints the token kept in a file: the "issuance lives elsewhere" program of the command issuer.
+PRINT_FILE = "import sys; print(open(sys.argv[1]).read())"
+
+
+@dataclass
+class Run:
+    code: int
+    out: str
+    err: str
+
+
+def rotate(env: Mapping[str, str], capsys: pytest.CaptureFixture[str]) -> Run:
+    config = resolve(SETTINGS, {}, dict(env))
+    code = main(config)
+    captured = capsys.readouterr()
+    return Run(code=code, out=captured.out, err=captured.err)
+
+
+def secret_state(kube_api: KubeApi) -> tuple[dict[str, str], dict[str, str], str]:
+    """(decoded data, annotations, resourceVersion) of the rotating Secret."""
+    obj = kube_api.get("v1/secrets", SECRET)
+    assert obj is not None
+    data = {k: base64.b64decode(v).decode() for k, v in (obj.get("data") or {}).items()}
+    return data, obj["metadata"].get("annotations") or {}, obj["metadata"]["resourceVersion"]
+
+
+@pytest.fixture
+def token_file(tmp_path: Path) -> Path:
+    return tmp_path / "issued-token"
+
+
+@pytest.fixture
+def secret_env(kube_api: KubeApi, hub: HubStandIn, token_file: Path) -> dict[str, str]:
+    return {
+        "TOKENSIDECAR_ISSUER": "command",
+        "TOKENSIDECAR_ISSUER_COMMAND": json.dumps([sys.executable, "-c", PRINT_FILE, str(token_file)]),
+        "TOKENSIDECAR_TARGET": "kubernetes-secret",
+        "TOKENSIDECAR_SECRET_NAME": SECRET,
+        "TOKENSIDECAR_SECRET_NAMESPACE": "default",
+        "KUBECONFIG": str(kube_api.kubeconfig_path),
+        "HF_ENDPOINT": hub.url,
+    }
+
+
+def issue(hub: HubStandIn, token_file: Path, **kwargs: Any) -> str:
+    token = hub.issue_token(**kwargs)
+    token_file.write_text(token + "\n")
+    return token
+
+
+# --- issuers into the Secret target ---------------------------------------------------------
+
+
+def test_command_issuer_creates_then_rotates_secret_keeping_previous(
+    kube_api: KubeApi, hub: HubStandIn, token_file: Path, secret_env: dict[str, str], capsys: Any
+) -> None:
+    first = issue(hub, token_file, expires_in=3600)
+    run = rotate(secret_env, capsys)
+    assert run.code == 0, run.err
+    data, annotations, _ = secret_state(kube_api)
+    assert data == {"token": first}
+    assert annotations["tokensidecar.io/version"] == "1"
+    assert annotations["tokensidecar.io/fingerprint"] == fingerprint(first)
+    expires_at = parse_time(annotations["tokensidecar.io/expires-at"])
+    assert expires_at is not None and 3500 < (expires_at - utcnow()).total_seconds() <= 3600
+    assert "result=rotated" in run.out and f"minted={fingerprint(first)}" in run.out
+    assert "verified=ok" in run.out
+
+    second = issue(hub, token_file, kind="hf_jwt_")
+    run = rotate(secret_env, capsys)
+    assert run.code == 0, run.err
+    data, annotations, _ = secret_state(kube_api)
+    assert data == {"token": second, "previous": first}
+    assert annotations["tokensidecar.io/version"] == "2"
+    assert annotations["tokensidecar.io/previous-fingerprint"] == fingerprint(first)
+    # hf_jwt_ tokens carry their expiry: the job reads the JWT's exp when the issuer says nothing.
+    assert parse_time(annotations["tokensidecar.io/expires-at"]) is not None
+    assert parse_time(annotations["tokensidecar.io/rotated-at"]) is not None
+
+
+def test_oidc_exchange_issuer_stores_a_verified_trusted_publisher_token(  # noqa: PLR0917 - fixtures
+    kube_api: KubeApi,
+    hub: HubStandIn,
+    oidc_issuer: Any,
+    tmp_path: Path,
+    secret_env: dict[str, str],
+    capsys: Any,
+) -> None:
+    subject_file = tmp_path / "sa-token"
+    subject_file.write_text(oidc_issuer.mint(audience=hub.url))
+    env = {
+        **secret_env,
+        "TOKENSIDECAR_ISSUER": "oidc-exchange",
+        "TOKENSIDECAR_OIDC_TOKEN_FILE": str(subject_file),
+        "TOKENSIDECAR_OIDC_RESOURCE": "models/acme/private-model",
+    }
+    run = rotate(env, capsys)
+    assert run.code == 0, run.err
+    data, annotations, _ = secret_state(kube_api)
+    assert data["token"].startswith("hf_jwt_") and hub.is_valid(data["token"])
+    expires_at = parse_time(annotations["tokensidecar.io/expires-at"])
+    assert expires_at is not None and abs((expires_at - utcnow()).total_seconds() - 3600) < 60
+
+    # A subject for another audience is refused by the Hub: one clear line, nothing stored.
+    subject_file.write_text(oidc_issuer.mint(audience="https://elsewhere.example"))
+    run = rotate(env, capsys)
+    assert run.code == 1
+    assert run.err.startswith("error: issuer oidc-exchange failed") and "invalid_grant" in run.err
+    assert secret_state(kube_api)[0] == data
+
+
+def test_enterprise_exchange_issuer_asks_for_the_requested_lifetime(
+    kube_api: KubeApi, hub: HubStandIn, tmp_path: Path, secret_env: dict[str, str], capsys: Any
+) -> None:
+    hub.register_client(client_id="acme-app", client_secret="s3cret-client-value", members=("bot@acme.io",))
+    (tmp_path / "client-id").write_text("acme-app\n")
+    (tmp_path / "client-secret").write_text("s3cret-client-value\n")
+    env = {
+        **secret_env,
+        "TOKENSIDECAR_ISSUER": "enterprise-exchange",
+        "TOKENSIDECAR_ENTERPRISE_CLIENT_ID_FILE": str(tmp_path / "client-id"),
+        "TOKENSIDECAR_ENTERPRISE_CLIENT_SECRET_FILE": str(tmp_path / "client-secret"),
+        "TOKENSIDECAR_ENTERPRISE_SUBJECT": "bot@acme.io",
+        "TOKENSIDECAR_REQUESTED_LIFETIME": "20m",
+    }
+    run = rotate(env, capsys)
+    assert run.code == 0, run.err
+    data, annotations, _ = secret_state(kube_api)
+    assert data["token"].startswith("hf_oauth_") and hub.is_valid(data["token"])
+    expires_at = parse_time(annotations["tokensidecar.io/expires-at"])
+    assert expires_at is not None and 1140 < (expires_at - utcnow()).total_seconds() <= 1200
+    assert "s3cret-client-value" not in run.out + run.err
+
+
+# --- verification, freshness, dry run -------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", ["unknown-token", "no-model-access"])
+def test_token_failing_verification_is_never_stored(  # noqa: PLR0917 - fixtures
+    case: str, kube_api: KubeApi, hub: HubStandIn, token_file: Path, secret_env: dict[str, str], capsys: Any
+) -> None:
+    good = issue(hub, token_file)
+    assert rotate(secret_env, capsys).code == 0
+    before = secret_state(kube_api)
+    env = dict(secret_env)
+    if case == "unknown-token":
+        token_file.write_text("hf_" + "x" * 30)
+    else:
+        issue(hub, token_file, can_read_repo=False)
+        env["TOKENSIDECAR_MODEL_ID"] = hub.repo_id
+    run = rotate(env, capsys)
+    assert run.code == 1
+    assert run.err.count("\n") == 1 and run.err.startswith("error: the Hub rejected the new token")
+    assert "nothing was stored" in run.err
+    assert secret_state(kube_api) == before and before[0]["token"] == good
+
+
+def test_min_remaining_skips_while_the_stored_token_is_fresh(
+    kube_api: KubeApi, hub: HubStandIn, token_file: Path, secret_env: dict[str, str], capsys: Any
+) -> None:
+    issue(hub, token_file, expires_in=3600)
+    assert rotate(secret_env, capsys).code == 0
+    before = secret_state(kube_api)
+    # The issuer would fail if it ran: a skip must not even call it.
+    skip_env = {**secret_env, "TOKENSIDECAR_MIN_REMAINING": "40m", "TOKENSIDECAR_ISSUER_COMMAND": '["false"]'}
+    run = rotate(skip_env, capsys)
+    assert run.code == 0 and "result=skipped" in run.out and "skip: the stored token has" in run.out
+    assert secret_state(kube_api) == before
+
+    # 2h is more than the token has left: time to rotate.
+    issue(hub, token_file, expires_in=3600)
+    run = rotate({**secret_env, "TOKENSIDECAR_MIN_REMAINING": "2h"}, capsys)
+    assert run.code == 0 and "result=rotated" in run.out
+    assert secret_state(kube_api)[1]["tokensidecar.io/version"] == "2"
+
+
+def test_dry_run_mints_and_verifies_but_changes_nothing(
+    kube_api: KubeApi, hub: HubStandIn, token_file: Path, secret_env: dict[str, str], capsys: Any
+) -> None:
+    first = issue(hub, token_file)
+    assert rotate(secret_env, capsys).code == 0
+    second = issue(hub, token_file)
+    assert rotate(secret_env, capsys).code == 0
+    before = secret_state(kube_api)
+    time.sleep(0.3)
+    new = issue(hub, token_file)
+    env = {**secret_env, "TOKENSIDECAR_DRY_RUN": "true", "TOKENSIDECAR_REVOKE_AFTER": "100ms"}
+    run = rotate(env, capsys)
+    assert run.code == 0 and "result=dry_run" in run.out
+    assert f"would store {fingerprint(new)}" in run.out and f"replacing {fingerprint(second)}" in run.out
+    assert f"would revoke {fingerprint(first)}" in run.out
+    assert secret_state(kube_api) == before
+    assert hub.calls["revoke"] == 0 and hub.is_valid(first)
+
+
+# --- overlap and revocation -----------------------------------------------------------------
+
+
+def test_previous_is_revoked_after_the_overlap_and_never_the_current(
+    kube_api: KubeApi, hub: HubStandIn, token_file: Path, secret_env: dict[str, str], capsys: Any
+) -> None:
+    env = {**secret_env, "TOKENSIDECAR_REVOKE_AFTER": "400ms"}
+    a = issue(hub, token_file, expires_in=3600)
+    assert rotate(env, capsys).code == 0
+    b = issue(hub, token_file, expires_in=3600)
+    run = rotate(env, capsys)
+    assert run.code == 0 and "revoked=0" in run.out  # a just left 'token': its overlap runs
+    assert hub.is_valid(a) and hub.calls["revoke"] == 0
+
+    time.sleep(0.5)
+    # A cheap skip run still revokes what has outlived its overlap, and records it.
+    skip_env = {**env, "TOKENSIDECAR_MIN_REMAINING": "30m"}
+    run = rotate(skip_env, capsys)
+    assert run.code == 0 and "result=skipped" in run.out and f"revoked {fingerprint(a)}" in run.out
+    assert not hub.is_valid(a) and hub.is_valid(b)
+    data, annotations, _ = secret_state(kube_api)
+    assert data == {"token": b, "previous": a}
+    assert annotations["tokensidecar.io/revoked-fingerprint"] == fingerprint(a)
+    run = rotate(skip_env, capsys)
+    assert "revoked=0" in run.out and hub.calls["revoke"] == 1  # recorded: not revoked twice
+
+    # Rotating again: b moves to 'previous' and starts its own overlap; c is never touched.
+    c = issue(hub, token_file, expires_in=3600)
+    assert rotate(env, capsys).code == 0
+    assert hub.is_valid(b) and hub.is_valid(c) and hub.calls["revoke"] == 1
+    # revoke-after 0: no overlap at all, the replaced token goes at once, still never the new one.
+    d = issue(hub, token_file, expires_in=3600)
+    run = rotate({**env, "TOKENSIDECAR_REVOKE_AFTER": "0"}, capsys)
+    assert run.code == 0 and f"revoked {fingerprint(c)}" in run.out
+    assert not hub.is_valid(b) and not hub.is_valid(c) and hub.is_valid(d)
+
+
+def test_revocation_failure_is_counted_but_not_fatal(  # noqa: PLR0917 - fixtures
+    kube_api: KubeApi,
+    hub: HubStandIn,
+    token_file: Path,
+    secret_env: dict[str, str],
+    tmp_path: Path,
+    capsys: Any,
+) -> None:
+    metrics_file = tmp_path / "rotate.prom"
+    env = {**secret_env, "TOKENSIDECAR_REVOKE_AFTER": "0", "TOKENSIDECAR_METRICS_FILE": str(metrics_file)}
+    a = issue(hub, token_file)
+    assert rotate(env, capsys).code == 0
+    b = issue(hub, token_file)
+    hub.fail_next(1, status=503, path_prefix="/api/credentials/revoke")
+    run = rotate(env, capsys)
+    assert (
+        run.code == 0 and "revoke_failures=1" in run.out and f"could not revoke {fingerprint(a)}" in run.out
+    )
+    assert hub.is_valid(a) and secret_state(kube_api)[0] == {"token": b, "previous": a}
+    metrics = metrics_file.read_text()
+    assert (
+        'tokensidecar_rotate_revocations{issuer="command",result="failed",target="kubernetes-secret"} 1.0'
+        in (metrics)
+    )
+    assert 'result="rotated",target="kubernetes-secret"} 2.0' in metrics  # carried over from the first run
+    # The next run (a skip) retries and succeeds.
+    run = rotate({**env, "TOKENSIDECAR_REVOKE_AFTER": "0", "TOKENSIDECAR_MIN_REMAINING": "0"}, capsys)
+    assert run.code == 0
+
+
+# --- concurrency ----------------------------------------------------------------------------
+
+
+def test_a_write_between_read_and_store_is_retried_not_lost(  # noqa: PLR0917 - fixtures
+    kube_api: KubeApi,
+    hub: HubStandIn,
+    token_file: Path,
+    secret_env: dict[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: Any,
+) -> None:
+    first = issue(hub, token_file)
+    assert rotate(secret_env, capsys).code == 0
+    # An issuer that, while "minting", lets another writer rotate the Secret first.
+    intruder = hub.issue_token()
+    script = tmp_path / "racing_issuer.py"
+    script.write_text(
+        "import base64, json, os, sys, kubernetes\n"
+        "kubernetes.config.load_kube_config(config_file=os.environ['KUBECONFIG'])\n"
+        "core = kubernetes.client.CoreV1Api()\n"
+        f"patch = {{'data': {{'token': base64.b64encode({intruder!r}.encode()).decode()}},"
+        " 'metadata': {'annotations': {'tokensidecar.io/version': '2'}}}\n"
+        f"core.patch_namespaced_secret({SECRET!r}, 'default', patch)\n"
+        "print(open(sys.argv[1]).read())\n"
+    )
+    mine = issue(hub, token_file)
+    env = {
+        **secret_env,
+        "TOKENSIDECAR_ISSUER_COMMAND": json.dumps([sys.executable, str(script), str(token_file)]),
+    }
+    monkeypatch.setenv("KUBECONFIG", secret_env["KUBECONFIG"])  # the script's client reads it
+    run = rotate(env, capsys)
+    assert run.code == 0, run.err
+    assert "conflicts=1" in run.out and "reading it again" in run.out
+    data, annotations, _ = secret_state(kube_api)
+    assert data == {"token": mine, "previous": intruder}  # the intruder's token is kept, not lost
+    assert annotations["tokensidecar.io/version"] == "3"
+    assert first != intruder
+
+
+def test_two_rotations_racing_on_one_secret_both_finish(
+    kube_api: KubeApi, hub: HubStandIn, tmp_path: Path, secret_env: dict[str, str], capsys: Any
+) -> None:
+    start = issue(hub, tmp_path / "start")
+    assert rotate({**secret_env, "TOKENSIDECAR_ISSUER_COMMAND": json.dumps(
+        [sys.executable, "-c", PRINT_FILE, str(tmp_path / "start")])}, capsys).code == 0  # fmt: skip
+    tokens, codes = {}, {}
+
+    def run_job(name: str) -> None:
+        path = tmp_path / name
+        tokens[name] = issue(hub, path)
+        # Both jobs read the Secret, then spend 0.5 s minting: their writes collide.
+        argv = [sys.executable, "-c", f"import time, sys; time.sleep(0.5); {PRINT_FILE}", str(path)]
+        config = resolve(SETTINGS, {}, {**secret_env, "TOKENSIDECAR_ISSUER_COMMAND": json.dumps(argv)})
+        codes[name] = main(config)
+
+    threads = [threading.Thread(target=run_job, args=(name,)) for name in ("one", "two")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    out = capsys.readouterr().out
+    assert codes == {"one": 0, "two": 0}
+    assert out.count("conflicts=1") == 1
+    data, annotations, _ = secret_state(kube_api)
+    assert annotations["tokensidecar.io/version"] == "3"
+    # The loser re-read and wrote on top of the winner: the winner's token is 'previous'.
+    assert {data["token"], data["previous"]} == {tokens["one"], tokens["two"]}
+    winner = data["previous"]
+    assert f"previous {fingerprint(start)}" in out and f"previous {fingerprint(winner)}" in out
+
+
+# --- Vault: issuer and target ---------------------------------------------------------------
+
+
+@pytest.fixture
+def vault_env(openbao: DevServer, hub: HubStandIn, request: pytest.FixtureRequest) -> dict[str, str]:
+    base = f"rotate-{request.node.name[-40:]}-{time.monotonic_ns()}"
+    return {
+        "TOKENSIDECAR_ISSUER": "vault",
+        "TOKENSIDECAR_ISSUER_VAULT_PATH": f"secret/upstream/{base}",
+        "TOKENSIDECAR_TARGET": "vault",
+        "TOKENSIDECAR_VAULT_PATH": f"secret/hf/{base}",
+        "TOKENSIDECAR_VAULT_AUTH": "token",
+        "VAULT_ADDR": openbao.addr,
+        "VAULT_TOKEN": openbao.root_token,
+        "HF_ENDPOINT": hub.url,
+    }
+
+
+def kv(openbao: DevServer, path: str, *, version: int | None = None) -> dict[str, Any]:
+    mount, _, rest = path.partition("/")
+    response = openbao.admin.secrets.kv.v2.read_secret_version(
+        path=rest, mount_point=mount, version=version, raise_on_deleted_version=True
+    )
+    return dict(response["data"])
+
+
+def kv_metadata(openbao: DevServer, path: str) -> dict[str, Any]:
+    mount, _, rest = path.partition("/")
+    return dict(openbao.admin.secrets.kv.v2.read_secret_metadata(path=rest, mount_point=mount)["data"])
+
+
+def test_vault_issuer_copies_into_a_kv_v2_target_with_history(
+    openbao: DevServer, hub: HubStandIn, vault_env: dict[str, str], capsys: Any
+) -> None:
+    upstream, target = vault_env["TOKENSIDECAR_ISSUER_VAULT_PATH"], vault_env["TOKENSIDECAR_VAULT_PATH"]
+    first = hub.issue_token(expires_in=7200)
+    openbao.put_kv(upstream, {"token": first}, custom_metadata={"expires_at": "2099-01-01T00:00:00Z"})
+    run = rotate(vault_env, capsys)
+    assert run.code == 0, run.err
+    assert kv(openbao, target)["data"] == {"token": first}
+    metadata = kv_metadata(openbao, target)
+    assert metadata["current_version"] == 1
+    assert metadata["custom_metadata"]["expires_at"] == "2099-01-01T00:00:00Z"  # the upstream's expiry
+    assert metadata["custom_metadata"]["fingerprint"] == fingerprint(first)
+
+    # Unchanged upstream: nothing to store (and 'previous' never equals 'current').
+    run = rotate(vault_env, capsys)
+    assert run.code == 0 and "result=unchanged" in run.out
+    assert kv_metadata(openbao, target)["current_version"] == 1
+
+    second = hub.issue_token(expires_in=7200)
+    openbao.put_kv(upstream, {"token": second}, custom_metadata={"expires_at": "2098-01-01T00:00:00Z"})
+    run = rotate({**vault_env, "TOKENSIDECAR_REVOKE_AFTER": "1h"}, capsys)
+    assert run.code == 0, run.err
+    assert kv(openbao, target)["data"] == {"token": second}
+    assert kv(openbao, target, version=1)["data"] == {"token": first}  # previous stays readable
+    assert kv_metadata(openbao, target)["custom_metadata"]["fingerprint"] == fingerprint(second)
+    assert "version=2" in run.out and hub.is_valid(first)
+
+
+def test_vault_target_check_and_set_conflict_rereads_and_keeps_the_other_write(  # noqa: PLR0917 - fixtures
+    openbao: DevServer,
+    hub: HubStandIn,
+    vault_env: dict[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: Any,
+) -> None:
+    target = vault_env["TOKENSIDECAR_VAULT_PATH"]
+    first = hub.issue_token()
+    openbao.put_kv(target, {"token": first})
+    intruder, mine = hub.issue_token(), hub.issue_token()
+    (tmp_path / "mine").write_text(mine)
+    mount, _, rest = target.partition("/")
+    # While "minting", another writer adds version 2: the job's cas=1 write must lose and retry.
+    script = (
+        "import os, sys, hvac\n"
+        "client = hvac.Client(url=os.environ['VAULT_ADDR'], token=os.environ['VAULT_TOKEN'])\n"
+        f"client.secrets.kv.v2.create_or_update_secret(path={rest!r}, mount_point={mount!r},"
+        f" secret={{'token': {intruder!r}}})\n"
+        "print(open(sys.argv[1]).read())\n"
+    )
+    env = {
+        **vault_env,
+        "TOKENSIDECAR_ISSUER": "command",
+        "TOKENSIDECAR_ISSUER_COMMAND": json.dumps([sys.executable, "-c", script, str(tmp_path / "mine")]),
+    }
+    # The script reads Vault's address and token from its environment, inherited from this process.
+    monkeypatch.setenv("VAULT_ADDR", openbao.addr)
+    monkeypatch.setenv("VAULT_TOKEN", openbao.root_token)
+    run = rotate(env, capsys)
+    assert run.code == 0, run.err
+    assert "conflicts=1" in run.out and "check-and-set" in run.out
+    assert kv(openbao, target)["data"] == {"token": mine}
+    assert kv(openbao, target, version=2)["data"] == {"token": intruder}
+    assert kv_metadata(openbao, target)["current_version"] == 3
+
+
+# --- command issuer failures and config errors ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["false"], "exited with status 1"),
+        ([sys.executable, "-c", "pass"], "printed no token"),
+        ([sys.executable, "-c", "import time; time.sleep(5)"], "did not finish within 0.5s"),
+        (["/nonexistent/mint-hf-token"], "cannot run /nonexistent/mint-hf-token"),
+        ([sys.executable, "-c", "print('two words')"], "invalid token: token contains whitespace"),
+    ],
+)
+def test_command_issuer_failures_store_nothing(
+    argv: list[str], expected: str, kube_api: KubeApi, secret_env: dict[str, str], capsys: Any
+) -> None:
+    env = {
+        **secret_env,
+        "TOKENSIDECAR_ISSUER_COMMAND": json.dumps(argv),
+        "TOKENSIDECAR_ISSUER_TIMEOUT": "500ms",
+    }
+    run = rotate(env, capsys)
+    assert run.code == 1 and expected in run.err, run.err
+    assert kube_api.get("v1/secrets", SECRET) is None
+
+
+@pytest.mark.parametrize(
+    ("env", "setting"),
+    [
+        ({}, "TOKENSIDECAR_ISSUER"),
+        ({"TOKENSIDECAR_ISSUER": "command"}, "TOKENSIDECAR_ISSUER_COMMAND"),
+        ({"TOKENSIDECAR_ISSUER": "command", "TOKENSIDECAR_ISSUER_COMMAND": "mint --org acme"}, "JSON list"),
+        ({"TOKENSIDECAR_ISSUER": "oidc-exchange"}, "TOKENSIDECAR_OIDC_RESOURCE"),
+        (
+            {"TOKENSIDECAR_ISSUER": "vault", "VAULT_ADDR": "http://127.0.0.1:1"},
+            "TOKENSIDECAR_ISSUER_VAULT_PATH",
+        ),
+        (
+            {
+                "TOKENSIDECAR_ISSUER": "command",
+                "TOKENSIDECAR_ISSUER_COMMAND": '["x"]',
+                "TOKENSIDECAR_TARGET": "vault",
+                "VAULT_ADDR": "http://127.0.0.1:1",
+                "VAULT_TOKEN": "t" * 8,
+                "TOKENSIDECAR_VAULT_PATH": "secret/x",
+                "TOKENSIDECAR_VAULT_KV_VERSION": "1",
+            },
+            "TOKENSIDECAR_VAULT_KV_VERSION",
+        ),
+    ],
+)
+def test_bad_configuration_names_the_setting(env: dict[str, str], setting: str) -> None:
+    with pytest.raises(ConfigError, match=setting):
+        main(resolve(SETTINGS, {}, {"TOKENSIDECAR_SECRET_NAME": SECRET, "KUBECONFIG": "", **env}))
