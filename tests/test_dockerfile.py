@@ -315,6 +315,7 @@ def test_dockerfile_install_steps_work_in_a_clean_virtualenv(
 def copy_context_path(source: str, dest: pathlib.Path, *, multiple: bool, patterns: list[str]) -> None:
     """COPY from a build context that holds only what .dockerignore lets through."""
     origin = ROOT / source
+    assert origin.exists(), f"COPY {source}: not in the repository, docker build would fail"
     if origin.is_file():
         target = dest / origin.name if multiple or str(dest).endswith("/") or dest.is_dir() else dest
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -183,7 +183,13 @@ def pod_spec(obj: dict[str, Any]) -> dict[str, Any]:
 
 
 def workloads(rendered: Rendered) -> list[tuple[str, dict[str, Any]]]:
-    return [(where, obj) for where, obj in all_objects(rendered) if obj["kind"] in WORKLOAD_KINDS]
+    """Workloads as users apply them. The pieces of the base (base/webhook, base/rotation)
+    get their image tag from the base's image component, so they are checked through it."""
+    return [
+        (where, obj)
+        for where, obj in all_objects(rendered)
+        if obj["kind"] in WORKLOAD_KINDS and not where.startswith("base/")
+    ]
 
 
 def posture_problems(obj: dict[str, Any]) -> list[str]:
