@@ -1,0 +1,365 @@
+"""The webhook's HTTPS server: a thin aiohttp shell around :func:`tokensidecar.webhook.review.review`.
+
+It only moves bytes and counts: every decision is in the pure ``review``/``inject``
+functions. What lives here is what a long-running TLS server in a cluster needs:
+
+* **Certificates that change under it.** kubelet updates a Secret volume by swapping a
+  ``..data`` symlink, cert-manager renews before expiry, and ``--self-signed`` re-issues
+  its own. A watcher ``stat``\\ s the files (following symlinks, so the swap shows as a
+  new inode) and calls ``load_cert_chain`` on the live ``SSLContext``; new handshakes
+  use the new pair, open connections finish on the old one, nothing restarts. A pair
+  that does not load (half-written, key/cert mismatch) is logged and retried; the old
+  one keeps serving.
+* **Hostile input.** The body size is capped, and ``review`` never raises: bad bodies
+  get 400, bad pods a well-formed denial, so the API server never sees a 500 from input.
+* **A clean stop.** SIGTERM closes the listener, lets in-flight reviews finish (the API
+  server's timeout is a few seconds), and removes the self-signed key files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import ssl
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.process_collector import ProcessCollector
+
+from tokensidecar import __version__
+from tokensidecar.backoff import Backoff, jittered
+from tokensidecar.config import Config, ConfigError
+from tokensidecar.metrics import CONTENT_TYPE_LATEST, exposition
+from tokensidecar.redact import safe_error
+from tokensidecar.webhook.inject import InjectionSettings
+from tokensidecar.webhook.review import review
+
+__all__ = ["CertificateReloader", "WebhookMetrics", "build_app", "main", "serve"]
+
+log = logging.getLogger(__name__)
+
+# How often the certificate files are stat()ed. Two stat calls a second cost nothing,
+# and kubelet itself takes 60-90 s to propagate a Secret change.
+RELOAD_INTERVAL_SECONDS = 1.0
+# How often --self-signed re-checks the caBundle: a GitOps tool re-applying the
+# configuration without it would otherwise break admission until the next restart.
+BUNDLE_RECHECK_SECONDS = 300.0
+# The API server gives a webhook timeoutSeconds (5 s in our manifest) per call; in-flight
+# reviews get that long to finish after SIGTERM.
+SHUTDOWN_GRACE_SECONDS = 5.0
+# Admission latency is sub-millisecond in-process; the API server gives up at seconds.
+DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+RESULTS = ("injected", "skipped", "error")
+
+
+class WebhookMetrics:
+    """The webhook's own registry: admissions by result, their duration, build info."""
+
+    def __init__(self, *, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        ProcessCollector(registry=self.registry)
+        self.admissions = Counter(
+            "tokensidecar_webhook_admissions",
+            "AdmissionReviews answered, by result (injected, skipped, error).",
+            ["result"],
+            registry=self.registry,
+        )
+        for result in RESULTS:
+            self.admissions.labels(result=result)
+        self.duration = Histogram(
+            "tokensidecar_webhook_duration_seconds",
+            "Time to answer one AdmissionReview, from the first byte read to the reply.",
+            buckets=DURATION_BUCKETS,
+            registry=self.registry,
+        )
+        self.certificate_reloads = Counter(
+            "tokensidecar_webhook_certificate_reloads",
+            "Serving certificate loads after start, by result (success, failure).",
+            ["result"],
+            registry=self.registry,
+        )
+        self.build_info = Gauge(
+            "tokensidecar_build_info",
+            "Always 1; the version is in the label.",
+            ["version", "component"],
+            registry=self.registry,
+        )
+        self.build_info.labels(version=__version__, component="webhook").set(1)
+
+
+def _tls_context() -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.options |= ssl.OP_NO_COMPRESSION
+    return context
+
+
+@dataclass(frozen=True)
+class _FileState:
+    resolved: str
+    inode: int
+    mtime_ns: int
+    size: int
+
+
+class CertificateReloader:
+    """One live ``SSLContext`` whose certificate follows the files on disk."""
+
+    def __init__(self, *, cert_file: str, key_file: str, metrics: WebhookMetrics | None = None) -> None:
+        self.cert_file = cert_file
+        self.key_file = key_file
+        self.metrics = metrics
+        self.context = _tls_context()
+        self._loaded: tuple[_FileState, ...] | None = None
+        self._failed: tuple[_FileState, ...] | None = None
+        try:
+            state = self._state()
+            self.context.load_cert_chain(certfile=cert_file, keyfile=key_file)
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            raise ConfigError(
+                "TOKENSIDECAR_TLS_CERT_FILE", f"cannot load {cert_file} with its key: {safe_error(exc)}"
+            ) from None
+        self._loaded = state
+
+    def _state(self) -> tuple[_FileState, ...]:
+        states = []
+        for path in (self.cert_file, self.key_file):
+            # stat() follows symlinks: kubelet's ..data swap shows up as a new inode.
+            info = os.stat(path)
+            states.append(_FileState(os.path.realpath(path), info.st_ino, info.st_mtime_ns, info.st_size))
+        return tuple(states)
+
+    def reload_if_changed(self) -> bool:
+        """Load the pair again if either file changed; True when a new pair is in use."""
+        try:
+            state = self._state()
+        except OSError:
+            return False  # mid-swap or removed: keep serving the loaded pair
+        if state in (self._loaded, self._failed):
+            return False
+        try:
+            self.context.load_cert_chain(certfile=self.cert_file, keyfile=self.key_file)
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            self._failed = state
+            if self.metrics is not None:
+                self.metrics.certificate_reloads.labels(result="failure").inc()
+            log.warning(
+                "the new certificate does not load; still serving the previous one",
+                extra={"cert_file": self.cert_file, "error": safe_error(exc)},
+            )
+            return False
+        self._loaded, self._failed = state, None
+        if self.metrics is not None:
+            self.metrics.certificate_reloads.labels(result="success").inc()
+        log.info("serving certificate reloaded", extra={"cert_file": self.cert_file})
+        return True
+
+    async def watch(self, *, interval: float = RELOAD_INTERVAL_SECONDS) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            self.reload_if_changed()
+
+
+def build_app(
+    *,
+    settings: InjectionSettings,
+    metrics: WebhookMetrics,
+    on_invalid: str = "deny",
+    max_body_bytes: int = 4 * 1024 * 1024,
+) -> web.Application:
+    """The webhook's routes: ``POST /mutate``, ``GET /healthz``, ``GET /metrics``."""
+
+    async def mutate(request: web.Request) -> web.Response:
+        started = time.perf_counter()
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            metrics.admissions.labels(result="error").inc()
+            return web.json_response({"error": f"the body is larger than {max_body_bytes} bytes"}, status=413)
+        outcome = review(body, settings=settings, on_invalid=on_invalid)
+        metrics.admissions.labels(result=outcome.result).inc()
+        metrics.duration.observe(time.perf_counter() - started)
+        response = outcome.body.get("response") or {}
+        if outcome.result == "error":
+            log.warning(
+                "admission refused"
+                if outcome.status == 200 and not response.get("allowed")
+                else "bad review",
+                extra={"uid": response.get("uid"), "status": outcome.status, "reason": outcome.message},
+            )
+        elif outcome.result == "injected":
+            log.info("pod injected", extra={"uid": response.get("uid")})
+        return web.json_response(outcome.body, status=outcome.status)
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def metrics_page(_: web.Request) -> web.Response:
+        return web.Response(body=exposition(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app = web.Application(client_max_size=max_body_bytes)
+    app.router.add_post("/mutate", mutate)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics_page)
+    return app
+
+
+class _SelfSigned:
+    """--self-signed: the shared CA, this replica's serving files, and the caBundle upkeep."""
+
+    def __init__(self, *, config: Config) -> None:
+        from tokensidecar import kube
+
+        self.config = config
+        self.api_client = kube.api_client(kubeconfig=config.kubeconfig)
+        namespace = config.service_namespace or kube.pod_namespace(kubeconfig=config.kubeconfig)
+        if not namespace:
+            self.api_client.close()  # type: ignore[no-untyped-call]
+            raise ConfigError(
+                "TOKENSIDECAR_WEBHOOK_NAMESPACE", "cannot tell the webhook's namespace; set it explicitly"
+            )
+        self.namespace: str = namespace
+        self.core = kube.core_v1(self.api_client)
+        self.admission = kube.admissionregistration_v1(self.api_client)
+        self.files: Any = None
+        self.ca: Any = None
+
+    def prepare(self) -> tuple[str, str]:
+        """Shared CA + serving certificate on disk; returns (cert_file, key_file)."""
+        from tokensidecar.webhook import certs
+
+        self.ca = certs.shared_ca(self.core, namespace=self.namespace, secret_name=self.config.ca_secret_name)
+        self.files = certs.ServingFiles()
+        self._issue()
+        return str(self.files.cert_file), str(self.files.key_file)
+
+    def _issue(self) -> None:
+        from tokensidecar.webhook import certs
+
+        names = certs.service_dns_names(service=self.config.service_name, namespace=self.namespace)
+        self.files.write(certs.issue_serving_cert(self.ca, dns_names=names))
+
+    def upkeep_once(self) -> bool:
+        """Renew the serving certificate when due; make sure the bundle is in place."""
+        from tokensidecar.webhook import certs
+
+        if self.files.due_for_renewal():
+            self._issue()
+            log.info("serving certificate re-issued", extra={"not_after": str(self.files.not_after)})
+        return certs.ensure_ca_bundle(
+            self.admission, name=self.config.webhook_config_name, ca_pem=self.ca.cert_pem
+        )
+
+    async def upkeep(self) -> None:
+        from tokensidecar.webhook.certs import CertificateError
+
+        backoff = Backoff(base=1.0, cap=60.0)
+        while True:
+            try:
+                await asyncio.to_thread(self.upkeep_once)
+            except CertificateError as exc:
+                delay = backoff.next_delay()
+                log.warning(
+                    "cannot patch the CA bundle yet", extra={"error": str(exc), "retry_in": round(delay, 1)}
+                )
+                await asyncio.sleep(delay)
+                continue
+            backoff.reset()
+            await asyncio.sleep(jittered(BUNDLE_RECHECK_SECONDS))
+
+    def close(self) -> None:
+        if self.files is not None:
+            self.files.remove()
+        self.api_client.close()  # type: ignore[no-untyped-call]
+
+
+async def serve(config: Config, *, ready: asyncio.Future[int] | None = None) -> int:
+    """Run until SIGTERM/SIGINT. ``ready`` (tests) receives the bound port once serving."""
+    from tokensidecar.webhook.certs import CertificateError
+
+    settings = InjectionSettings.from_config(config)
+    metrics = WebhookMetrics()
+    self_signed: _SelfSigned | None = None
+    tasks: list[asyncio.Task[None]] = []
+    runner: web.AppRunner | None = None
+    try:
+        if config.self_signed:
+            self_signed = _SelfSigned(config=config)
+            try:
+                cert_file, key_file = await asyncio.to_thread(self_signed.prepare)
+            except CertificateError as exc:
+                log.error("cannot set up the self-signed certificate", extra={"error": str(exc)})
+                return 1
+        else:
+            cert_file, key_file = config.tls_cert_file, config.tls_key_file
+        reloader = CertificateReloader(cert_file=cert_file, key_file=key_file, metrics=metrics)
+
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+
+        app = build_app(
+            settings=settings,
+            metrics=metrics,
+            on_invalid=config.on_invalid,
+            max_body_bytes=config.max_body_bytes,
+        )
+        runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE_SECONDS
+        )
+        await runner.setup()
+        host, port = config.webhook_listen
+        site = web.TCPSite(runner, host, port, ssl_context=reloader.context)
+        await site.start()
+        bound = runner.addresses[0][1] if runner.addresses else port
+        tasks.append(asyncio.create_task(reloader.watch(), name="certificate-reloader"))
+        if self_signed is not None:
+            tasks.append(asyncio.create_task(self_signed.upkeep(), name="ca-bundle-upkeep"))
+        log.info(
+            "webhook listening",
+            extra={
+                "version": __version__,
+                "listen": f"{host}:{bound}",
+                "port": bound,
+                "certificates": "self-signed" if self_signed else "files",
+                "legacy_sidecar": settings.legacy_sidecar,
+                "on_invalid": config.on_invalid,
+            },
+        )
+        if ready is not None and not ready.done():
+            ready.set_result(bound)
+        await stop.wait()
+        log.info("shutting down")
+        return 0
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if runner is not None:
+            await runner.cleanup()
+        if self_signed is not None:
+            self_signed.close()
+
+
+def main(config: Config) -> int:
+    """``tokensidecar webhook``: check the certificate settings, then serve until SIGTERM."""
+    if config.self_signed:
+        for name, env in (
+            ("tls_cert_file", "TOKENSIDECAR_TLS_CERT_FILE"),
+            ("tls_key_file", "TOKENSIDECAR_TLS_KEY_FILE"),
+        ):
+            if config.values.get(name):
+                raise ConfigError(env, "cannot be combined with --self-signed (choose one)")
+    else:
+        config.require("tls_cert_file", when="--self-signed is not set")
+        config.require("tls_key_file", when="--self-signed is not set")
+    return asyncio.run(serve(config))
