@@ -4,6 +4,7 @@ revocation, KV v1/v2 reads, metadata checks and check-and-set writes."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import pathlib
 import secrets
 import time
@@ -328,6 +329,25 @@ async def test_tls_server_is_trusted_through_vault_cacert(tmp_path: pathlib.Path
             await untrusted.aclose()
 
 
+async def test_vault_namespace_is_sent_with_every_request(
+    openbao: DevServer, sessions: list[VaultSession]
+) -> None:
+    namespace = unique("team")
+    scoped = openbao.create_namespace(namespace)
+    scoped.sys.enable_secrets_engine("kv", path="secret", options={"version": "2"})
+    scoped.secrets.kv.v2.create_or_update_secret(
+        path="hf/model", secret={"token": "hf_namespaced"}, mount_point="secret"
+    )
+    env = {"TOKENSIDECAR_VAULT_AUTH": "token", "VAULT_TOKEN": openbao.root_token}
+    inside = VaultSession.from_config(vault_config(openbao, VAULT_NAMESPACE=namespace, **env))
+    outside = VaultSession.from_config(vault_config(openbao, **env))
+    sessions += [inside, outside]
+
+    assert (await inside.read_kv(KvPath.parse("secret/hf/model"))).data["token"] == "hf_namespaced"
+    with pytest.raises(VaultError, match="no secret there"):
+        await outside.read_kv(KvPath.parse("secret/hf/model"))
+
+
 # -- token lifecycle ----------------------------------------------------------------------
 
 
@@ -335,13 +355,13 @@ async def test_client_token_is_renewed_across_several_renewals(
     openbao: DevServer, tmp_path: pathlib.Path, sessions: list[VaultSession]
 ) -> None:
     path = seed(openbao, {"token": "hf_renewal_value"})
-    session = approle_session(openbao, tmp_path, paths=(path,), ttl="3s", max_ttl="1h")
+    session = approle_session(openbao, tmp_path, paths=(path,), ttl="2s", max_ttl="1h")
     sessions.append(session)
     await session.ensure_login()
     accessor = session.token_accessor
     assert accessor is not None
 
-    await asyncio.sleep(7.5)  # 2.5 TTLs: without renewal the token would be long gone
+    await asyncio.sleep(5.5)  # 2.75 TTLs: without renewal the token would be long gone
 
     assert session.renewals >= 3
     assert session.logins == 1
@@ -390,7 +410,7 @@ async def test_user_supplied_token_is_renewed_but_never_revoked(
     openbao: DevServer, tmp_path: pathlib.Path
 ) -> None:
     path = seed(openbao, {"token": "hf_user_token_value"})
-    token, accessor = openbao.create_token(policies=[openbao.read_policy_for(path)], ttl="3s")
+    token, accessor = openbao.create_token(policies=[openbao.read_policy_for(path)], ttl="2s")
     session = VaultSession.from_config(
         vault_config(
             openbao,
@@ -400,7 +420,7 @@ async def test_user_supplied_token_is_renewed_but_never_revoked(
     )
     try:
         await session.read_kv(KvPath.parse(path))
-        await asyncio.sleep(4.5)  # past the 3 s TTL: alive only because it was renewed
+        await asyncio.sleep(3.0)  # past the 2 s TTL: alive only because it was renewed
         assert session.renewals >= 1
         assert (await session.read_kv(KvPath.parse(path))).data["token"] == "hf_user_token_value"
     finally:
@@ -501,3 +521,40 @@ def test_kv_path_needs_a_mount_and_a_path(text: str) -> None:
 def test_kv_path_first_segment_is_the_mount() -> None:
     assert KvPath.parse("/secret/hf/model-a/") == KvPath(mount="secret", path="hf/model-a")
     assert str(KvPath.parse("kv/a")) == "kv/a"
+
+
+async def test_refused_login_credentials_never_appear_in_errors_or_logs(
+    openbao: DevServer,
+    openbao_jwt_auth: str,
+    tmp_path: pathlib.Path,
+    caplog: pytest.LogCaptureFixture,
+    sessions: list[VaultSession],
+) -> None:
+    canary = f"CANARY{secrets.token_hex(12)}"
+    role = unique("jwt-role")
+    openbao.create_jwt_role(role, policies=["default"], audience="tokensidecar", mount=openbao_jwt_auth)
+    openbao.enable_auth("approle")
+    cases = {
+        "approle": {
+            "TOKENSIDECAR_VAULT_ROLE_ID_FILE": write(tmp_path, "role-id", canary + "-role"),
+            "TOKENSIDECAR_VAULT_SECRET_ID_FILE": write(tmp_path, "secret-id", canary + "-secret"),
+        },
+        "jwt": {
+            "TOKENSIDECAR_VAULT_ROLE": role,
+            "TOKENSIDECAR_VAULT_JWT_FILE": write(tmp_path, "jwt", canary),
+        },
+        "token": {"VAULT_TOKEN": canary + "-vault"},
+    }
+    errors: list[str] = []
+    with caplog.at_level(logging.DEBUG):
+        for method, env in cases.items():
+            session = VaultSession.from_config(vault_config(openbao, TOKENSIDECAR_VAULT_AUTH=method, **env))
+            sessions.append(session)
+            with pytest.raises(VaultError) as refused:
+                await session.read_kv(KvPath.parse("secret/hf/model"))
+            errors += [str(refused.value), repr(refused.value)]
+
+    assert any("refused the login" in error for error in errors)
+    raw_records = " ".join(str(vars(record)) for record in caplog.records)  # before the log formatter
+    for text in [*errors, caplog.text, raw_records]:
+        assert canary not in text

@@ -203,6 +203,14 @@ class DevServer:
             self._admin = hvac.Client(url=self.addr, token=self.root_token, verify=self.ca_cert or True)
         return self._admin
 
+    def create_namespace(self, name: str) -> hvac.Client:
+        """An OpenBao namespace (``VAULT_NAMESPACE``); returns a root client scoped to it,
+        whose ``sys`` and ``secrets`` calls then act inside the namespace."""
+        import hvac
+
+        self.admin.adapter.post(f"/v1/sys/namespaces/{name}", json={})
+        return hvac.Client(url=self.addr, token=self.root_token, namespace=name, verify=self.ca_cert or True)
+
     def enable_kv(self, mount: str, *, version: int = 2) -> None:
         """Mount a KV engine (``secret/`` is already KV v2 on a dev server)."""
         self.admin.sys.enable_secrets_engine("kv", path=mount, options={"version": str(version)})
