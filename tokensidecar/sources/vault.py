@@ -4,11 +4,12 @@ Vault has no watch API for KV, so this source is polled by the refresher every
 ``TOKENSIDECAR_REFRESH_INTERVAL`` (earlier when the token's expiry is near). To keep a
 poll cheap, a KV v2 fetch first reads the secret's *metadata* (current version and
 ``custom_metadata``, no secret on the wire) and reads the data only when the version
-moved (number *and* creation time: a secret deleted and recreated starts again at 1); otherwise it returns the previous token with the expiry from the fresh metadata,
-so an ``expires_at`` updated after the data (the rotation job writes data first, then
-metadata) is still seen. When the policy does not allow reading metadata, the source
-says so once and reads the data at every poll instead. KV v1 has no versions: every
-poll reads the data.
+moved: its number *and* its creation time, because a secret deleted and recreated starts
+again at version 1. Otherwise it returns the previous token with the expiry from the
+fresh metadata, so an ``expires_at`` updated after the data (the rotation job writes data
+first, then metadata) is still seen. When the policy does not allow reading metadata,
+the source says so once and reads the data at every poll instead. KV v1 has no
+versions: every poll reads the data.
 
 Login, token renewal, re-login and revocation belong to :class:`~tokensidecar.vault.VaultSession`.
 """
