@@ -594,10 +594,13 @@ def test_webhook_command_serves_https_and_stops_on_sigterm(
         process.stderr.close()
 
 
-def read_listening_port(process: subprocess.Popen[str], *, timeout: float = 20.0) -> int:
+def read_listening_port(
+    process: subprocess.Popen[str], *, timeout: float = 20.0, seen: list[str] | None = None
+) -> int:
+    """Read the webhook's JSON log lines until "webhook listening"; ``seen`` collects them."""
     assert process.stderr is not None
     deadline = time.monotonic() + timeout
-    seen = []
+    seen = [] if seen is None else seen
     while time.monotonic() < deadline:
         line = process.stderr.readline()
         if not line:
