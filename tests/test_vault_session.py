@@ -388,6 +388,25 @@ async def test_token_reaching_max_ttl_is_replaced_by_a_fresh_login(
     assert (await session.read_kv(KvPath.parse(path))).data["token"] == "hf_max_ttl_value"
 
 
+async def test_refused_renewal_logs_in_again_without_waiting_for_a_read(
+    openbao: DevServer, tmp_path: pathlib.Path, sessions: list[VaultSession]
+) -> None:
+    path = seed(openbao, {"token": "hf_refused_renewal"})
+    session = approle_session(openbao, tmp_path, paths=(path,), ttl="2s", max_ttl="1h")
+    sessions.append(session)
+    await session.ensure_login()
+    revoked = session.token_accessor
+    assert revoked is not None
+
+    openbao.revoke_accessor(revoked)  # the next renewal (~1.3 s) is refused with 403
+    deadline = time.monotonic() + 4
+    while session.logins < 2 and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+
+    assert session.logins == 2 and session.renewals == 0
+    assert session.token_accessor != revoked and openbao.token_alive(session.token_accessor or "")
+
+
 async def test_token_revoked_server_side_triggers_relogin_and_retry(
     openbao: DevServer, tmp_path: pathlib.Path, sessions: list[VaultSession]
 ) -> None:
