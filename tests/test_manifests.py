@@ -402,7 +402,7 @@ def test_cert_manager_example_injects_the_ca_from_its_certificate(
     service = config["webhooks"][0]["clientConfig"]["service"]
     assert f"{service['name']}.{service['namespace']}.svc" in dns_names
     for deployment in (o for o in objects if o["kind"] == "Deployment"):
-        args = " ".join(c.get("args", []) for c in pod_spec(deployment)["containers"])
+        args = " ".join(arg for c in pod_spec(deployment)["containers"] for arg in c.get("args", []))
         env = {
             e["name"]: e.get("value") for c in pod_spec(deployment)["containers"] for e in c.get("env", [])
         }
