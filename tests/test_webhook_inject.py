@@ -608,3 +608,63 @@ def test_a_foreign_mount_at_the_token_directory_is_refused() -> None:
     pod["spec"]["containers"][0]["volumeMounts"].append({"name": "dshm", "mountPath": TOKEN_DIR})
     with pytest.raises(InvalidInjection, match="kserve-container"):
         inject(pod, settings=SETTINGS)
+
+
+def sidecar_environment(pod: dict[str, Any], name: str = "tokensidecar") -> dict[str, str]:
+    """The sidecar's env as its process would see it (downward API values filled in)."""
+    environ = {}
+    for variable in container(pod, name)["env"]:
+        if "value" in variable:
+            environ[variable["name"]] = variable["value"]
+        else:
+            assert variable["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+            environ[variable["name"]] = "models"
+    return environ
+
+
+@pytest.mark.parametrize(
+    "annotations",
+    [
+        VAULT_ANNOTATIONS,
+        {**VAULT_ANNOTATIONS, "tokensidecar.io/vault-auth": "jwt", "tokensidecar.io/refresh-interval": "5m"},
+        {
+            "tokensidecar.io/inject": "true",
+            "tokensidecar.io/source": "kubernetes-secret",
+            "tokensidecar.io/secret-name": "hf",
+            "tokensidecar.io/key": "HF_TOKEN",
+        },
+        {
+            "tokensidecar.io/inject": "true",
+            "tokensidecar.io/source": "oidc-exchange",
+            "tokensidecar.io/oidc-resource": "org/acme",
+        },
+        {
+            "tokensidecar.io/inject": "true",
+            "tokensidecar.io/source": "file",
+            "tokensidecar.io/source-volume": "dshm",
+        },
+    ],
+    ids=["vault", "vault-jwt", "kubernetes-secret", "oidc-exchange", "file"],
+)
+def test_injected_environment_is_a_valid_sidecar_configuration(annotations: dict[str, str]) -> None:
+    """Every variable the webhook sets is a sidecar setting, and the sidecar accepts its value."""
+    from tokensidecar.config import resolve, sidecar_settings
+
+    settings = sidecar_settings()
+    known = {setting.env for setting in settings} | {"PYTHONDONTWRITEBYTECODE"}
+    for legacy in (False, True):
+        injection = InjectionSettings(
+            image=SETTINGS.image,
+            vault_addr=SETTINGS.vault_addr,
+            legacy_sidecar=legacy,
+            hf_endpoint="http://hub.local:8080",
+        )
+        pod = injected(kserve_predictor_pod(annotations), injection)
+        for name in ["tokensidecar-init", "tokensidecar"] if legacy else ["tokensidecar"]:
+            environ = sidecar_environment(pod, name)
+            assert set(environ) <= known, set(environ) - known
+            config = resolve(settings, {}, environ)
+            assert config.token_file == TOKEN_PATH
+            assert config.listen == ("0.0.0.0", 8099)
+            assert config.source == annotations.get("tokensidecar.io/source", "vault")
+            assert config.hf_endpoint == "http://hub.local:8080"
