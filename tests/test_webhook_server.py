@@ -34,8 +34,9 @@ from tests.test_webhook_inject import VAULT_ANNOTATIONS, kserve_predictor_pod
 from tokensidecar import logs
 from tokensidecar.webhook import certs
 from tokensidecar.webhook.inject import InjectionSettings
+from tokensidecar.webhook.metrics import WebhookMetrics
 from tokensidecar.webhook.review import decode_patch
-from tokensidecar.webhook.server import CertificateReloader, WebhookMetrics, build_app
+from tokensidecar.webhook.server import CertificateReloader, build_app
 
 SERVICE_HOST = "tokensidecar-webhook.tokensidecar-system.svc"
 INJECTION = InjectionSettings(

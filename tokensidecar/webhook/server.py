@@ -29,8 +29,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.process_collector import ProcessCollector
 
 from tokensidecar import __version__
 from tokensidecar.backoff import Backoff, jittered
@@ -38,9 +36,10 @@ from tokensidecar.config import Config, ConfigError
 from tokensidecar.metrics import CONTENT_TYPE_LATEST, exposition
 from tokensidecar.redact import safe_error
 from tokensidecar.webhook.inject import InjectionSettings
+from tokensidecar.webhook.metrics import WebhookMetrics
 from tokensidecar.webhook.review import review
 
-__all__ = ["CertificateReloader", "WebhookMetrics", "build_app", "main", "serve"]
+__all__ = ["CertificateReloader", "build_app", "main", "serve"]
 
 log = logging.getLogger(__name__)
 
@@ -53,44 +52,6 @@ BUNDLE_RECHECK_SECONDS = 300.0
 # The API server gives a webhook timeoutSeconds (5 s in our manifest) per call; in-flight
 # reviews get that long to finish after SIGTERM.
 SHUTDOWN_GRACE_SECONDS = 5.0
-# Admission latency is sub-millisecond in-process; the API server gives up at seconds.
-DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
-RESULTS = ("injected", "skipped", "error")
-
-
-class WebhookMetrics:
-    """The webhook's own registry: admissions by result, their duration, build info."""
-
-    def __init__(self, *, registry: CollectorRegistry | None = None) -> None:
-        self.registry = registry or CollectorRegistry(auto_describe=True)
-        ProcessCollector(registry=self.registry)
-        self.admissions = Counter(
-            "tokensidecar_webhook_admissions",
-            "AdmissionReviews answered, by result (injected, skipped, error).",
-            ["result"],
-            registry=self.registry,
-        )
-        for result in RESULTS:
-            self.admissions.labels(result=result)
-        self.duration = Histogram(
-            "tokensidecar_webhook_duration_seconds",
-            "Time to answer one AdmissionReview, from the first byte read to the reply.",
-            buckets=DURATION_BUCKETS,
-            registry=self.registry,
-        )
-        self.certificate_reloads = Counter(
-            "tokensidecar_webhook_certificate_reloads",
-            "Serving certificate loads after start, by result (success, failure).",
-            ["result"],
-            registry=self.registry,
-        )
-        self.build_info = Gauge(
-            "tokensidecar_build_info",
-            "Always 1; the version is in the label.",
-            ["version", "component"],
-            registry=self.registry,
-        )
-        self.build_info.labels(version=__version__, component="webhook").set(1)
 
 
 def _tls_context() -> ssl.SSLContext:
