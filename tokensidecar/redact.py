@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import re
 import threading
+from collections import OrderedDict
 
 __all__ = ["fingerprint", "redact", "remember", "safe_error"]
 
@@ -28,8 +29,10 @@ _PATTERNS = re.compile(
 )
 
 _lock = threading.Lock()
-_known: dict[str, str] = {}
-_known_re: re.Pattern[str] | None = None
+# Most recent secrets first; bounded so a sidecar that rotates for months does not grow.
+_known: OrderedDict[str, str] = OrderedDict()
+_known_by_length: tuple[tuple[str, str], ...] = ()
+MAX_REMEMBERED = 256
 
 # Values this short are not worth hiding and would garble ordinary words if replaced.
 _MIN_SECRET_LEN = 6
@@ -42,25 +45,28 @@ def fingerprint(value: str) -> str:
 
 def remember(value: str | None) -> None:
     """Register a secret so that it is redacted wherever it later appears."""
-    global _known_re
+    global _known_by_length
     if not value or len(value) < _MIN_SECRET_LEN:
         return
     with _lock:
         if value in _known:
+            _known.move_to_end(value, last=False)
             return
         _known[value] = f"[REDACTED sha256:{fingerprint(value)}]"
-        # Longest first, so a token containing another is replaced whole.
-        ordered = sorted(_known, key=len, reverse=True)
-        _known_re = re.compile("|".join(re.escape(v) for v in ordered))
+        _known.move_to_end(value, last=False)
+        while len(_known) > MAX_REMEMBERED:
+            _known.popitem(last=True)
+        # Longest first, so a secret that contains another is replaced whole.
+        _known_by_length = tuple(sorted(_known.items(), key=lambda item: len(item[0]), reverse=True))
 
 
 def redact(text: str) -> str:
     """Return ``text`` with every known secret and every token-shaped string replaced."""
     if not text:
         return text
-    known_re = _known_re
-    if known_re is not None:
-        text = known_re.sub(lambda m: _known[m.group(0)], text)
+    for value, mask in _known_by_length:
+        if value in text:
+            text = text.replace(value, mask)
     return _PATTERNS.sub(lambda m: f"[REDACTED sha256:{fingerprint(m.group(0))}]", text)
 
 

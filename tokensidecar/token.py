@@ -113,7 +113,6 @@ class Token:
     verified: bool = False
 
     def __post_init__(self) -> None:
-        remember(self.value)
         remember(self.value.strip())
 
     @property
