@@ -15,6 +15,7 @@ never from argv, where every local user could see it).
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -63,6 +64,8 @@ def parse_duration(text: str) -> float:
             pos = match.end()
         if pos != len(raw) or pos == 0:
             raise ValueError(f"{raw!r} is not a duration (use e.g. 500ms, 30s, 5m, 1h, 1m30s)") from None
+    if not math.isfinite(seconds):  # float() accepts "nan" and "inf"
+        raise ValueError(f"{raw!r} is not a finite duration")
     if seconds < 0:
         raise ValueError("a duration cannot be negative")
     return seconds
