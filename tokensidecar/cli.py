@@ -122,6 +122,9 @@ def build_parser(command: Command) -> argparse.ArgumentParser:
         description=command.description,
         epilog="Every flag can also be set by the environment variable shown; flags win. "
         "Durations accept 500ms, 30s, 5m, 1h, 1m30s or bare seconds.",
+        # No prefix matching: "--vault-token X" must fail, not set --vault-token-file to X
+        # (and a flag added later must not change what an existing abbreviation means).
+        allow_abbrev=False,
     )
     groups: dict[str, argparse._ArgumentGroup] = {}
     for setting in command.settings():

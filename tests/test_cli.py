@@ -1,0 +1,330 @@
+"""The command line as users meet it: ``--version``, ``--help``, one-line configuration errors
+with exit status 2, and ``once`` with the file source (CONTRACT §1).
+
+Most cases run ``cli.main([...])`` in-process (fast, stderr captured by capsys); a few run
+the real ``python -m tokensidecar`` and the console script, to pin what a shell sees.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tokensidecar import __version__, cli
+from tokensidecar.redact import fingerprint
+
+VERSION_LINE = re.compile(r"^tokensidecar \d+\.\d+\.\d+\n$")
+
+
+@pytest.fixture(autouse=True)
+def _isolated(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """No TOKENSIDECAR_/VAULT_/HF_ variable of the outer shell leaks into a case, and the
+    root logger that cli.main() reconfigures is put back afterwards."""
+    import os
+
+    for name in list(os.environ):
+        if name.startswith(("TOKENSIDECAR_", "VAULT_", "HF_")) or name == "KUBECONFIG":
+            monkeypatch.delenv(name)
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def _run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    import os
+
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("TOKENSIDECAR_", "VAULT_", "HF_"))}
+    return subprocess.run(
+        [sys.executable, "-m", "tokensidecar", *args],
+        env={**base, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+# -- version and help ------------------------------------------------------------------
+
+
+def test_version_prints_name_and_semver_and_exits_0() -> None:
+    result = _run_cli("--version")
+    assert result.returncode == 0
+    assert VERSION_LINE.match(result.stdout), result.stdout
+    assert result.stdout == f"tokensidecar {__version__}\n"
+
+
+def test_console_script_is_the_same_program() -> None:
+    script = Path(sys.executable).with_name("tokensidecar")
+    result = subprocess.run([script, "--version"], capture_output=True, text=True, timeout=30, check=False)
+    assert result.returncode == 0
+    assert result.stdout == f"tokensidecar {__version__}\n"
+
+
+def test_top_level_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["--help"])
+    assert exited.value.code == 0
+    out = capsys.readouterr().out
+    for name in ("run", "once", "webhook", "rotate", "demo"):
+        assert re.search(rf"^\s+{name}\s+\S", out, re.MULTILINE), name
+    assert "--version" in out
+
+
+def test_help_of_a_real_process_exits_0() -> None:
+    result = _run_cli("run", "--help")
+    assert result.returncode == 0
+    assert "TOKENSIDECAR_TOKEN_FILE" in result.stdout
+    assert result.stderr == ""
+
+
+@pytest.mark.parametrize("command", sorted(cli.COMMANDS))
+def test_every_command_help_shows_each_setting_as_flag_and_env(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli.main([command, "--help"])
+    assert exited.value.code == 0
+    out = capsys.readouterr().out
+    flat = " ".join(out.split())  # argparse wraps long help lines
+    assert f"tokensidecar {command}" in out
+    settings = cli.COMMANDS[command].settings()
+    assert settings, command
+    for setting in settings:
+        if not setting.env_only:
+            assert setting.cli_flag in out, (command, setting.cli_flag)
+        if not setting.flag_only and not setting.env_only:
+            assert f"env {setting.env}" in flat, (command, setting.env)
+
+
+def test_no_command_prints_help_and_fails(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main([]) == 2
+    assert "usage: tokensidecar" in capsys.readouterr().out
+
+
+def test_vault_token_is_not_a_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    # A token in argv is visible to every local user through /proc/<pid>/cmdline.
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["run", "--vault-token", "hvs.something"])
+    assert exited.value.code == 2
+    assert "--vault-token" not in capsys.readouterr().out
+
+
+# -- configuration errors ------------------------------------------------------------
+
+
+def _one_error_line(err: str) -> str:
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    assert lines[0].startswith("error: ")
+    return lines[0]
+
+
+BAD_CONFIG = [
+    pytest.param(
+        ["--source=vault"],
+        {"VAULT_ADDR": "http://127.0.0.1:1"},
+        "error: TOKENSIDECAR_VAULT_PATH is required when --source=vault",
+        id="vault-without-path",
+    ),
+    pytest.param(
+        ["--source=vault"], {}, "VAULT_ADDR is required when --source=vault", id="vault-without-addr"
+    ),
+    pytest.param(["--source=s3"], {}, "TOKENSIDECAR_SOURCE: 's3' is not one of", id="unknown-source"),
+    pytest.param([], {"TOKENSIDECAR_SOURCE": "s3"}, "TOKENSIDECAR_SOURCE: 's3'", id="unknown-source-env"),
+    pytest.param(
+        ["--source=file"],
+        {},
+        "TOKENSIDECAR_SOURCE_FILE is required when --source=file",
+        id="file-without-path",
+    ),
+    pytest.param(
+        ["--source=kubernetes-secret"],
+        {},
+        "TOKENSIDECAR_SECRET_NAME is required when --source=kubernetes-secret",
+        id="secret-without-name",
+    ),
+    pytest.param(
+        ["--refresh-interval=5x"],
+        {},
+        "TOKENSIDECAR_REFRESH_INTERVAL: '5x' is not a duration",
+        id="bad-duration",
+    ),
+    pytest.param([], {"TOKENSIDECAR_MAX_BACKOFF": "0"}, "TOKENSIDECAR_MAX_BACKOFF", id="zero-backoff"),
+    pytest.param([], {"TOKENSIDECAR_FILE_MODE": "rw-r-----"}, "TOKENSIDECAR_FILE_MODE", id="bad-file-mode"),
+    pytest.param(["--listen=8099"], {}, "TOKENSIDECAR_LISTEN", id="bad-listen"),
+    pytest.param(["--verify=maybe"], {}, "TOKENSIDECAR_VERIFY", id="bad-verify"),
+    pytest.param(["--log-format=xml"], {}, "TOKENSIDECAR_LOG_FORMAT", id="bad-log-format"),
+    pytest.param(["--bogus"], {}, "unrecognized arguments: --bogus", id="unknown-flag"),
+    pytest.param(
+        ["--source=file", "--source-file=/nonexistent/token", "--notify-signal=SIGHUP"],
+        {},
+        "TOKENSIDECAR_NOTIFY_PROCESS is required when TOKENSIDECAR_NOTIFY_SIGNAL is set",
+        id="signal-without-process",
+    ),
+    pytest.param(
+        ["--source=file", "--source-file=/nonexistent/token", "--notify-process=app"],
+        {"TOKENSIDECAR_NOTIFY_SIGNAL": "SIGNOPE"},
+        "TOKENSIDECAR_NOTIFY_SIGNAL: 'SIGNOPE' is not a signal name",
+        id="bad-signal",
+    ),
+    pytest.param(
+        ["--source=file", "--source-file=/nonexistent/token", "--verify=repo"],
+        {},
+        "TOKENSIDECAR_MODEL_ID",
+        id="repo-verify-without-model",
+    ),
+]
+
+
+@pytest.mark.parametrize("command", ["run", "once"])
+@pytest.mark.parametrize(("args", "env", "expected"), BAD_CONFIG)
+def test_bad_configuration_exits_2_with_one_line_naming_the_setting(
+    command: str, args: list[str], env: dict[str, str], expected: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in env.items():
+            patch.setenv(name, value)
+        listen = [] if any(arg.startswith("--listen") for arg in args) else ["--listen=127.0.0.1:0"]
+        try:
+            code = cli.main([command, *listen, *args])
+        except SystemExit as exited:  # argparse's own errors
+            code = exited.code  # type: ignore[assignment]
+    assert code == 2
+    captured = capsys.readouterr()
+    line = _one_error_line(captured.err)
+    assert expected in line
+    assert captured.out == ""
+
+
+def test_bad_configuration_in_a_real_process_has_no_traceback(tmp_path: Path) -> None:
+    result = _run_cli("run", env={"TOKENSIDECAR_SOURCE": "vault", "VAULT_ADDR": "http://127.0.0.1:1"})
+    assert result.returncode == 2
+    assert result.stderr == "error: TOKENSIDECAR_VAULT_PATH is required when --source=vault\n"
+    result = _run_cli("once", "--source=file", "--refresh-interval=1m30")
+    assert result.returncode == 2
+    assert _one_error_line(result.stderr).startswith("error: TOKENSIDECAR_REFRESH_INTERVAL: ")
+
+
+# -- once --------------------------------------------------------------------------------
+
+
+def _once(*args: str) -> int:
+    return cli.main(["once", "--source=file", "--verify=none", *args])
+
+
+def test_once_publishes_the_file_source_token_and_exits_0(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = tmp_path / "source"
+    source.write_text("hf_oncetokenabcdefgh\n")  # kubelet-written files may end in a newline
+    out = tmp_path / "out" / "token"  # the directory does not exist yet
+    assert _once(f"--source-file={source}", f"--token-file={out}") == 0
+    assert out.read_text() == "hf_oncetokenabcdefgh"
+    assert stat.S_IMODE(out.stat().st_mode) == 0o440
+    metadata = json.loads((tmp_path / "out" / "token.json").read_text())
+    assert metadata["fingerprint"] == fingerprint("hf_oncetokenabcdefgh")
+    assert metadata["source"] == "file"
+    err = capsys.readouterr().err
+    assert "hf_oncetokenabcdefgh" not in err
+    assert any(json.loads(line).get("msg") == "token published" for line in err.splitlines())
+
+
+def test_once_reads_settings_from_the_environment_and_flags_win(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = tmp_path / "source"
+    source.write_text("hf_fromenvironment01")
+    monkeypatch.setenv("TOKENSIDECAR_SOURCE_FILE", str(tmp_path / "missing"))
+    monkeypatch.setenv("TOKENSIDECAR_TOKEN_FILE", str(tmp_path / "token"))
+    monkeypatch.setenv("TOKENSIDECAR_FILE_MODE", "0400")
+    assert _once(f"--source-file={source}") == 0  # the flag wins over the missing env path
+    assert (tmp_path / "token").read_text() == "hf_fromenvironment01"
+    assert stat.S_IMODE((tmp_path / "token").stat().st_mode) == 0o400
+
+
+def test_once_fails_with_one_line_when_the_source_file_is_missing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "token"
+    assert _once(f"--source-file={tmp_path / 'missing'}", f"--token-file={out}") == 1
+    err = capsys.readouterr().err
+    assert _one_error_line(err) == f"error: {tmp_path / 'missing'} does not exist"
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        ("hf_invalid token", "whitespace"),
+        ("", "empty"),
+        ("   \n", "empty"),
+        ("hf_" + "x" * 5000, "longer than 4096 bytes"),
+        ("hf_bell\x07token", "printable"),
+    ],
+)
+def test_once_refuses_an_invalid_token_and_keeps_the_old_one(
+    tmp_path: Path, content: str, reason: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source, out = tmp_path / "source", tmp_path / "token"
+    source.write_text("hf_previousgoodtoken")
+    assert _once(f"--source-file={source}", f"--token-file={out}") == 0
+    capsys.readouterr()
+    source.write_text(content)
+    assert _once(f"--source-file={source}", f"--token-file={out}") == 1
+    line = _one_error_line(capsys.readouterr().err)
+    assert reason in line
+    assert "rejected" in line
+    if content.strip():
+        assert content.strip() not in line
+    assert out.read_text() == "hf_previousgoodtoken"
+
+
+def test_once_refuses_a_non_ascii_source_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    source = tmp_path / "source"
+    source.write_text("hf_tökenwithumlaut", encoding="utf-8")
+    assert _once(f"--source-file={source}", f"--token-file={tmp_path / 'token'}") == 1
+    line = _one_error_line(capsys.readouterr().err)
+    assert "ASCII" in line
+    assert "tökenwithumlaut" not in line
+
+
+def test_once_in_a_real_process(tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    source.write_text("hf_realprocessonce01")
+    result = _run_cli(
+        "once",
+        env={
+            "TOKENSIDECAR_SOURCE": "file",
+            "TOKENSIDECAR_SOURCE_FILE": str(source),
+            "TOKENSIDECAR_TOKEN_FILE": str(tmp_path / "token"),
+            "TOKENSIDECAR_VERIFY": "none",
+            "TOKENSIDECAR_LOG_FORMAT": "text",
+        },
+    )
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "token").read_text() == "hf_realprocessonce01"
+    assert "token published" in result.stderr
+    assert "hf_realprocessonce01" not in result.stderr + result.stdout
+    source.unlink()
+    result = _run_cli(
+        "once",
+        "--source=file",
+        f"--source-file={source}",
+        f"--token-file={tmp_path / 'token'}",
+        "--verify=none",
+    )
+    assert result.returncode == 1
+    assert _one_error_line(result.stderr) == f"error: {source} does not exist"
+    assert (tmp_path / "token").read_text() == "hf_realprocessonce01"
