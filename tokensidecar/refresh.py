@@ -117,7 +117,9 @@ class Refresher:
         self.on_hub_outage = on_hub_outage
         self.backoff = Backoff(base=1.0, cap=max_backoff)
         self.state = RefreshState(source=source.kind)
-        self._verified_fingerprint: str | None = None
+        # The last token the Hub accepted, with the expiry the Hub gave it: a token polled
+        # again (or coming back after another) keeps its own verdict and expiry.
+        self._verified: Token | None = None
 
     # -- one candidate ---------------------------------------------------------------
 
@@ -168,12 +170,12 @@ class Refresher:
         return token
 
     async def _verify(self, token: Token) -> Token:
-        last = self.state.last_good
         if self.verifier is None:
             return token
-        if token.fingerprint == self._verified_fingerprint and last is not None:
+        verified_before = self._verified
+        if verified_before is not None and token.fingerprint == verified_before.fingerprint:
             # Already accepted by the Hub: keep its verdict and the expiry it gave.
-            return replace(token, expires_at=token.expires_at or last.expires_at, verified=True)
+            return replace(token, expires_at=token.expires_at or verified_before.expires_at, verified=True)
         try:
             verified = await self.verifier.verify(token)
         except TokenRejected as exc:
@@ -190,7 +192,7 @@ class Refresher:
             )
             return token
         self.metrics.verify.labels(result="ok").inc()
-        self._verified_fingerprint = verified.fingerprint
+        self._verified = verified
         return verified
 
     # -- bookkeeping -------------------------------------------------------------------
