@@ -13,11 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import json
-import os
 import secrets
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,85 +22,21 @@ from typing import Any
 import pytest
 
 from tests.sidecar_process import SidecarProcess
-from tokensidecar.demo.hub import DEFAULT_FILES, HubStandIn
+from tokensidecar.demo.hub import DEFAULT_FILES, DEFAULT_REPO, HubStandIn
 from tokensidecar.demo.openbao import DevServer
+from tokensidecar.demo.predictor import Predictor
 
 HAS_KSERVE = importlib.util.find_spec("kserve_storage") is not None
-
-# Reads one request per line from stdin ("kserve <dir>" or "hub <dir>"), answers one JSON line.
-DOWNLOADER = r"""
-import json, os, sys, time
-from huggingface_hub import snapshot_download
-for line in sys.stdin:
-    how, _, out_dir = line.strip().partition(" ")
-    started = time.perf_counter()
-    try:
-        if how == "kserve":
-            from kserve_storage import Storage
-            Storage.download("hf://acme/private-model", out_dir)
-        else:
-            snapshot_download("acme/private-model", local_dir=out_dir)
-        files = sorted(
-            os.path.relpath(os.path.join(root, name), out_dir)
-            for root, _, names in os.walk(out_dir) if ".cache" not in root for name in names
-        )
-        answer = {"ok": True, "files": files}
-    except Exception as exc:
-        answer = {"ok": False, "error": type(exc).__name__}
-    answer["seconds"] = time.perf_counter() - started
-    print(json.dumps(answer), flush=True)
-"""
 
 
 def _fp(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()[:12]
 
 
-class Downloader:
-    """The predictor stand-in: one long-lived process that downloads on request."""
-
-    def __init__(self, *, hub: HubStandIn, token_file: Path, home: Path) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING_FACE_"))}
-        env.update(
-            HF_ENDPOINT=hub.url,
-            HF_TOKEN_PATH=str(token_file),
-            HF_HOME=str(home),
-            HF_HUB_DISABLE_XET="1",
-            HF_HUB_DISABLE_TELEMETRY="1",
-            HF_HUB_DISABLE_PROGRESS_BARS="1",
-        )
-        self.process = subprocess.Popen(
-            [sys.executable, "-c", DOWNLOADER],
-            env=env,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        )
-        self.pid = self.process.pid
-
-    def download(self, how: str, out_dir: Path) -> dict[str, Any]:
-        assert self.process.stdin is not None and self.process.stdout is not None
-        self.process.stdin.write(f"{how} {out_dir}\n")
-        self.process.stdin.flush()
-        answer: dict[str, Any] = json.loads(self.process.stdout.readline())
-        assert self.process.pid == self.pid and self.process.poll() is None
-        return answer
-
-    def close(self) -> None:
-        if self.process.stdin is not None:
-            self.process.stdin.close()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-
-
 @pytest.fixture
 def rotation_rig(
     hub: HubStandIn, openbao: DevServer, tmp_path: Path
-) -> Iterator[tuple[SidecarProcess, Downloader, str]]:
+) -> Iterator[tuple[SidecarProcess, Predictor, str]]:
     """Vault path seeded with a live Hub token, the sidecar publishing it, a downloader."""
     vault_path = f"secret/hf/kserve-{secrets.token_hex(4)}"
     first = hub.issue_token()
@@ -126,7 +58,7 @@ def rotation_rig(
     )
     with sidecar:
         sidecar.wait_for_token(first, timeout=10)
-        downloader = Downloader(hub=hub, token_file=sidecar.token_file, home=tmp_path / "hf-home")
+        downloader = Predictor(hub_url=hub.url, token_file=sidecar.token_file, home=tmp_path / "hf-home")
         try:
             yield sidecar, downloader, vault_path
         finally:
@@ -160,18 +92,20 @@ def _assert_downloaded(answer: dict[str, Any]) -> None:
 def test_kserve_storage_initializer_downloads_across_rotation_without_restart(
     hub: HubStandIn,
     openbao: DevServer,
-    rotation_rig: tuple[SidecarProcess, Downloader, str],
+    rotation_rig: tuple[SidecarProcess, Predictor, str],
     tmp_path: Path,
 ) -> None:
     sidecar, downloader, vault_path = rotation_rig
     first = sidecar.token()
     assert first is not None
-    _assert_downloaded(downloader.download("kserve", tmp_path / "model-0"))
+    _assert_downloaded(downloader.download(repo_id=DEFAULT_REPO, out_dir=tmp_path / "model-0", how="kserve"))
     assert hub.downloads_by_token[_fp(first)] == len(DEFAULT_FILES)
 
     for rotation in range(1, 3):
         new, written_at = _rotate(hub=hub, openbao=openbao, sidecar=sidecar, vault_path=vault_path)
-        answer = downloader.download("kserve", tmp_path / f"model-{rotation}")
+        answer = downloader.download(
+            repo_id=DEFAULT_REPO, out_dir=tmp_path / f"model-{rotation}", how="kserve"
+        )
         elapsed = time.monotonic() - written_at
         _assert_downloaded(answer)
         assert hub.downloads_by_token[_fp(new)] == len(DEFAULT_FILES)
@@ -185,17 +119,17 @@ def test_kserve_storage_initializer_downloads_across_rotation_without_restart(
 def test_huggingface_hub_process_downloads_across_three_rotations(
     hub: HubStandIn,
     openbao: DevServer,
-    rotation_rig: tuple[SidecarProcess, Downloader, str],
+    rotation_rig: tuple[SidecarProcess, Predictor, str],
     tmp_path: Path,
 ) -> None:
     sidecar, downloader, vault_path = rotation_rig
     first = sidecar.token()
     assert first is not None
-    _assert_downloaded(downloader.download("hub", tmp_path / "model-0"))
+    _assert_downloaded(downloader.download(repo_id=DEFAULT_REPO, out_dir=tmp_path / "model-0", how="hub"))
     used = [first]
     for rotation in range(1, 4):
         new, written_at = _rotate(hub=hub, openbao=openbao, sidecar=sidecar, vault_path=vault_path)
-        answer = downloader.download("hub", tmp_path / f"model-{rotation}")
+        answer = downloader.download(repo_id=DEFAULT_REPO, out_dir=tmp_path / f"model-{rotation}", how="hub")
         elapsed = time.monotonic() - written_at
         _assert_downloaded(answer)
         assert hub.downloads_by_token[_fp(new)] == len(DEFAULT_FILES)
