@@ -21,10 +21,12 @@ __all__ = ["fingerprint", "redact", "remember", "safe_error"]
 
 _PATTERNS = re.compile(
     r"(?:"
-    r"\bhf_[A-Za-z0-9_\-]{8,}"  # Hugging Face tokens: hf_…, hf_jwt_…, hf_oauth_…
+    # Hugging Face tokens: hf_…, hf_oauth_…, and hf_jwt_<header>.<payload>.<signature>,
+    # whose dotted tail must go too (the header is guessable; payload + signature are not).
+    r"\bhf_[A-Za-z0-9_\-]{8,}(?:\.[A-Za-z0-9_\-]+)*"
     r"|\beyJ[A-Za-z0-9_\-]{4,}\.[A-Za-z0-9_\-]{4,}\.[A-Za-z0-9_\-]*"  # JWTs
     r"|\b(?:hvs|hvb|hvr|s|b|r)\.[A-Za-z0-9_\-]{20,}"  # Vault/OpenBao tokens
-    r"|(?<=Bearer )[^\s\"',]+"
+    r"|(?<=(?i:bearer) )[^\s\"',]+"  # the auth scheme is case-insensitive (RFC 9110 §11.1)
     r")"
 )
 
