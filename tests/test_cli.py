@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import socket
 import stat
 import subprocess
 import sys
@@ -328,3 +329,23 @@ def test_once_in_a_real_process(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert _one_error_line(result.stderr) == f"error: {source} does not exist"
     assert (tmp_path / "token").read_text() == "hf_realprocessonce01"
+
+
+def test_run_with_its_port_taken_fails_fast_with_one_line(tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    source.write_text("hf_portalreadytaken1")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = _run_cli(
+            "run",
+            "--source=file",
+            f"--source-file={source}",
+            f"--token-file={tmp_path / 'out' / 'token'}",
+            "--verify=none",
+            f"--listen=127.0.0.1:{port}",
+        )
+    assert result.returncode == 1
+    line = _one_error_line(result.stderr)
+    assert "address already in use" in line
