@@ -556,7 +556,8 @@ async def test_watched_source_publishes_events_as_they_come(tmp_path: Path) -> N
             assert time.monotonic() - started < 0.5
         assert refresher.state.next_refresh_at is None  # nothing polled: it waits for the watch
         assert source.fetches == 1  # only the first fetch; the rest came from the watch
-        assert _sample(refresher, "tokensidecar_rotations_total", result="success") == 3
+        # The file is renamed into place before the counter moves: wait for the bookkeeping.
+        await _eventually(lambda: _sample(refresher, "tokensidecar_rotations_total", result="success") == 3)
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
