@@ -154,12 +154,6 @@ async def test_canary_never_leaks_in_process(
         _assert_absent(canary, where, text)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="refresh.py stores and raises RefreshFailed/last_error text without redact(): an "
-    "upstream error that echoes a secret reaches /status, /readyz and `once` stderr unmasked "
-    "(logs are safe: the formatter redacts). Fix: redact() in RefreshFailed/_record_failure.",
-)
 @pytest.mark.parametrize("kind", sorted(CANARIES))
 async def test_secret_echoed_by_an_upstream_error_is_masked_everywhere(
     tmp_path: Path, log_stream: io.StringIO, kind: str

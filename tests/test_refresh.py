@@ -637,12 +637,6 @@ class FreshTokenSource(ScriptedSource):
         return Token(value=self.value, source=self.kind, version="1", fetched_at=fetched_at)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="refresh.py notifies whenever the publisher rewrote anything, and token.json changes "
-    "at every poll (fetched_at): a model server gets SIGHUP at every poll of an unchanged token. "
-    "Fix: notify only when the fingerprint changed.",
-)
 async def test_polling_an_unchanged_token_notifies_only_once(tmp_path: Path) -> None:
     from tests.test_notify import NotifyEndpoint
     from tokensidecar.notify import Notifier

@@ -107,7 +107,8 @@ def _hub_error_text(response: httpx2.Response) -> tuple[str, str]:
     if isinstance(body, dict):
         error = str(body.get("error") or "")
         description = str(body.get("error_description") or description)
-    return redact(error[:200]), redact(description[:500])
+    # Redact before truncating: a cut-off secret would no longer match its remembered value.
+    return redact(error)[:200], redact(description)[:500]
 
 
 def _request(method: str, url: str, *, timeout: float, **kwargs: Any) -> httpx2.Response:

@@ -69,6 +69,8 @@ class SidecarMetrics:
             ["result"],
             registry=self.registry,
         )
+        for result in ("ok", "rejected", "hub_unavailable_published", "hub_unavailable_held"):
+            self.verify.labels(result=result)
         self.publishes = Counter(
             "tokensidecar_publishes",
             "Tokens written to the token file (a new value, or new metadata).",
@@ -80,6 +82,8 @@ class SidecarMetrics:
             ["kind"],
             registry=self.registry,
         )
+        for kind in ("signal", "http"):
+            self.notify_failures.labels(kind=kind)
         self.build_info = Gauge(
             "tokensidecar_build_info",
             "Always 1; the version is in the label.",

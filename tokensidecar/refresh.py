@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from tokensidecar.backoff import Backoff, jittered
 from tokensidecar.publish import PublishError
-from tokensidecar.redact import safe_error
+from tokensidecar.redact import redact, safe_error
 from tokensidecar.sources import SourceError
 from tokensidecar.token import InvalidToken, Token, format_time, utcnow, validate
 from tokensidecar.verify import HubUnavailable, TokenRejected
@@ -52,7 +52,14 @@ MIN_REFRESH_SECONDS = 1.0
 
 
 class RefreshFailed(Exception):
-    """One attempt failed; the message is redacted and says what to look at."""
+    """One attempt failed; the message is redacted and says what to look at.
+
+    Messages often quote an upstream's error text, which can echo what it was sent, so
+    they go through the redactor here, before /status, /readyz or stderr can show them.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(redact(message))
 
 
 @dataclass
@@ -120,6 +127,8 @@ class Refresher:
         # The last token the Hub accepted, with the expiry the Hub gave it: a token polled
         # again (or coming back after another) keeps its own verdict and expiry.
         self._verified: Token | None = None
+        #: Set once the first refresh has finished, successfully or not.
+        self.first_attempt = asyncio.Event()
 
     # -- one candidate ---------------------------------------------------------------
 
@@ -151,7 +160,8 @@ class Refresher:
             raise RefreshFailed(str(exc)) from None
         previous = self.state.last_good
         self.state.last_good = token
-        if previous is None or previous.fingerprint != token.fingerprint:
+        is_new = previous is None or previous.fingerprint != token.fingerprint
+        if is_new:
             self.metrics.rotations.labels(result="success").inc()
             log.info(
                 "published a new token",
@@ -165,8 +175,10 @@ class Refresher:
             )
         if changed:
             self.metrics.publishes.inc()
-            if self.notifier is not None:
-                await self.notifier.notify(token.metadata())
+        # Only a new token is worth waking the model server for; token.json also changes
+        # when only fetched_at or the expiry moved.
+        if is_new and self.notifier is not None:
+            await self.notifier.notify(token.metadata())
         return token
 
     async def _verify(self, token: Token) -> Token:
@@ -209,6 +221,7 @@ class Refresher:
         self.update_ready()
 
     def _record_failure(self, message: str) -> float:
+        message = redact(message)
         self.state.consecutive_failures += 1
         self.state.last_error = message
         self.state.last_error_at = utcnow()
@@ -269,6 +282,12 @@ class Refresher:
 
     async def _attempt(self, candidate: Token | SourceError | None) -> float | None:
         """One refresh; return the delay before the next fetch (None: wait for the watch)."""
+        try:
+            return await self._attempt_once(candidate)
+        finally:
+            self.first_attempt.set()
+
+    async def _attempt_once(self, candidate: Token | SourceError | None) -> float | None:
         try:
             if candidate is None:
                 await self.fetch_and_publish()

@@ -8,10 +8,9 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 import sys
 from dataclasses import dataclass
-
-from aiohttp import web
 
 from tokensidecar import __version__
 from tokensidecar.config import Config, sidecar_settings
@@ -19,7 +18,6 @@ from tokensidecar.metrics import SidecarMetrics
 from tokensidecar.notify import Notifier
 from tokensidecar.publish import Publisher
 from tokensidecar.refresh import Refresher, RefreshFailed
-from tokensidecar.server import build_app
 from tokensidecar.sources import Source, build_source
 from tokensidecar.verify import Verifier, build_verifier
 
@@ -32,6 +30,12 @@ SETTINGS = sidecar_settings()
 # Kubernetes waits terminationGracePeriodSeconds (30 s by default) after SIGTERM; we
 # promise to be gone within 5 s (CONTRACT §4), leaving time to revoke a Vault login.
 SHUTDOWN_SECONDS = 4.0
+
+# Publish first, serve second: importing aiohttp (which builds TLS contexts at import)
+# takes ~0.2 s, and a token on disk matters more than a probe port a moment earlier —
+# the startupProbe polls every second anyway. Serving starts after the first refresh,
+# or after this long if the source is slow.
+FIRST_TOKEN_HEAD_START_SECONDS = 2.0
 
 
 @dataclass
@@ -67,6 +71,22 @@ class Sidecar:
                 await self.verifier.aclose()
 
 
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((host, port))
+    except OSError as exc:
+        listener.close()
+        # Not a configuration error (exit 2): the same setting works once the port is free.
+        reason = (exc.strerror or str(exc)).lower()
+        raise OSError(exc.errno, f"cannot listen on {host}:{port} (TOKENSIDECAR_LISTEN): {reason}") from None
+    listener.listen(128)
+    listener.setblocking(False)
+    return listener
+
+
 async def _run(config: Config) -> int:
     sidecar = Sidecar.from_config(config)
     refresher = sidecar.refresher
@@ -76,13 +96,21 @@ async def _run(config: Config) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
 
+    # Bind the probe port before anything else, so a taken port fails the start at once.
+    host, port = config.listen
+    listener = _bind(host, port)
     loop_task = asyncio.create_task(refresher.run(), name="refresh-loop")
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(refresher.first_attempt.wait(), timeout=FIRST_TOKEN_HEAD_START_SECONDS)
+
+    from aiohttp import web
+
+    from tokensidecar.server import build_app
+
     runner = web.AppRunner(build_app(refresher=refresher, loop_task=loop_task), access_log=None)
     await runner.setup()
-    host, port = config.listen
-    site = web.TCPSite(runner, host, port, shutdown_timeout=1.0)
-    await site.start()
-    bound = runner.addresses[0][1] if runner.addresses else port
+    await web.SockSite(runner, listener, shutdown_timeout=1.0).start()
+    bound = listener.getsockname()[1]
     log.info(
         "tokensidecar started",
         extra={
