@@ -14,10 +14,10 @@ from __future__ import annotations
 import os
 import random
 import signal
-import threading
 import time
 from pathlib import Path
 
+from tests.faults.sampler import FileSampler
 from tests.sidecar_process import SidecarProcess, wait_for
 from tests.test_vault_e2e import PATH, approle_files
 from tokensidecar.demo.openbao import DevServer
@@ -25,32 +25,6 @@ from tokensidecar.demo.openbao import DevServer
 CANARY = "hf_CANARYfaultsVaultKill13579"
 MAX_BACKOFF_S = 2.0
 CYCLES = 4
-
-
-class FileSampler:
-    """Reads the token file in a tight loop; remembers every value it saw."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.seen: list[str | None] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.seen.append(self.path.read_text())
-            except FileNotFoundError:
-                self.seen.append(None)
-            time.sleep(0.002)
-
-    def __enter__(self) -> FileSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
 
 
 def _kill(server: DevServer) -> None:
@@ -100,19 +74,22 @@ def test_openbao_killed_and_restarted_repeatedly_keeps_last_good_and_recovers_wi
                 server.start()
                 approle_files(server, tmp_path)  # the operator re-seeds auth and the secret
                 server.put_kv(PATH, {"token": new_value})
-                recoveries.append(sidecar.wait_for_token(new_value, timeout=10))
+                try:
+                    recoveries.append(sidecar.wait_for_token(new_value, timeout=20))
+                except TimeoutError:
+                    raise AssertionError(
+                        f"cycle {cycle}: no recovery in 20 s; sidecar log tail:\n"
+                        + "\n".join(sidecar.read_logs().splitlines()[-15:])
+                    ) from None
                 wait_for(lambda: sidecar.status()["consecutive_failures"] == 0, timeout=5)
         metrics = sidecar.get("/metrics")[1]
         status_text = sidecar.get("/status")[1]
     assert sidecar.process is not None and sidecar.process.returncode == 0
 
     # The file only ever held tokens that were published, in order, and was never empty.
-    assert None not in sampler.seen and "" not in sampler.seen
-    assert set(sampler.seen) <= set(values)
-    order = [values.index(v) for v in sampler.seen if v is not None]
-    assert order == sorted(order)
+    sampler.assert_only(values)
     # Back within one capped backoff, a login and a read (slack for a loaded CI machine).
-    assert max(recoveries) < MAX_BACKOFF_S + 2.0, recoveries
+    assert max(recoveries) < MAX_BACKOFF_S + 3.0, recoveries
     for text in (sidecar.logs, metrics, status_text):
         assert CANARY not in text
         assert server.root_token not in text
