@@ -9,7 +9,8 @@ SIGTERM. Sources:
 * ``vault``: a local OpenBao dev server, KV v2, AppRole login (so the time includes a
   real login, a KV read and the publish), verification off;
 * ``kubernetes-secret``: the kmock API server of the test suite over HTTP (the time
-  includes loading the kubernetes client, a GET and the watch set-up).
+  includes loading the kubernetes client, a GET and the watch set-up);
+* ``file``: a local file (the floor: no client library, no network).
 
 The interpreter's own start (``python -c pass``) and ``python -c "import tokensidecar.cli"``
 are measured the same way, so the share that is ours is visible.
@@ -105,13 +106,24 @@ def secret_starts(*, starts: int, scratch: Path) -> list[float]:
         api.stop()
 
 
+def file_starts(*, starts: int, scratch: Path) -> list[float]:
+    source = scratch / "source-token"
+    source.write_text(TOKEN)
+    env = {"TOKENSIDECAR_SOURCE": "file", "TOKENSIDECAR_SOURCE_FILE": str(source)}
+    return measure_starts(env=env, starts=starts, scratch=scratch)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--starts", type=int, default=20, help="fresh process starts per source")
     args = parser.parse_args()
     results = {}
     with tempfile.TemporaryDirectory(prefix="bench-cold-") as directory:
-        for name, measure in (("vault", vault_starts), ("kubernetes-secret", secret_starts)):
+        for name, measure in (
+            ("vault", vault_starts),
+            ("kubernetes-secret", secret_starts),
+            ("file", file_starts),
+        ):
             scratch = Path(directory) / name
             scratch.mkdir()
             samples = measure(starts=args.starts, scratch=scratch)
@@ -123,7 +135,8 @@ def main() -> int:
             "method": (
                 "fresh `python -m tokensidecar run` per start; clock from just before Popen to the "
                 "token file holding the token (0.5 ms polling); vault: local OpenBao dev server, "
-                "KV v2, AppRole login; kubernetes-secret: kmock API server over HTTP; verify=none"
+                "KV v2, AppRole login; kubernetes-secret: kmock API server over HTTP; file: a local file; "
+                "verify=none"
             ),
             "starts_per_source": args.starts,
             "interpreter_start_ms": time_command([sys.executable, "-c", "pass"], runs=10),
