@@ -12,8 +12,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import pytest
-
 from tests.faults.sampler import FileSampler
 from tests.fixtures.kube import KubeApi
 from tests.sidecar_process import SidecarProcess, wait_for
@@ -84,14 +82,6 @@ def test_finite_410_storm_relists_and_delivers_the_update_made_during_it(
     assert CANARY not in sidecar.logs + text
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "a 410 Gone right after a fresh list is re-listed at once, with no backoff: "
-        "~40-80 list+watch requests/s for as long as the storm lasts (client-go's reflector "
-        "backs off its relists); see the issue-7 report"
-    ),
-)
 def test_persistent_410_storm_reconnects_at_a_bounded_rate(kube_api: KubeApi, tmp_path: Path) -> None:
     kube_api.put_secret(NAME, {"token": "hf_faults_storm_before"})
     with _sidecar(kube_api, tmp_path) as sidecar:

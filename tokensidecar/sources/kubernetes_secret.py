@@ -177,6 +177,10 @@ class KubernetesSecretSource(Source):
         from kubernetes.client.exceptions import ApiException
 
         backoff = Backoff(base=self.reconnect_backoff[0], cap=self.reconnect_backoff[1])
+        # 410 Gone is answered by listing again; when the API server keeps answering 410
+        # (a storm), the relists back off too, as client-go's reflector does, instead of
+        # spinning list+watch as fast as the server replies. A real event resets it.
+        relist_backoff = Backoff(base=self.reconnect_backoff[0], cap=self.reconnect_backoff[1])
         resource_version: str | None = None
         last_yielded: str | None = None  # resourceVersion of the state last yielded ("" = absent)
         while True:
@@ -200,6 +204,7 @@ class KubernetesSecretSource(Source):
                                 f"watch of secret {self.ref} failed: {obj.get('code')} {obj.get('reason')} "
                                 f"({obj.get('message', '')})"
                             )
+                        relist_backoff.reset()
                         resource_version = obj.get("metadata", {}).get("resourceVersion") or resource_version
                         if event_type in ("ADDED", "MODIFIED", "DELETED"):
                             last_yielded = "" if event_type == "DELETED" else resource_version
@@ -210,9 +215,11 @@ class KubernetesSecretSource(Source):
                 # whatever changed meanwhile comes out of the listing.
                 log.info("watch expired, listing again", extra={"secret": self.ref, "reason": str(exc)})
                 resource_version = None
+                await asyncio.sleep(relist_backoff.next_delay())
             except ApiException as exc:
                 if exc.status == 410:
                     resource_version = None
+                    await asyncio.sleep(relist_backoff.next_delay())
                     continue
                 if exc.status in (401, 403, 404):  # RBAC, namespace gone: retrying here will not help
                     raise SourceError(kube.describe_error(exc, action=f"watch secret {self.ref}")) from None
