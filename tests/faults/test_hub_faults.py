@@ -135,8 +135,8 @@ async def test_hub_stalling_past_the_timeout_is_an_outage_under_both_policies(
         try:
             token_path = directory / "out" / "token"
             await _until(lambda p=token_path, v=first: p.exists() and p.read_text() == v)
-            # The next whoami calls hang for 1.5 s: each attempt times out after 0.3 s.
-            hub.stall_next(3, delay=1.5, path_prefix=WHOAMI)
+            # The next whoami calls hang for 3 s: each attempt times out after 0.3 s.
+            hub.stall_next(3, delay=3.0, path_prefix=WHOAMI)
             started = time.monotonic()
             _write(source_file, second)
             await _until(lambda p=token_path, v=second: p.read_text() == v, timeout=10)
@@ -155,9 +155,11 @@ async def test_hub_stalling_past_the_timeout_is_an_outage_under_both_policies(
             assert secret not in outcomes[policy]["metrics"]
     # publish: out after one timeout, unverified. hold: out only once the Hub answered,
     # i.e. after the three stalled attempts, and verified.
-    assert outcomes["publish"]["verified"] is False and outcomes["publish"]["seconds"] < 1.5
+    summary = {policy: (o["seconds"], o["verified"]) for policy, o in outcomes.items()}
+    # "publish" did not wait for the stalled Hub (3 s): out after one 0.3 s timeout.
+    assert outcomes["publish"]["verified"] is False and outcomes["publish"]["seconds"] < 2.5, summary
     assert 'result="hub_unavailable_published"' in str(outcomes["publish"]["metrics"])
-    assert outcomes["hold"]["verified"] is True and outcomes["hold"]["seconds"] >= 0.9
+    assert outcomes["hold"]["verified"] is True and outcomes["hold"]["seconds"] >= 0.9, summary
     assert 'result="hub_unavailable_held"' in str(outcomes["hold"]["metrics"])
 
 
