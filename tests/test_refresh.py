@@ -563,6 +563,34 @@ async def test_watched_source_publishes_events_as_they_come(tmp_path: Path) -> N
         await asyncio.gather(task, return_exceptions=True)
 
 
+async def test_watched_token_published_during_a_hub_outage_is_verified_when_the_hub_returns(
+    tmp_path: Path,
+) -> None:
+    source = WatchedSource(_token(GOOD))
+    verifier = ScriptedVerifier()
+    verifier.verdicts[GOOD] = "unavailable"
+    refresher = _refresher(tmp_path, source, verifier=verifier, on_hub_outage="publish")
+    # Published unverified: a watched source polls until the Hub has vouched for it...
+    delay = await refresher._attempt(None)
+    assert _published(tmp_path) == GOOD and refresher.state.status()["verified"] is False
+    assert delay is not None
+    verifier.verdicts[GOOD] = "ok"
+    # ...and goes back to waiting for the watch once it has.
+    assert await refresher._attempt(None) is None
+    assert refresher.state.status()["verified"] is True
+    assert verifier.calls == [GOOD, GOOD]
+
+
+def test_token_json_write_failure_keeps_the_published_token(tmp_path: Path) -> None:
+    publisher = Publisher(token_path=tmp_path / "token")
+    publisher.publish(_token(GOOD))
+    # token.json cannot be replaced (a directory stands in its way): the token still is.
+    (tmp_path / "token.json").unlink()
+    (tmp_path / "token.json").mkdir()
+    assert publisher.publish(_token(NEXT)) is True
+    assert _published(tmp_path) == NEXT
+
+
 async def test_watch_errors_are_counted_and_the_last_good_token_kept(tmp_path: Path) -> None:
     source = WatchedSource(_token(GOOD))
     refresher = _refresher(tmp_path, source)

@@ -20,12 +20,15 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 from pathlib import Path
 
 from tokensidecar.token import Token, validate
 
 __all__ = ["PublishError", "Publisher"]
+
+log = logging.getLogger(__name__)
 
 
 class PublishError(Exception):
@@ -61,19 +64,28 @@ class Publisher:
         value = validate(token.value)
         metadata = token.metadata()
         changed = False
-        try:
-            if value != self._published_value:
+        if value != self._published_value:
+            try:
                 self._write_atomically(self.token_path, value.encode("ascii"))
-                self._published_value = value
-                changed = True
-            if metadata != self._published_metadata:
-                body = json.dumps(metadata, indent=None, sort_keys=True).encode() + b"\n"
+            except OSError as exc:
+                # strerror only: the path is ours and the token is never part of an OSError.
+                raise PublishError(f"cannot write {self.token_path}: {exc.strerror}") from None
+            self._published_value = value
+            changed = True
+        if metadata != self._published_metadata:
+            body = json.dumps(metadata, indent=None, sort_keys=True).encode() + b"\n"
+            try:
                 self._write_atomically(self.metadata_path, body)
-                self._published_metadata = metadata
-                changed = True
-        except OSError as exc:
-            # strerror only: the path is ours and the token is never part of an OSError.
-            raise PublishError(f"cannot write {exc.filename or self.token_path}: {exc.strerror}") from None
+            except OSError as exc:
+                # The token is what readers need, and it is on disk: report the stale
+                # metadata, don't fail the publish. The next publish writes it again.
+                log.warning(
+                    "token published, but token.json could not be updated",
+                    extra={"path": str(self.metadata_path), "error": exc.strerror},
+                )
+                return changed
+            self._published_metadata = metadata
+            changed = True
         return changed
 
     def _write_atomically(self, path: Path, content: bytes) -> None:

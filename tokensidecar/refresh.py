@@ -301,7 +301,16 @@ class Refresher:
             log.exception("unexpected error during refresh")
             return self._record_failure(safe_error(exc))
         self._record_success()
-        return None if self.source.watchable else self.next_poll_delay()
+        if self.source.watchable and self._is_settled():
+            return None  # the watch brings the next change
+        return self.next_poll_delay()
+
+    def _is_settled(self) -> bool:
+        """Nothing to come back for: no verifier, or the Hub has vouched for the token.
+        A token published unverified during a Hub outage is fetched (and so verified)
+        again on the poll schedule, even from a watched source."""
+        token = self.state.last_good
+        return self.verifier is None or (token is not None and token.verified)
 
     def _schedule(self, delay: float | None) -> None:
         self.state.next_refresh_at = None if delay is None else utcnow() + timedelta(seconds=delay)
