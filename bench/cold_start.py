@@ -23,13 +23,20 @@ from __future__ import annotations
 import argparse
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from common import clean_env, distribution, emit, spawn_sidecar, stop_process, wait_for_file_content
+from common import (
+    SIDECAR_PYTHON,
+    clean_env,
+    distribution,
+    emit,
+    spawn_sidecar,
+    stop_process,
+    wait_for_file_content,
+)
 
 from tests.fixtures.kube import KubeApi
 from tests.sidecar_process import free_port
@@ -139,8 +146,8 @@ def main() -> int:
                 "verify=none"
             ),
             "starts_per_source": args.starts,
-            "interpreter_start_ms": time_command([sys.executable, "-c", "pass"], runs=10),
-            "import_cli_ms": time_command([sys.executable, "-c", "import tokensidecar.cli"], runs=10),
+            "interpreter_start_ms": time_command([SIDECAR_PYTHON, "-c", "pass"], runs=10),
+            "import_cli_ms": time_command([SIDECAR_PYTHON, "-c", "import tokensidecar.cli"], runs=10),
             "by_source": results,
         }
     )

@@ -25,14 +25,21 @@ from __future__ import annotations
 import argparse
 import re
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from common import clean_env, emit, process_usage, spawn_sidecar, stop_process, wait_for_file_content
+from common import (
+    SIDECAR_PYTHON,
+    clean_env,
+    emit,
+    process_usage,
+    spawn_sidecar,
+    stop_process,
+    wait_for_file_content,
+)
 from propagation import KubeletSecretVolume
 
 from tests.fixtures.kube import KubeApi
@@ -47,7 +54,7 @@ _IMPORT_LINE = re.compile(r"^import time:\s+(\d+) \|\s+(\d+) \| (\s*)(\S+)$")
 def import_breakdown(env: Mapping[str, str], *, top: int = 12) -> dict[str, Any]:
     """Top-level packages by cumulative import time for one ``tokensidecar once``."""
     result = subprocess.run(
-        [sys.executable, "-X", "importtime", "-m", "tokensidecar", "once"],
+        [SIDECAR_PYTHON, "-X", "importtime", "-m", "tokensidecar", "once"],
         env=dict(env),
         capture_output=True,
         text=True,

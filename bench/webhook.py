@@ -22,7 +22,6 @@ import signal
 import ssl
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -30,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from common import emit
+from common import SIDECAR_PYTHON, emit
 
 from tokensidecar.webhook import certs
 
@@ -131,7 +130,7 @@ def start_server(directory: Path, *, cpu: int) -> tuple[subprocess.Popen[str], i
     )
     # Default log level (info), as deployed: one JSON line per injected pod is part of the cost.
     process = subprocess.Popen(
-        [sys.executable, "-m", "tokensidecar", "webhook"], env=env, stderr=subprocess.PIPE, text=True
+        [SIDECAR_PYTHON, "-m", "tokensidecar", "webhook"], env=env, stderr=subprocess.PIPE, text=True
     )
     os.sched_setaffinity(process.pid, {cpu})
     assert process.stderr is not None

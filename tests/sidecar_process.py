@@ -72,8 +72,10 @@ class SidecarProcess:
 
     def start(self) -> SidecarProcess:
         self._log_file = open(self._log_path, "wb")  # noqa: SIM115 - closed in stop()
+        # Benchmarks run the sidecar from a runtime-only virtualenv (see bench/common.py).
+        python = os.environ.get("BENCH_SIDECAR_PYTHON") or sys.executable
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "tokensidecar", self.command, *self.args],
+            [python, "-m", "tokensidecar", self.command, *self.args],
             env=self.env,
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
