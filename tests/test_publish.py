@@ -10,9 +10,7 @@ import signal
 import stat
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -106,32 +104,6 @@ def test_reader_never_sees_partial_or_empty_token_during_5000_rotations(shm_path
         assert reads > 1000
         assert seen <= allowed, f"torn or unknown reads: {len(seen - allowed)}"
         assert len(seen) > 1
-
-
-@pytest.fixture
-def shm_path() -> Iterator[Path]:
-    """A directory on tmpfs, like the sidecar's memory-backed emptyDir (fsync is cheap there)."""
-    base = Path("/dev/shm") if Path("/dev/shm").is_dir() else None
-    with tempfile.TemporaryDirectory(dir=base) as directory:
-        yield Path(directory)
-
-
-@pytest.fixture
-def tiny_tmpfs(tmp_path: Path) -> Iterator[Path]:
-    """A 64 KiB tmpfs, like the sidecar's emptyDir{medium: Memory} with a sizeLimit."""
-    mount_point = tmp_path / "tmpfs"
-    mount_point.mkdir()
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount_point)],
-        capture_output=True,
-        check=False,
-    )
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {result.stderr.decode().strip()}")
-    try:
-        yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
 def test_full_filesystem_keeps_the_old_token(tiny_tmpfs: Path) -> None:

@@ -16,14 +16,9 @@ import multiprocessing
 import os
 import random
 import signal
-import subprocess
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from tokensidecar.publish import Publisher, PublishError
 from tokensidecar.token import Token
@@ -40,13 +35,6 @@ def _value(number: int) -> str:
 
 def _token(value: str) -> Token:
     return Token(value=value, source="faults", version=value[3:9])
-
-
-@pytest.fixture
-def shm_dir() -> Iterator[Path]:
-    base = Path("/dev/shm") if Path("/dev/shm").is_dir() else None
-    with tempfile.TemporaryDirectory(dir=base, prefix="tokensidecar-faults-") as directory:
-        yield Path(directory)
 
 
 def _reader(directory: str, allowed: frozenset[str], stop: Any, results: Any) -> None:
@@ -111,12 +99,12 @@ def _collect(handles: tuple[Any, Any], processes: list[Any]) -> list[dict[str, i
     return outcomes
 
 
-def test_four_readers_see_no_torn_or_empty_read_in_10000_rotations(shm_dir: Path) -> None:
+def test_four_readers_see_no_torn_or_empty_read_in_10000_rotations(shm_path: Path) -> None:
     values = _values(10_000)
-    publisher = Publisher(token_path=shm_dir / "token")
+    publisher = Publisher(token_path=shm_path / "token")
     publisher.prepare()
     publisher.publish(_token(values[0]))
-    handles, readers = _read_concurrently(shm_dir, values, 4)
+    handles, readers = _read_concurrently(shm_path, values, 4)
     try:
         for value in values[1:]:
             publisher.publish(_token(value))
@@ -126,8 +114,8 @@ def test_four_readers_see_no_torn_or_empty_read_in_10000_rotations(shm_dir: Path
         assert outcome["missing"] == 0 and outcome["empty"] == 0 and outcome["bad_metadata"] == 0
         assert outcome["unknown"] == 0, f"{outcome['unknown']} torn reads"
         assert outcome["reads"] > 500 and outcome["distinct"] > 10  # the readers really overlapped
-    assert (shm_dir / "token").read_text() == values[-1]
-    assert not list(shm_dir.glob(".*.tmp-*"))
+    assert (shm_path / "token").read_text() == values[-1]
+    assert not list(shm_path.glob(".*.tmp-*"))
 
 
 def _publish_forever(directory: Path, *, start: int, ready_fd: int) -> None:
@@ -156,7 +144,7 @@ def _fork_publisher(directory: Path, *, start: int) -> int:
     return pid
 
 
-def test_sigkill_at_random_points_never_leaves_a_torn_empty_or_unpublished_token(shm_dir: Path) -> None:
+def test_sigkill_at_random_points_never_leaves_a_torn_empty_or_unpublished_token(shm_path: Path) -> None:
     allowed = set(_values(1_000_000))
     start = 0
     first_publish_kills = 0
@@ -165,16 +153,16 @@ def test_sigkill_at_random_points_never_leaves_a_torn_empty_or_unpublished_token
         if iteration % 25 == 0:
             # Now and then, start from nothing: a kill during the very first publish must
             # leave either no token at all or a complete one, never an empty file.
-            for leftover in shm_dir.iterdir():
+            for leftover in shm_path.iterdir():
                 leftover.unlink()
             first_publish_kills += 1
             published = False
-        pid = _fork_publisher(shm_dir, start=start)
+        pid = _fork_publisher(shm_path, start=start)
         time.sleep(random.uniform(0, 0.004))
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
 
-        token_path = shm_dir / "token"
+        token_path = shm_path / "token"
         if not token_path.exists():
             assert not published, "a published token disappeared"
             continue
@@ -182,7 +170,7 @@ def test_sigkill_at_random_points_never_leaves_a_torn_empty_or_unpublished_token
         value = token_path.read_text()
         assert value in allowed, f"iteration {iteration}: torn or empty token {value[:20]!r}"
         number = int(value[3:9])
-        metadata_path = shm_dir / "token.json"
+        metadata_path = shm_path / "token.json"
         if metadata_path.exists():
             metadata = json.loads(metadata_path.read_text())  # always complete JSON
             # token.json follows the token: it describes this token or an earlier published
@@ -196,27 +184,9 @@ def test_sigkill_at_random_points_never_leaves_a_torn_empty_or_unpublished_token
         # What a restarted sidecar does: sweep the killed run's temporary files, publish on.
         publisher = Publisher(token_path=token_path)
         publisher.prepare()
-        assert not list(shm_dir.glob(".*.tmp-*"))
+        assert not list(shm_path.glob(".*.tmp-*"))
         assert token_path.read_text() == value  # prepare() never touches the published token
     assert first_publish_kills == 10
-
-
-@pytest.fixture
-def tiny_tmpfs(tmp_path: Path) -> Iterator[Path]:
-    """A 64 KiB tmpfs, like the sidecar's ``emptyDir{medium: Memory, sizeLimit}``, that fills up."""
-    mount_point = tmp_path / "tmpfs"
-    mount_point.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount_point)],
-        capture_output=True,
-        check=False,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.decode().strip()}")
-    try:
-        yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
 def test_filesystem_filling_up_again_and_again_under_readers_keeps_the_last_complete_token(
