@@ -33,7 +33,7 @@ from hypothesis import strategies as st
 from tests.test_webhook_inject import VAULT_ANNOTATIONS, kserve_predictor_pod
 from tokensidecar import logs
 from tokensidecar.webhook import certs
-from tokensidecar.webhook.inject import InjectionSettings
+from tokensidecar.webhook.inject import KNOWN_ANNOTATIONS, InjectionSettings
 from tokensidecar.webhook.metrics import WebhookMetrics
 from tokensidecar.webhook.review import decode_patch
 from tokensidecar.webhook.server import CertificateReloader, build_app
@@ -374,30 +374,8 @@ _json = st.recursive(
     ),
     max_leaves=12,
 )
-_annotation_keys = st.sampled_from(
-    [
-        f"tokensidecar.io/{k}"
-        for k in (
-            "inject",
-            "source",
-            "vault-path",
-            "vault-role",
-            "vault-auth",
-            "secret-name",
-            "key",
-            "model-id",
-            "verify",
-            "containers",
-            "image",
-            "cpu-request",
-            "memory-request",
-            "memory-limit",
-            "source-volume",
-            "oidc-resource",
-            "bogus",
-        )
-    ]
-)
+# Every annotation the webhook knows, plus one it does not.
+_annotation_keys = st.sampled_from([f"tokensidecar.io/{k}" for k in (*sorted(KNOWN_ANNOTATIONS), "bogus")])
 _annotation_values = st.sampled_from(
     [
         "true",

@@ -35,6 +35,7 @@ from hypothesis import strategies as st
 from tests.test_webhook_inject import VAULT_ANNOTATIONS, kserve_predictor_pod
 from tests.test_webhook_server import INJECTION, KeepAliveClient, RunningWebhook, admission_review, write_pair
 from tokensidecar.webhook import certs
+from tokensidecar.webhook.inject import KNOWN_ANNOTATIONS
 from tokensidecar.webhook.review import decode_patch, review
 
 CANARY = "hf_CANARYfaultsWebhookPod97531"
@@ -48,26 +49,8 @@ _json = st.recursive(
     ),
     max_leaves=8,
 )
-_annotation_names = st.sampled_from(
-    [
-        "inject",
-        "source",
-        "vault-path",
-        "vault-role",
-        "vault-auth",
-        "vault-auth-mount",
-        "secret-name",
-        "key",
-        "model-id",
-        "verify",
-        "containers",
-        "image",
-        "cpu-request",
-        "memory-request",
-        "memory-limit",
-        "status",
-    ]
-).map(lambda name: f"tokensidecar.io/{name}")
+# Every annotation the webhook knows (the list is the webhook's own, so it cannot drift).
+_annotation_names = st.sampled_from(sorted(KNOWN_ANNOTATIONS)).map(lambda name: f"tokensidecar.io/{name}")
 _annotation_values = st.sampled_from(
     [
         "true",
