@@ -473,28 +473,10 @@ def test_monitors_scrape_the_ports_the_workloads_expose(rendered: Rendered) -> N
 @pytest.fixture
 def ca_file(tmp_path: pathlib.Path) -> pathlib.Path:
     """A PEM certificate to stand in for the cluster CA in Vault's kubernetes auth config."""
-    import datetime
+    from tokensidecar.webhook.certs import generate_ca
 
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kubernetes")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
     path = tmp_path / "ca.crt"
-    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    path.write_bytes(generate_ca(common_name="kubernetes").cert_pem)
     return path
 
 
