@@ -114,7 +114,8 @@ def spawn_sidecar(
             sink.close()  # type: ignore[union-attr]
 
 
-def stop_process(process: subprocess.Popen[bytes], *, timeout: float = 10.0) -> int:
+def stop_process(process: subprocess.Popen[Any], *, timeout: float = 10.0) -> int:
+    """SIGTERM, wait, SIGKILL if it does not stop; return the exit code."""
     if process.poll() is None:
         process.terminate()
         try:

@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import json
 import os
-import signal
 import ssl
 import statistics
 import subprocess
@@ -29,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from common import SIDECAR_PYTHON, emit
+from common import SIDECAR_PYTHON, emit, stop_process
 
 from tokensidecar.webhook import certs
 
@@ -208,12 +207,7 @@ def main() -> int:
                 for level in (int(part) for part in args.concurrency.split(","))
             }
         finally:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop_process(process)
     for numbers in results.values():
         numbers["goal_met"] = (
             numbers["admissions_per_second"] >= GOAL_ADMISSIONS_PER_SECOND
