@@ -38,10 +38,8 @@ class PublishError(Exception):
 class Publisher:
     def __init__(self, *, token_path: str | os.PathLike[str], mode: int = 0o440) -> None:
         self.token_path = Path(token_path)
+        # CONTRACT §3: "token.json" beside "token" (generally "<name>.json" beside "<name>").
         self.metadata_path = self.token_path.with_name(self.token_path.name + ".json")
-        if self.token_path.name == "token":
-            # CONTRACT §3: "token.json" beside "token".
-            self.metadata_path = self.token_path.with_name("token.json")
         self.mode = mode
         self._published_value: str | None = None
         self._published_metadata: dict[str, object] | None = None
