@@ -94,6 +94,8 @@ def test_hub_outage_policy(hub: HubStandIn, tmp_path: Path, policy: str) -> None
         if policy == "publish":
             sidecar.wait_for_token(second)
             assert _verify_count(sidecar, "hub_unavailable_published") == 1
+            # The file is written before /status moves on to the new token: wait for both.
+            wait_for(lambda: sidecar.status()["fingerprint"] == _fp(second))
             assert sidecar.status()["verified"] is False
         else:
             wait_for(lambda: _verify_count(sidecar, "hub_unavailable_held") >= 1)
@@ -110,14 +112,14 @@ def test_exchanged_token_is_refreshed_from_expires_in(
 ) -> None:
     hub.exchange_lifetime = 6
     subject_file = tmp_path / "sa-token"
-    subject_file.write_text(oidc_issuer.mint(audience=hub.url))
+    subject_file.write_text(oidc_issuer.mint())
     (tmp_path / "out").mkdir()
     sidecar = SidecarProcess(
         token_file=tmp_path / "out" / "token",
         env={
             "TOKENSIDECAR_SOURCE": "oidc-exchange",
             "HF_ENDPOINT": hub.url,
-            "TOKENSIDECAR_OIDC_RESOURCE": "acme",
+            "TOKENSIDECAR_OIDC_RESOURCE": hub.repo_id,
             "TOKENSIDECAR_OIDC_TOKEN_FILE": str(subject_file),
             "TOKENSIDECAR_VERIFY": "repo",
             "TOKENSIDECAR_MODEL_ID": hub.repo_id,

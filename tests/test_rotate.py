@@ -118,12 +118,12 @@ def test_oidc_exchange_issuer_stores_a_verified_trusted_publisher_token(  # noqa
     capsys: Any,
 ) -> None:
     subject_file = tmp_path / "sa-token"
-    subject_file.write_text(oidc_issuer.mint(audience=hub.url))
+    subject_file.write_text(oidc_issuer.mint())
     env = {
         **secret_env,
         "TOKENSIDECAR_ISSUER": "oidc-exchange",
         "TOKENSIDECAR_OIDC_TOKEN_FILE": str(subject_file),
-        "TOKENSIDECAR_OIDC_RESOURCE": "models/acme/private-model",
+        "TOKENSIDECAR_OIDC_RESOURCE": "acme/private-model",
     }
     run = rotate(env, capsys)
     assert run.code == 0, run.err
@@ -132,17 +132,21 @@ def test_oidc_exchange_issuer_stores_a_verified_trusted_publisher_token(  # noqa
     expires_at = parse_time(annotations["tokensidecar.io/expires-at"])
     assert expires_at is not None and abs((expires_at - utcnow()).total_seconds() - 3600) < 60
 
-    # A subject for another audience is refused by the Hub: one clear line, nothing stored.
+    # A subject for another audience (trusted-publishers.md: aud must be https://huggingface.co)
+    # is named before it is sent: one clear line, nothing stored, nothing asked of the Hub.
+    exchanges = hub.calls["oauth_token"]
     subject_file.write_text(oidc_issuer.mint(audience="https://elsewhere.example"))
     run = rotate(env, capsys)
     assert run.code == 1
-    assert run.err.startswith("error: issuer oidc-exchange failed") and "invalid_grant" in run.err
-    assert secret_state(kube_api)[0] == data
+    assert run.err.startswith("error: issuer oidc-exchange failed: claim aud")
+    assert secret_state(kube_api)[0] == data and hub.calls["oauth_token"] == exchanges
 
 
-def test_enterprise_exchange_issuer_asks_for_the_requested_lifetime(
+def test_enterprise_exchange_issuer_stores_a_token_with_the_apps_lifetime_and_asked_scope(
     kube_api: KubeApi, hub: HubStandIn, tmp_path: Path, secret_env: dict[str, str], capsys: Any
 ) -> None:
+    # oauth.md "Token Exchange for Organizations": 8 h by default (the app's setting), no
+    # lifetime parameter; an optional scope narrows the app's scopes.
     hub.register_client(client_id="acme-app", client_secret="s3cret-client-value", members=("bot@acme.io",))
     (tmp_path / "client-id").write_text("acme-app\n")
     (tmp_path / "client-secret").write_text("s3cret-client-value\n")
@@ -152,15 +156,28 @@ def test_enterprise_exchange_issuer_asks_for_the_requested_lifetime(
         "TOKENSIDECAR_ENTERPRISE_CLIENT_ID_FILE": str(tmp_path / "client-id"),
         "TOKENSIDECAR_ENTERPRISE_CLIENT_SECRET_FILE": str(tmp_path / "client-secret"),
         "TOKENSIDECAR_ENTERPRISE_SUBJECT": "bot@acme.io",
-        "TOKENSIDECAR_REQUESTED_LIFETIME": "20m",
+        "TOKENSIDECAR_ENTERPRISE_SCOPE": "read-repos",
+        "TOKENSIDECAR_VERIFY": "scope",
+        "TOKENSIDECAR_MODEL_ID": hub.repo_id,
     }
     run = rotate(env, capsys)
     assert run.code == 0, run.err
     data, annotations, _ = secret_state(kube_api)
     assert data["token"].startswith("hf_oauth_") and hub.is_valid(data["token"])
+    assert hub.last_exchange["scope"] == "read-repos" and "expires_in" not in hub.last_exchange
     expires_at = parse_time(annotations["tokensidecar.io/expires-at"])
-    assert expires_at is not None and 1140 < (expires_at - utcnow()).total_seconds() <= 1200
+    assert expires_at is not None and abs((expires_at - utcnow()).total_seconds() - 8 * 3600) < 60
+    # The report says which kind was minted and what it can do.
+    assert "kind=oauth role=oauth can_write=False" in run.out
     assert "s3cret-client-value" not in run.out + run.err
+
+
+def test_requested_lifetime_is_refused_because_the_hub_has_no_such_parameter(
+    hub: HubStandIn, secret_env: dict[str, str]
+) -> None:
+    config = resolve(SETTINGS, {}, {**secret_env, "TOKENSIDECAR_REQUESTED_LIFETIME": "20m"})
+    with pytest.raises(ConfigError, match="TOKENSIDECAR_REQUESTED_LIFETIME"):
+        main(config)
 
 
 # --- verification, freshness, dry run -------------------------------------------------------

@@ -5,18 +5,53 @@ was revoked or has expired must stop working the moment it does, so that a rotat
 proven by a download that succeeds with the new token and fails with the old one. The real
 Hub cannot be used here (no internet, no way to mint or revoke tokens on demand), so this
 serves the handful of routes that ``huggingface_hub`` (and through it KServe's storage
-initializer) actually calls, with the headers they read:
+initializer) actually calls, with the headers they read. It answers the way the Hub
+documents, not the way tokensidecar happens to call it; each auth route names its source:
 
-* ``GET /api/whoami-v2`` — 401 unless the bearer token is currently valid; the answer
-  carries ``auth.accessToken.expiresAt`` for tokens that expire;
-* ``GET /api/models/{org}/{name}[/revision/{rev}]`` and ``/tree/{rev}`` — model info and
-  the file listing ``snapshot_download`` asks for;
-* ``HEAD``/``GET /{org}/{name}/resolve/{rev}/{file}`` with ``X-Repo-Commit``, ``ETag`` and
-  ``Content-Length`` (and no ``X-Xet-*`` headers, so clients take the plain HTTP path);
-* ``POST /oauth/token`` — RFC 8693 token exchange: an id_token subject (JWT signature
-  checked against a trusted public key, ``aud`` and ``exp`` checked) gives ``hf_jwt_…``;
-  Enterprise client credentials plus a member e-mail give ``hf_oauth_…``;
-* ``POST /api/credentials/revoke``.
+* ``GET /api/whoami-v2`` — 401 unless the bearer token is currently valid. The answer has
+  the shape real answers have for each token kind: classic ``auth: {type: "access_token",
+  accessToken: {displayName, role: "read"|"write", createdAt}}`` and fine-grained
+  ``role: "fineGrained"`` with ``accessToken.fineGrained: {canReadGatedRepos, global,
+  scoped: [{entity: {_id, type, name}, permissions}]}`` (huggingface.js
+  ``packages/hub/src/lib/who-am-i.ts``; huggingface_hub ``_login.py``; hub-docs
+  ``security-tokens.md`` for the roles); ``accessToken.expiresAt`` only for a token that
+  expires (the Hub's OpenAPI page documents it; hub-docs issue #2114 reports real answers
+  without it, so clients must not rely on it — tokensidecar does not); OAuth tokens
+  (``hf_oauth_…``) answer ``auth: {type: "oauth", expiresAt}`` with no ``accessToken``
+  (huggingface_hub PR #2631; huggingface.js ``AuthInfo.expiresAt``).
+  *Undocumented*: whether whoami-v2 accepts Trusted Publisher ``hf_jwt_…`` tokens at all.
+  ``jwt_whoami`` chooses: ``"accept"`` (default) answers the user shape with an ``auth``
+  block that has no ``accessToken``; ``"refuse"`` answers 401, so tests prove the client
+  degrades safely either way.
+* ``GET /api/models/{org}/{name}/auth-check[/write]`` — the Hub's own access check, what
+  ``HfApi.auth_check`` calls (huggingface_hub ``hf_api.py``): 200, 401/404
+  ``RepoNotFound`` for a repository the token cannot see, 403 ``GatedRepo`` for a gated
+  repository whose access was not granted (hub-docs ``models-gated.md``); ``/write`` answers
+  200 only to a token that can write to the repository (403 otherwise).
+* Gated repositories (``gated=True``): the repository is public and its metadata answers 200
+  to anyone; files and ``auth-check`` answer 403 ``GatedRepo`` to a token without access.
+* ``POST /oauth/token`` — RFC 8693. Trusted Publishers (hub-docs ``trusted-publishers.md``):
+  JSON body, no client authentication, ``subject_token`` an OIDC id_token whose ``aud`` must
+  be ``https://huggingface.co`` (a string or, as kubelet-projected tokens carry it, an array
+  containing it — *undocumented* whether the Hub accepts the array form), signature checked
+  against a trusted key, ``exp`` checked; ``resource`` ``namespace/name`` (or
+  ``datasets/…``, ``spaces/…``) gives an ``hf_jwt_…`` token with write access to that one
+  repository, a username gives an ``hf_oauth_…`` read-only token with only the
+  ``gated-repos`` scope that cannot read private repositories; both expire in 60 minutes;
+  errors are 400 ``invalid_request`` / ``invalid_grant``. Enterprise exchange (hub-docs
+  ``oauth.md`` "Token Exchange for Organizations"): form body, the org OAuth app's client
+  credentials as HTTP Basic, ``subject_token`` a member's e-mail with ``subject_token_type``
+  ``urn:huggingface:token-type:user-email``, optional ``scope`` (default: the app's scopes;
+  ``invalid_scope`` for an unknown one); the lifetime is the app's (8 h by default) and a
+  requested ``expires_in`` is ignored, as the Hub documents no such parameter.
+* ``POST /api/credentials/revoke`` — hub-docs ``security-tokens.md`` "Revoking a leaked
+  token": JSON ``{"credentials": [<token>, …]}``, no authentication, always ``202
+  Accepted`` whether or not a token existed, idempotent; the owner is notified once
+  (counted in ``revocation_notices``). *Undocumented*: whether it revokes ``hf_jwt_`` /
+  ``hf_oauth_`` tokens before they expire; ``revocable_kinds`` chooses (all, by default).
+
+The repository and file routes (model info, tree, resolve) follow what huggingface_hub's
+``snapshot_download`` reads; they are documented beside them.
 
 It is deliberately small and in-memory. Tests steer it directly (issue and revoke tokens,
 make the next requests fail or stall) and read its counters (how many whoami calls each
@@ -68,6 +103,15 @@ TOKEN_EXCHANGE_GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
 ID_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:id_token"
 USER_EMAIL_TYPE = "urn:huggingface:token-type:user-email"
 ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
+#: The audience the Hub requires of a Trusted Publisher subject token (hub-docs trusted-publishers.md).
+HUB_AUDIENCE = "https://huggingface.co"
+#: OAuth scopes the Hub supports (hub-docs oauth.md "Currently supported scopes"), for ``invalid_scope``.
+OAUTH_SCOPES = frozenset(
+    {
+        "openid", "profile", "email", "read-billing", "read-repos", "write-repos", "manage-repos",
+        "gated-repos", "inference-api", "write-discussions", "read-collections", "write-collections",
+    }
+)  # fmt: skip
 
 
 def _b64url_decode(part: str) -> bytes:
@@ -90,7 +134,7 @@ def _iso(moment: float) -> str:
 def mint_subject_jwt(
     *,
     private_key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey,
-    audience: str,
+    audience: str | list[str],
     subject: str = "system:serviceaccount:models:predictor",
     issuer: str = "https://kubernetes.default.svc.cluster.local",
     expires_in: float = 3600,
@@ -131,6 +175,16 @@ class IssuedToken:
     can_read_repo: bool = True
     expires_at: float | None = None
     revoked: bool = False
+    #: Classic ``read``/``write``, ``fineGrained``, or None for OAuth and Trusted Publisher tokens.
+    role: str | None = "read"
+    #: The ``accessToken.fineGrained`` block of a fine-grained token, as whoami-v2 answers it.
+    fine_grained: dict[str, Any] | None = None
+    #: Repositories the token can write to (a Trusted Publisher repo token: exactly one).
+    writable_repos: frozenset[str] = frozenset()
+    #: Whether the owner was granted access to the gated repository (``gated=True``).
+    gated_access: bool = True
+    #: OAuth scopes (``hf_oauth_`` tokens).
+    scopes: tuple[str, ...] = ()
 
     def is_valid(self, now: float) -> bool:
         return not self.revoked and (self.expires_at is None or now < self.expires_at)
@@ -163,12 +217,24 @@ class HubStandIn:
         username: str = "acme-bot",
         exchange_lifetime: float = 3600,
         enterprise_lifetime: float = 8 * 3600,
+        gated: bool = False,
+        jwt_whoami: str = "accept",
+        revocable_kinds: tuple[str, ...] = ("hf_", "hf_jwt_", "hf_oauth_"),
     ) -> None:
         self.repo_id = repo_id
         self.files = dict(files)
         self.username = username
         self.exchange_lifetime = exchange_lifetime
         self.enterprise_lifetime = enterprise_lifetime
+        #: A gated repository is public: metadata for anyone, files only to granted tokens.
+        self.gated = gated
+        #: Undocumented Hub behaviour, chosen per test: "accept" or "refuse" hf_jwt_ at whoami-v2.
+        self.jwt_whoami = jwt_whoami
+        #: Undocumented Hub behaviour: which token kinds /api/credentials/revoke invalidates.
+        self.revocable_kinds = revocable_kinds
+        #: Owners notified of a revocation, by token fingerprint (the Hub e-mails them once).
+        self.revocation_notices: collections.Counter[str] = collections.Counter()
+        self.last_exchange: dict[str, str] = {}
         self.commit_sha = hashlib.sha1(
             b"".join(name.encode() + content for name, content in sorted(self.files.items())),
             usedforsecurity=False,
@@ -181,6 +247,7 @@ class HubStandIn:
         self._faults: list[_Fault] = []
         self._trusted_keys: list[tuple[Any, str]] = []
         self._clients: dict[str, str] = {}
+        self._client_scopes: dict[str, tuple[str, ...]] = {}
         self._members: set[str] = set()
         self._jwt_secret = secrets.token_bytes(32)
         self._runner: web.AppRunner | None = None
@@ -197,6 +264,8 @@ class HubStandIn:
                 web.get("/api/models/{org}/{name}/revision/{rev}", self._model_info),
                 web.get("/api/models/{org}/{name}/tree/{rev}", self._tree),
                 web.get("/api/models/{org}/{name}/tree/{rev}/{path:.*}", self._tree),
+                web.get("/api/models/{org}/{name}/auth-check", self._auth_check),
+                web.get("/api/models/{org}/{name}/auth-check/write", self._auth_check),
                 web.head("/{org}/{name}/resolve/{rev}/{file:.+}", self._resolve),
                 web.get("/{org}/{name}/resolve/{rev}/{file:.+}", self._resolve, allow_head=False),
                 web.post("/oauth/token", self._oauth_token),
@@ -225,20 +294,60 @@ class HubStandIn:
         kind: str = "hf_",
         can_read_repo: bool = True,
         username: str | None = None,
+        role: str | None = None,
+        scoped: list[dict[str, Any]] | None = None,
+        global_permissions: tuple[str, ...] = (),
+        writable_repos: tuple[str, ...] | None = None,
+        gated_access: bool = True,
+        scopes: tuple[str, ...] = (),
     ) -> str:
-        """Mint a token the Hub accepts (``kind`` is the prefix: ``hf_``, ``hf_jwt_``, ``hf_oauth_``)."""
+        """Mint a token the Hub accepts.
+
+        ``kind`` is the prefix: ``hf_`` (a user access token; ``role`` ``read`` — the default —,
+        ``write`` or ``fineGrained`` with ``scoped`` entries as whoami-v2 shows them),
+        ``hf_jwt_`` (Trusted Publisher repo token) or ``hf_oauth_`` (OAuth, with ``scopes``).
+        """
         expires_at = None if expires_in is None else time.time() + expires_in
         if kind == "hf_jwt_":
             value = "hf_jwt_" + self._sign_hub_jwt(expires_at=expires_at or time.time() + 3600)
         else:
             value = kind + secrets.token_urlsafe(24).replace("-", "x").replace("_", "y")
+        owner = username or self.username
+        if kind == "hf_":
+            role = role or "read"
+        fine_grained: dict[str, Any] | None = None
+        if role == "fineGrained":
+            fine_grained = {
+                "canReadGatedRepos": gated_access,
+                "global": list(global_permissions),
+                "scoped": [
+                    {
+                        "entity": {
+                            "_id": hashlib.sha1(
+                                str(entry["entity"]).encode(), usedforsecurity=False
+                            ).hexdigest()[:24],
+                            **entry["entity"],
+                        },
+                        "permissions": list(entry["permissions"]),
+                    }
+                    for entry in (scoped or [])
+                ],
+            }
+        if writable_repos is None:
+            writable_repos = _writable_repos(role=role, owner=owner, org=self.repo_id.split("/", 1)[0],
+                                             fine_grained=fine_grained, repo_id=self.repo_id)  # fmt: skip
         with self._lock:
             self._tokens[value] = IssuedToken(
                 value=value,
                 kind=kind,
-                username=username or self.username,
+                username=owner,
                 can_read_repo=can_read_repo,
                 expires_at=expires_at,
+                role=role if kind == "hf_" else None,
+                fine_grained=fine_grained,
+                writable_repos=frozenset(writable_repos),
+                gated_access=gated_access,
+                scopes=scopes,
             )
         return value
 
@@ -261,10 +370,19 @@ class HubStandIn:
         with self._lock:
             self._trusted_keys.append((key, audience))
 
-    def register_client(self, *, client_id: str, client_secret: str, members: tuple[str, ...] = ()) -> None:
-        """An Enterprise organisation's OAuth app, and the member e-mails it may act for."""
+    def register_client(
+        self,
+        *,
+        client_id: str,
+        client_secret: str,
+        members: tuple[str, ...] = (),
+        scopes: tuple[str, ...] = ("openid", "profile", "email", "read-repos"),
+    ) -> None:
+        """An Enterprise organisation's OAuth app (with its configured ``scopes``), and the
+        member e-mails it may act for."""
         with self._lock:
             self._clients[client_id] = client_secret
+            self._client_scopes[client_id] = scopes
             self._members.update(members)
 
     def fail_next(self, count: int, *, status: int = 503, path_prefix: str = "/") -> None:
@@ -325,11 +443,30 @@ class HubStandIn:
         response: web.StreamResponse = await handler(request)
         return response
 
-    def _repo_access(self, request: web.Request) -> tuple[IssuedToken | None, web.Response | None]:
-        """Private-repo rules of the Hub: anonymous or bad token → 401, no access → 404."""
+    def _repo_access(
+        self, request: web.Request, *, content: bool = True
+    ) -> tuple[IssuedToken | None, web.Response | None]:
+        """The Hub's repository rules. Private: anonymous or bad token → 401, no access → 404.
+        Gated (public): metadata (``content=False``) for anyone; content → 401 without a token,
+        403 ``GatedRepo`` without granted access (hub-docs models-gated.md)."""
         repo_id = f"{request.match_info['org']}/{request.match_info['name']}"
         issued = self._bearer(request)
-        if repo_id != self.repo_id or issued is None or not issued.can_read_repo:
+        if self.gated and repo_id == self.repo_id:
+            if content and issued is not None and not issued.gated_access:
+                message = (
+                    f"Access to model {repo_id} is restricted. You must have access to it "
+                    "and be authenticated to access it. Please log in."
+                )
+                return issued, web.json_response(
+                    {"error": message},
+                    status=403,
+                    headers={"X-Error-Code": "GatedRepo", "X-Error-Message": message},
+                )
+            if content and issued is None:
+                return issued, web.json_response(
+                    {"error": "Access restricted"}, status=401, headers={"X-Error-Code": "GatedRepo"}
+                )
+        elif repo_id != self.repo_id or issued is None or not issued.can_read_repo:
             status = 401 if issued is None else 404
             return issued, web.json_response(
                 {"error": "Repository Not Found"},
@@ -354,35 +491,71 @@ class HubStandIn:
         if raw:
             self.whoami_by_token[hashlib.sha256(raw.encode()).hexdigest()[:12]] += 1
         issued = self._bearer(request)
-        if issued is None:
+        if issued is None or (issued.kind == "hf_jwt_" and self.jwt_whoami == "refuse"):
             return web.json_response({"error": "Invalid credentials in Authorization header"}, status=401)
+        return web.json_response({**self._whoami_entity(issued), "auth": self._whoami_auth(issued)})
+
+    def _whoami_entity(self, issued: IssuedToken) -> dict[str, Any]:
+        """The user part (huggingface.js ``WhoAmIUser``)."""
+        org = self.repo_id.split("/", 1)[0]
+        return {
+            "type": "user",
+            "id": hashlib.sha1(issued.username.encode(), usedforsecurity=False).hexdigest()[:24],
+            "name": issued.username,
+            "fullname": issued.username,
+            "email": f"{issued.username}@example.com",
+            "emailVerified": True,
+            "canPay": False,
+            "isPro": False,
+            "periodEnd": None,
+            "avatarUrl": "/avatars/stand-in.svg",
+            "orgs": [{"type": "org", "name": org, "fullname": org, "roleInOrg": "read"}],
+        }
+
+    @staticmethod
+    def _whoami_auth(issued: IssuedToken) -> dict[str, Any]:
+        """The ``auth`` block, in the shape the Hub gives each kind (see the module docstring)."""
+        if issued.kind == "hf_oauth_":
+            auth: dict[str, Any] = {"type": "oauth"}
+            if issued.expires_at is not None:
+                auth["expiresAt"] = _iso(issued.expires_at)
+            return auth
+        if issued.kind == "hf_jwt_":
+            # Undocumented: what whoami-v2 says of a Trusted Publisher token. Assumed here: no
+            # accessToken block, so a client cannot learn its permissions from this answer.
+            return {"type": "access_token"}
         access_token: dict[str, Any] = {
             "displayName": "tokensidecar-stand-in",
-            "role": "read",
+            "role": issued.role or "read",
             "createdAt": _iso(time.time()),
         }
         if issued.expires_at is not None:
             access_token["expiresAt"] = _iso(issued.expires_at)
-        org = self.repo_id.split("/", 1)[0]
-        return web.json_response(
-            {
-                "type": "user",
-                "id": hashlib.sha1(issued.username.encode(), usedforsecurity=False).hexdigest()[:24],
-                "name": issued.username,
-                "fullname": issued.username,
-                "email": f"{issued.username}@example.com",
-                "emailVerified": True,
-                "orgs": [{"type": "org", "name": org, "roleInOrg": "read"}],
-                "auth": {
-                    "type": "oauth" if issued.kind == "hf_oauth_" else "access_token",
-                    "accessToken": access_token,
-                },
-            }
-        )
+        if issued.fine_grained is not None:
+            access_token["fineGrained"] = issued.fine_grained
+        return {"type": "access_token", "accessToken": access_token}
+
+    async def _auth_check(self, request: web.Request) -> web.Response:
+        """``GET /api/models/{id}/auth-check[/write]`` (what ``HfApi.auth_check`` calls)."""
+        write = request.path.endswith("/write")
+        self.calls["auth_check_write" if write else "auth_check"] += 1
+        issued, refusal = self._repo_access(request)
+        if refusal is not None:
+            return refusal
+        if write:
+            repo_id = f"{request.match_info['org']}/{request.match_info['name']}"
+            if issued is None or repo_id not in issued.writable_repos:
+                message = f"You don't have write access to {repo_id}"
+                return web.json_response(
+                    {"error": message},
+                    status=403,
+                    headers={"X-Error-Code": "Forbidden", "X-Error-Message": message},
+                )
+        return web.json_response({"ok": True})
 
     async def _model_info(self, request: web.Request) -> web.Response:
         self.calls["model_info"] += 1
-        _, refusal = self._repo_access(request)
+        _, refusal = self._repo_access(request, content=False)
         if refusal is not None:
             return refusal
         org = self.repo_id.split("/", 1)[0]
@@ -393,8 +566,8 @@ class HubStandIn:
                 "modelId": self.repo_id,
                 "author": org,
                 "sha": self.commit_sha,
-                "private": True,
-                "gated": False,
+                "private": not self.gated,
+                "gated": "manual" if self.gated else False,
                 "disabled": False,
                 "downloads": 0,
                 "likes": 0,
@@ -456,17 +629,24 @@ class HubStandIn:
         return web.Response(status=200, body=content, headers=headers)
 
     async def _revoke(self, request: web.Request) -> web.Response:
-        # Like RFC 7009: revoking an unknown or already dead token is not an error.
+        """hub-docs security-tokens.md: ``{"credentials": [...]}``, no auth, always 202, idempotent."""
         self.calls["revoke"] += 1
-        target = request.headers.get("Authorization", "").partition(" ")[2].strip()
+        body: Any = None
         if request.can_read_body:
             with contextlib.suppress(ValueError, json.JSONDecodeError):
                 body = await request.json()
-                if isinstance(body, dict) and isinstance(body.get("token"), str):
-                    target = body["token"]
-        if not target:
-            return web.json_response({"error": "no token to revoke"}, status=400)
-        return web.json_response({"revoked": self.revoke(target)})
+        credentials = body.get("credentials") if isinstance(body, dict) else None
+        if not isinstance(credentials, list) or not all(isinstance(item, str) for item in credentials):
+            # Undocumented: what the Hub says to another body. A 400 makes a wrong client fail loudly.
+            return web.json_response({"error": 'expected {"credentials": [<token>, ...]}'}, status=400)
+        for value in credentials:
+            with self._lock:
+                issued = self._tokens.get(value)
+                if issued is None or issued.revoked or issued.kind not in self.revocable_kinds:
+                    continue
+                issued.revoked = True
+            self.revocation_notices[hashlib.sha256(value.encode()).hexdigest()[:12]] += 1
+        return web.json_response({}, status=202)
 
     async def _oauth_token(self, request: web.Request) -> web.Response:
         self.calls["oauth_token"] += 1
@@ -514,6 +694,7 @@ class HubStandIn:
             trusted = list(self._trusted_keys)
         audiences = claims.get("aud")
         audiences = [audiences] if isinstance(audiences, str) else list(audiences or [])
+        resource = body.get("resource", "")
         for key, audience in trusted:
             if not _signature_ok(key=key, alg=str(header.get("alg")), signed=signed, signature=signature):
                 continue
@@ -522,7 +703,8 @@ class HubStandIn:
             exp = claims.get("exp")
             if not isinstance(exp, int | float) or exp <= time.time():
                 raise _ExchangeRefused(400, "invalid_grant", "subject_token has expired")
-            value = self.issue_token(expires_in=self.exchange_lifetime, kind="hf_jwt_")
+            value = self._token_for_resource(resource)
+            self.last_exchange = {"resource": resource, "sub": str(claims.get("sub", ""))}
             return {
                 "access_token": value,
                 "issued_token_type": ACCESS_TOKEN_TYPE,
@@ -530,6 +712,35 @@ class HubStandIn:
                 "expires_in": int(self.exchange_lifetime),
             }
         raise _ExchangeRefused(400, "invalid_grant", "subject_token signature is not from a trusted issuer")
+
+    def _token_for_resource(self, resource: str) -> str:
+        """hub-docs trusted-publishers.md "Two flavors": a repository gives ``hf_jwt_`` with
+        write access to that one repository; a username gives a read-only ``hf_oauth_`` token
+        with only the ``gated-repos`` scope, which cannot read private repositories."""
+        parts = resource.split("/")
+        if resource.startswith(("models/", "/")) or not all(parts) or len(parts) > 3:
+            raise _ExchangeRefused(400, "invalid_request", f"bad resource format: {resource!r}")
+        if len(parts) == 1:
+            if resource != self.username:
+                raise _ExchangeRefused(400, "invalid_grant", "user not found")
+            return self.issue_token(
+                expires_in=self.exchange_lifetime,
+                kind="hf_oauth_",
+                can_read_repo=self.gated,  # private repositories: never; gated ones: as granted
+                scopes=("gated-repos",),
+                writable_repos=(),
+            )
+        repo_id = "/".join(parts[-2:])
+        if len(parts) == 3 and parts[0] not in ("datasets", "spaces", "kernels", "buckets"):
+            raise _ExchangeRefused(400, "invalid_request", f"bad resource format: {resource!r}")
+        if len(parts) == 2 and repo_id != self.repo_id:
+            raise _ExchangeRefused(400, "invalid_grant", "repository not found")
+        return self.issue_token(
+            expires_in=self.exchange_lifetime,
+            kind="hf_jwt_",
+            can_read_repo=len(parts) == 2,
+            writable_repos=(repo_id,) if len(parts) == 2 else (),
+        )
 
     def _exchange_enterprise(self, request: web.Request, body: Mapping[str, str]) -> dict[str, Any]:
         scheme, _, encoded = request.headers.get("Authorization", "").partition(" ")
@@ -539,25 +750,58 @@ class HubStandIn:
                 client_id, _, client_secret = base64.b64decode(encoded).decode().partition(":")
         with self._lock:
             expected = self._clients.get(client_id)
+            app_scopes = self._client_scopes.get(client_id, ())
             is_member = body.get("subject_token", "") in self._members
         if expected is None or not hmac.compare_digest(expected, client_secret):
             raise _ExchangeRefused(401, "invalid_client", "client authentication failed")
         if not is_member:
-            raise _ExchangeRefused(400, "invalid_grant", "subject is not a member of the organization")
+            raise _ExchangeRefused(400, "invalid_grant", "User not found in the bound organization")
+        # oauth.md "Scope control": the app's scopes by default; a requested scope narrows them.
+        scopes = tuple(body.get("scope", "").split()) or app_scopes
+        if any(scope not in OAUTH_SCOPES or scope not in app_scopes for scope in scopes):
+            raise _ExchangeRefused(400, "invalid_scope", "Requested scope is not valid")
+        # The lifetime is the app's (oauth.md "Security considerations"): a requested
+        # expires_in is not a documented parameter and is ignored, as the Hub ignores it.
         lifetime = self.enterprise_lifetime
-        requested = body.get("expires_in")
-        if requested:
-            try:
-                lifetime = min(lifetime, float(requested))
-            except ValueError:
-                raise _ExchangeRefused(400, "invalid_request", "expires_in must be a number") from None
-        value = self.issue_token(expires_in=lifetime, kind="hf_oauth_")
+        self.last_exchange = {key: value for key, value in body.items() if key != "subject_token"}
+        writes = bool({"write-repos", "manage-repos"} & set(scopes))
+        value = self.issue_token(
+            expires_in=lifetime,
+            kind="hf_oauth_",
+            scopes=scopes,
+            can_read_repo="read-repos" in scopes or writes,
+            writable_repos=(self.repo_id,) if writes else (),
+        )
         return {
             "access_token": value,
-            "issued_token_type": ACCESS_TOKEN_TYPE,
             "token_type": "bearer",
             "expires_in": int(lifetime),
+            "scope": " ".join(scopes),
+            "issued_token_type": ACCESS_TOKEN_TYPE,
         }
+
+
+def _writable_repos(
+    *, role: str | None, owner: str, org: str, fine_grained: Mapping[str, Any] | None, repo_id: str
+) -> tuple[str, ...]:
+    """What a user access token can write to here: the stand-in's repository when its role or
+    its fine-grained scope allows ``repo.write`` on it (its namespace or the repository)."""
+    if role == "write":
+        return (repo_id,)
+    if role != "fineGrained" or fine_grained is None:
+        return ()
+    if "repo.write" in fine_grained.get("global", []):
+        return (repo_id,)
+    for entry in fine_grained.get("scoped", []):
+        entity = entry["entity"]
+        covers = entity.get("name") == repo_id or (
+            entity.get("type") in ("user", "org")
+            and entity.get("name") in (owner, org)
+            and repo_id.startswith(f"{entity.get('name')}/")
+        )
+        if covers and "repo.write" in entry["permissions"]:
+            return (repo_id,)
+    return ()
 
 
 def _signature_ok(*, key: Any, alg: str, signed: bytes, signature: bytes) -> bool:

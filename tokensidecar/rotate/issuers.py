@@ -176,8 +176,12 @@ class CommandIssuer(Issuer):
 
 
 class OidcExchangeIssuer(Issuer):
-    """Trusted Publishers: exchange the job's projected service-account token (audience =
-    the Hub) for a short-lived ``hf_jwt_…`` token, through the sidecar's exchange client."""
+    """Trusted Publishers: exchange an OIDC id_token (the job's projected service-account
+    token, or a CI provider's — GitHub Actions, GitLab CI — written to the file) whose
+    ``aud`` is ``https://huggingface.co`` for a 60-minute token, through the sidecar's
+    exchange client. A repository resource gives ``hf_jwt_…`` (write access to that one
+    repository); a username gives ``hf_oauth_…`` (read-only, ``gated-repos`` scope only:
+    it cannot read private repositories)."""
 
     kind = "oidc-exchange"
 
@@ -205,14 +209,17 @@ class OidcExchangeIssuer(Issuer):
             exchanged = await hub.exchange_id_token(
                 endpoint=self.endpoint, subject_token=subject, resource=self.resource
             )
-        except (hub.ExchangeRefused, HubUnavailable) as exc:
+        except (hub.ExchangeRefused, hub.InvalidSubjectToken, HubUnavailable) as exc:
             raise IssuerError(str(exc)) from None
         return _exchanged_token(exchanged, source=self.kind)
 
 
 class EnterpriseExchangeIssuer(Issuer):
     """Enterprise token exchange: the org's OAuth app (client credentials from files) asks
-    the Hub for an ``hf_oauth_…`` token acting as a member or service identity."""
+    the Hub for an ``hf_oauth_…`` token for an organisation member, named by e-mail (the
+    only documented subject type: a service identity needs a member account with an
+    e-mail). The token reaches only the organisation's resources; its lifetime is the
+    app's (8 h by default); ``TOKENSIDECAR_ENTERPRISE_SCOPE`` narrows the app's scopes."""
 
     kind = "enterprise-exchange"
 
@@ -223,13 +230,13 @@ class EnterpriseExchangeIssuer(Issuer):
         client_id_file: str,
         client_secret_file: str,
         subject: str,
-        requested_lifetime: float | None,
+        scope: str | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.client_id_file = client_id_file
         self.client_secret_file = client_secret_file
         self.subject = subject
-        self.requested_lifetime = requested_lifetime
+        self.scope = scope
 
     @classmethod
     def from_config(cls, config: Config) -> EnterpriseExchangeIssuer:
@@ -239,7 +246,7 @@ class EnterpriseExchangeIssuer(Issuer):
             client_id_file=config.require("enterprise_client_id_file", when=when),
             client_secret_file=config.require("enterprise_client_secret_file", when=when),
             subject=config.require("enterprise_subject", when=when),
-            requested_lifetime=config.requested_lifetime,
+            scope=" ".join(str(config.enterprise_scope or "").split()) or None,
         )
 
     async def issue(self) -> Token:
@@ -256,7 +263,7 @@ class EnterpriseExchangeIssuer(Issuer):
                 client_id=client_id,
                 client_secret=client_secret,
                 subject=self.subject,
-                requested_lifetime=self.requested_lifetime,
+                scope=self.scope,
             )
         except (hub.ExchangeRefused, HubUnavailable) as exc:
             raise IssuerError(str(exc)) from None
@@ -329,7 +336,7 @@ def _hub_endpoint(config: Config) -> str:
 
 def _exchanged_token(exchanged: ExchangedToken, *, source: str) -> Token:
     expires_at = utcnow() + timedelta(seconds=exchanged.expires_in) if exchanged.expires_in else None
-    return Token(value=exchanged.value, source=source, expires_at=expires_at)
+    return Token(value=exchanged.value, source=source, expires_at=expires_at, granted_scope=exchanged.scope)
 
 
 _ISSUERS: dict[str, type[CommandIssuer | OidcExchangeIssuer | EnterpriseExchangeIssuer | VaultIssuer]] = {
@@ -343,4 +350,10 @@ _ISSUERS: dict[str, type[CommandIssuer | OidcExchangeIssuer | EnterpriseExchange
 def build_issuer(config: Config) -> Issuer:
     """Check the chosen issuer's settings and build it (raises ConfigError)."""
     issuer = config.require("issuer", when="running rotate")
+    if config.requested_lifetime is not None:
+        raise ConfigError(
+            "TOKENSIDECAR_REQUESTED_LIFETIME",
+            "is no longer supported: the Hub documents no lifetime parameter for token exchanges "
+            "(the org OAuth app's token duration decides); unset it",
+        )
     return _ISSUERS[issuer].from_config(config)

@@ -21,7 +21,7 @@ import logging
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, TextIO
 
@@ -34,6 +34,7 @@ from tokensidecar.verify import HubUnavailable, TokenRejected, build_verifier
 
 if TYPE_CHECKING:
     from tokensidecar.config import Config
+    from tokensidecar.hub_scope import TokenScope
     from tokensidecar.verify import Verifier
 
 __all__ = ["Outcome", "Progress", "RotationFailed", "RotationPolicy", "main", "rotate"]
@@ -77,6 +78,8 @@ class Outcome:
     revoke_failures: int = 0
     conflicts: int = 0
     error: str | None = None
+    #: What the Hub says the stored token may do (set by verification; never the token).
+    scope: TokenScope | None = None
     durations: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -96,6 +99,8 @@ class Outcome:
         if self.version is not None:
             parts.append(f"version={self.version}")
         parts.append(f"expires_at={format_time(self.expires_at) or 'unknown'}")
+        if self.scope is not None:
+            parts.append(f"kind={self.scope.kind} role={self.scope.role} can_write={self.scope.can_write}")
         parts.append(f"revoked={len(self.revoked)}")
         if self.revoke_failures:
             parts.append(f"revoke_failures={self.revoke_failures}")
@@ -281,7 +286,7 @@ async def _mint(*, issuer: Issuer, progress: Progress, outcome: Outcome) -> Toke
         except InvalidToken as exc:
             raise RotationFailed(f"issuer {issuer.kind} returned an invalid token: {exc}") from None
     if value != token.value:
-        token = Token(value=value, source=token.source, version=token.version, expires_at=token.expires_at)
+        token = replace(token, value=value)
     outcome.minted = token.fingerprint
     progress.say(
         f"minted {token.fingerprint} with {issuer.kind} in {outcome.durations['mint']:.3f}s, "
@@ -319,7 +324,9 @@ async def _verify(
             )
             return token
     outcome.verified = "ok"
-    progress.say(f"verified {token.fingerprint} at the Hub in {outcome.durations['verify']:.3f}s")
+    outcome.scope = verified.scope
+    scope = f": {verified.scope.describe()}" if verified.scope is not None else ""
+    progress.say(f"verified {token.fingerprint} at the Hub in {outcome.durations['verify']:.3f}s{scope}")
     return verified
 
 

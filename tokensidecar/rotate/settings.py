@@ -112,9 +112,17 @@ ROTATE_SETTINGS = register(
         section="rotate",
     ),
     Setting(
+        "enterprise_scope",
+        "TOKENSIDECAR_ENTERPRISE_SCOPE",
+        "OAuth scopes asked of the Enterprise exchange, space-separated (e.g. 'read-repos'); "
+        "unset: the org app's scopes. The granted scopes are what --verify=scope judges.",
+        section="rotate",
+    ),
+    Setting(
         "requested_lifetime",
         "TOKENSIDECAR_REQUESTED_LIFETIME",
-        "Lifetime asked of the issuer (enterprise-exchange expires_in); the Hub may grant less.",
+        "Removed: the Hub documents no lifetime parameter for token exchanges (the org OAuth app's "
+        "token duration decides, 8h by default). Setting it is an error.",
         parse=parse_positive_duration,
         section="rotate",
     ),
