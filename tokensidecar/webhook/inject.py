@@ -357,8 +357,8 @@ def _read_annotations(pod: Mapping[str, Any], *, settings: InjectionSettings) ->
         if not _MODEL_ID.match(model_id):
             raise InvalidInjection(name("model-id"), f"{model_id!r} is not <org>/<name>")
         env.append({"name": "TOKENSIDECAR_MODEL_ID", "value": model_id})
-    elif verify == "repo":
-        raise InvalidInjection(name("model-id"), "is required when tokensidecar.io/verify is 'repo'")
+    elif verify in ("repo", "scope"):
+        raise InvalidInjection(name("model-id"), f"is required when tokensidecar.io/verify is {verify!r}")
     if settings.hf_endpoint:
         env.append({"name": "HF_ENDPOINT", "value": settings.hf_endpoint})
 
