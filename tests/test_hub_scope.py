@@ -306,3 +306,34 @@ def test_sidecar_with_verify_scope_never_publishes_a_write_token_and_reports_the
         assert "can write to acme-bot/*" in sidecar.status()["last_error"]
     for secret in (read, write):
         assert secret not in sidecar.logs
+
+
+# --- the rotation report ----------------------------------------------------------------------
+
+
+def test_rotation_report_carries_the_scope_summary_never_the_token(tmp_path: Path) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from tokensidecar.rotate.job import Outcome
+    from tokensidecar.rotate.report import write_metrics_file
+
+    scope = scope_from_whoami(_fine(_entity("model", MODEL, *READ)), model_id=MODEL)
+    outcome = Outcome(result="rotated", issuer="vault", target="kubernetes-secret", scope=scope)
+    assert "kind=fine-grained role=fineGrained can_write=False" in outcome.summary()
+    path = tmp_path / "rotate.prom"
+    write_metrics_file(str(path), outcome=outcome)
+    samples = {
+        sample.name: sample
+        for family in text_string_to_metric_families(path.read_text())
+        for sample in family.samples
+    }
+    info = samples["tokensidecar_rotate_token_scope_info"]
+    assert info.value == 1
+    assert info.labels["kind"] == "fine-grained" and info.labels["can_write"] == "false"
+    assert info.labels["fine_grained"] == "true" and info.labels["role"] == "fineGrained"
+    assert samples["tokensidecar_rotate_token_scoped_entities"].value == 1
+    # A run that verified nothing reports no scope rather than a stale one.
+    write_metrics_file(
+        str(path), outcome=Outcome(result="failed", issuer="vault", target="kubernetes-secret")
+    )
+    assert "tokensidecar_rotate_token_scope_info" not in path.read_text()
