@@ -132,14 +132,16 @@ def test_exchanged_token_is_refreshed_from_expires_in(
         if value and (not published or published[-1][1] != value):
             published.append((time.monotonic(), value))
             assert hub.is_valid(value), "a published exchanged token must be live at the Hub"
-        return len(published) >= 4
+        return len(published) >= 5
 
     with sidecar:
         wait_for(record, timeout=25, interval=0.05)
         status = sidecar.status()
         assert status["source"] == "oidc-exchange"
         assert sidecar.get("/readyz")[0] == 200
-    gaps = [later[0] - earlier[0] for earlier, later in itertools.pairwise(published)]
+    # The first token is published before /healthz answers, so the test sees it late (by the
+    # sidecar's start-up time on a loaded machine): measure from the first refresh it saw happen.
+    gaps = [later[0] - earlier[0] for earlier, later in itertools.pairwise(published[1:])]
     # 2/3 of a 6 s lifetime is 4 s, ±10% jitter; never after the token has expired.
     assert all(3.0 <= gap <= 5.5 for gap in gaps), gaps
     assert all(value.startswith("hf_jwt_") for _, value in published)

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from tests.fixtures.hub import OidcIssuer
+from tests.fixtures.hub import DiscoverableIssuer, OidcIssuer
 from tokensidecar.config import ConfigError, resolve, sidecar_settings
 from tokensidecar.demo.hub import DEFAULT_REPO, HubStandIn, mint_subject_jwt
 from tokensidecar.hub import (
@@ -91,6 +91,34 @@ async def test_user_resource_gives_a_read_only_token_that_cannot_read_private_re
         await HubVerifier(endpoint=hub.url, mode="repo", model_id=DEFAULT_REPO).verify(
             Token(value=exchanged.value, source="test")
         )
+
+
+async def test_the_hub_finds_a_public_issuers_keys_by_oidc_discovery(
+    hub: HubStandIn, discoverable_issuer: DiscoverableIssuer
+) -> None:
+    # trusted-publishers.md "How it works": the Hub checks the signature against the issuer's
+    # keys, found through {iss}/.well-known/openid-configuration → jwks_uri.
+    subject = discoverable_issuer.mint(audience=["https://huggingface.co"])
+    exchanged = await exchange_id_token(endpoint=hub.url, subject_token=subject, resource=RESOURCE)
+    assert hub.is_valid(exchanged.value)
+    assert discoverable_issuer.discovery_requests == 1
+
+
+async def test_an_issuer_the_hub_cannot_reach_is_refused(
+    hub: HubStandIn, oidc_issuer: OidcIssuer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A cluster's in-cluster issuer: trusted on the Hub by URL, but not reachable from it.
+    private = "https://kubernetes.default.svc.cluster.local"
+    hub.trust_issuer_url(private)
+    subject = mint_subject_jwt(
+        private_key=ec.generate_private_key(ec.SECP256R1()), audience="https://huggingface.co", issuer=private
+    )
+    with pytest.raises(
+        ExchangeRefused, match="could not fetch the issuer's OIDC discovery document"
+    ) as refused:
+        await exchange_id_token(endpoint=hub.url, subject_token=subject, resource=RESOURCE)
+    assert refused.value.error == "invalid_grant"
+    assert "does not look public" in caplog.text  # warned before sending
 
 
 async def test_projected_token_with_an_array_audience_is_exchanged(

@@ -34,7 +34,10 @@ documents, not the way tokensidecar happens to call it; each auth route names it
   JSON body, no client authentication, ``subject_token`` an OIDC id_token whose ``aud`` must
   be ``https://huggingface.co`` (a string or, as kubelet-projected tokens carry it, an array
   containing it — *undocumented* whether the Hub accepts the array form), signature checked
-  against a trusted key, ``exp`` checked; ``resource`` ``namespace/name`` (or
+  against the issuer's keys — found by OIDC discovery (``{iss}/.well-known/openid-configuration``
+  → ``jwks_uri``) for an issuer trusted by URL (``trust_issuer_url``), so an issuer the Hub
+  cannot reach fails with ``invalid_grant``; or a key handed over directly (``trust_issuer``)
+  —, ``exp`` checked; ``resource`` ``namespace/name`` (or
   ``datasets/…``, ``spaces/…``) gives an ``hf_jwt_…`` token with write access to that one
   repository, a username gives an ``hf_oauth_…`` read-only token with only the
   ``gated-repos`` scope that cannot read private repositories; both expire in 60 minutes;
@@ -69,13 +72,15 @@ import hashlib
 import hmac
 import json
 import secrets
+import ssl
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
@@ -246,6 +251,7 @@ class HubStandIn:
         self._tokens: dict[str, IssuedToken] = {}
         self._faults: list[_Fault] = []
         self._trusted_keys: list[tuple[Any, str]] = []
+        self._trusted_issuers: dict[str, tuple[str, ssl.SSLContext | None]] = {}
         self._clients: dict[str, str] = {}
         self._client_scopes: dict[str, tuple[str, ...]] = {}
         self._members: set[str] = set()
@@ -369,6 +375,18 @@ class HubStandIn:
         key = serialization.load_pem_public_key(public_key) if isinstance(public_key, bytes) else public_key
         with self._lock:
             self._trusted_keys.append((key, audience))
+
+    def trust_issuer_url(
+        self, issuer: str, *, audience: str = HUB_AUDIENCE, ca_pem: bytes | None = None
+    ) -> None:
+        """Trust id_tokens whose ``iss`` is ``issuer``, with keys found the way the Hub finds
+        them: ``{issuer}/.well-known/openid-configuration`` → ``jwks_uri``, fetched at each
+        exchange (``ca_pem``: the issuer's throwaway CA in tests). An issuer the stand-in
+        cannot reach — a cluster's private one — makes the exchange fail with
+        ``invalid_grant``, as the Hub must (trusted-publishers.md "How it works", step 3)."""
+        context = ssl.create_default_context(cadata=ca_pem.decode()) if ca_pem else None
+        with self._lock:
+            self._trusted_issuers[issuer.rstrip("/")] = (audience, context)
 
     def register_client(
         self,
@@ -663,7 +681,8 @@ class HubStandIn:
                 raise _ExchangeRefused(400, "unsupported_grant_type", "only token exchange is supported")
             subject_type = body.get("subject_token_type")
             if subject_type == ID_TOKEN_TYPE:
-                answer = self._exchange_id_token(body)
+                discovered = await self._discovered_keys(body.get("subject_token", ""))
+                answer = self._exchange_id_token(body, discovered=discovered)
             elif subject_type == USER_EMAIL_TYPE:
                 answer = self._exchange_enterprise(request, body)
             else:
@@ -676,7 +695,40 @@ class HubStandIn:
             )
         return web.json_response(answer)
 
-    def _exchange_id_token(self, body: Mapping[str, str]) -> dict[str, Any]:
+    async def _discovered_keys(self, subject: str) -> list[tuple[Any, str]]:
+        """Keys of the subject's issuer, when it is trusted by URL (OIDC discovery, RFC 8414/7517)."""
+        parts = subject.split(".")
+        try:
+            issuer = str(json.loads(_b64url_decode(parts[1])).get("iss", "")).rstrip("/")
+        except (IndexError, binascii.Error, ValueError, UnicodeDecodeError, AttributeError):
+            return []
+        with self._lock:
+            entry = self._trusted_issuers.get(issuer)
+        if entry is None:
+            return []
+        audience, context = entry
+        try:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
+                url = f"{issuer}/.well-known/openid-configuration"
+                async with session.get(url, ssl=context if context is not None else True) as answer:
+                    answer.raise_for_status()
+                    discovery = await answer.json(content_type=None)
+                if discovery.get("issuer", "").rstrip("/") != issuer:
+                    raise ValueError("discovery document names another issuer")
+                async with session.get(
+                    discovery["jwks_uri"], ssl=context if context is not None else True
+                ) as answer:
+                    answer.raise_for_status()
+                    jwks = await answer.json(content_type=None)
+        except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError, AttributeError):
+            raise _ExchangeRefused(
+                400, "invalid_grant", "could not fetch the issuer's OIDC discovery document or keys"
+            ) from None
+        return [(key, audience) for key in map(_jwk_public_key, jwks.get("keys", [])) if key is not None]
+
+    def _exchange_id_token(
+        self, body: Mapping[str, str], *, discovered: Sequence[tuple[Any, str]] = ()
+    ) -> dict[str, Any]:
         subject = body.get("subject_token", "")
         if not body.get("resource"):
             raise _ExchangeRefused(400, "invalid_request", "resource is required")
@@ -691,7 +743,7 @@ class HubStandIn:
             raise _ExchangeRefused(400, "invalid_grant", "subject_token is not a JWT") from None
         signed = f"{parts[0]}.{parts[1]}".encode()
         with self._lock:
-            trusted = list(self._trusted_keys)
+            trusted = list(self._trusted_keys) + list(discovered)
         audiences = claims.get("aud")
         audiences = [audiences] if isinstance(audiences, str) else list(audiences or [])
         resource = body.get("resource", "")
@@ -802,6 +854,22 @@ def _writable_repos(
         if covers and "repo.write" in entry["permissions"]:
             return (repo_id,)
     return ()
+
+
+def _jwk_public_key(jwk: Any) -> Any:
+    """An RSA or P-256 public key from a JWK (RFC 7517/7518), or None."""
+    if not isinstance(jwk, dict):
+        return None
+    try:
+        if jwk.get("kty") == "RSA":
+            n, e = (int.from_bytes(_b64url_decode(jwk[name]), "big") for name in ("n", "e"))
+            return rsa.RSAPublicNumbers(e, n).public_key()
+        if jwk.get("kty") == "EC" and jwk.get("crv") == "P-256":
+            x, y = (int.from_bytes(_b64url_decode(jwk[name]), "big") for name in ("x", "y"))
+            return ec.EllipticCurvePublicNumbers(x, y, ec.SECP256R1()).public_key()
+    except (KeyError, ValueError, binascii.Error):
+        return None
+    return None
 
 
 def _signature_ok(*, key: Any, alg: str, signed: bytes, signature: bytes) -> bool:
