@@ -321,3 +321,19 @@ async def test_canary_token_never_leaks_from_verification_or_revocation(
     for canary in canaries:
         for text in texts:
             assert canary not in text
+
+
+async def test_revoking_a_short_lived_token_says_the_hub_may_not_invalidate_it_early(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Undocumented whether /api/credentials/revoke kills hf_jwt_ tokens before they expire: with a
+    # Hub that does not, the token stays valid, and the log says it may live until it expires.
+    with serve_in_thread(HubStandIn(revocable_kinds=("hf_",))) as hub:
+        value = hub.issue_token(kind="hf_jwt_", expires_in=600)
+        caplog.set_level(logging.INFO, logger="tokensidecar")
+        await revoke(endpoint=hub.url, token=value)
+        assert hub.is_valid(value)
+        record = next(r for r in caplog.records if "revocation accepted" in r.getMessage())
+        assert "may live until it expires" in record.getMessage()
+        assert getattr(record, "expires_at", None) is not None
+        assert value not in caplog.text

@@ -43,7 +43,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import httpx2
@@ -310,7 +310,21 @@ async def revoke(*, endpoint: str, token: str, request_timeout: float = HUB_TIME
         headers=build_hf_headers(token=False),
     )
     if response.status_code in (200, 202, 204):
-        log.info("revocation accepted by the Hub", extra={"fingerprint": fingerprint(token)})
+        kind = _token_prefix(token)
+        extra = {"fingerprint": fingerprint(token), "kind": kind or "unknown"}
+        if kind in ("hf_jwt_", "hf_oauth_"):
+            # Degrade safely: do not claim what the Hub does not say; the token expires anyway.
+            claims = _jwt_claims(token.removeprefix("hf_jwt_")) or {}
+            exp = claims.get("exp")
+            if isinstance(exp, int | float) and not isinstance(exp, bool):
+                extra["expires_at"] = datetime.fromtimestamp(exp, UTC).isoformat(timespec="seconds")
+            log.warning(
+                "revocation accepted by the Hub; whether it invalidates short-lived hf_jwt_/hf_oauth_ tokens "
+                "before they expire is not documented, so this one may live until it expires",
+                extra=extra,
+            )
+            return
+        log.info("revocation accepted by the Hub", extra=extra)
         return
     if _is_outage(response.status_code):
         raise HubUnavailable(f"revocation failed: the Hub answered HTTP {response.status_code}")
