@@ -172,6 +172,21 @@ def test_enterprise_exchange_issuer_stores_a_token_with_the_apps_lifetime_and_as
     assert "s3cret-client-value" not in run.out + run.err
 
 
+def test_verify_scope_never_stores_a_token_that_can_write_elsewhere(
+    kube_api: KubeApi, hub: HubStandIn, token_file: Path, secret_env: dict[str, str], capsys: Any
+) -> None:
+    env = {**secret_env, "TOKENSIDECAR_VERIFY": "scope", "TOKENSIDECAR_MODEL_ID": hub.repo_id}
+    read = issue(hub, token_file)
+    run = rotate(env, capsys)
+    assert run.code == 0, run.err
+    assert "kind=classic role=read can_write=False" in run.out
+    before = secret_state(kube_api)
+    issue(hub, token_file, role="write")  # a classic write token: can write to all its owner's repos
+    run = rotate(env, capsys)
+    assert run.code == 1 and "--verify=scope refused the token" in run.err and "nothing was stored" in run.err
+    assert secret_state(kube_api) == before and before[0]["token"] == read
+
+
 def test_requested_lifetime_is_refused_because_the_hub_has_no_such_parameter(
     hub: HubStandIn, secret_env: dict[str, str]
 ) -> None:
