@@ -36,14 +36,14 @@ from tokensidecar.verify import HubUnavailable, TokenRejected
 RESOURCE = DEFAULT_REPO  # a repository resource: an hf_jwt_ token that can write to it
 
 
-def _source(hub: HubStandIn, subject_file: Path) -> OidcExchangeSource:
+def _source(hub: HubStandIn, subject_file: Path, *, resource: str = RESOURCE) -> OidcExchangeSource:
     config = resolve(
         sidecar_settings(),
         {},
         environ={
             "TOKENSIDECAR_SOURCE": "oidc-exchange",
             "HF_ENDPOINT": hub.url,
-            "TOKENSIDECAR_OIDC_RESOURCE": RESOURCE,
+            "TOKENSIDECAR_OIDC_RESOURCE": resource,
             "TOKENSIDECAR_OIDC_TOKEN_FILE": str(subject_file),
         },
     )
@@ -251,6 +251,20 @@ async def test_source_sets_expiry_from_expires_in(
     assert token.expires_at is not None
     lifetime = (token.expires_at - before).total_seconds()
     assert 5.5 <= lifetime <= 6.5
+
+
+async def test_expiry_comes_from_expires_in_whatever_the_token_kind(
+    hub: HubStandIn, oidc_issuer: OidcIssuer, tmp_path: Path
+) -> None:
+    # A user resource gives an hf_oauth_ token, which is not a JWT: its expiry is the
+    # exchange's expires_in, like an hf_jwt_'s, and the granted scope rides along.
+    hub.exchange_lifetime = 60
+    subject_file = tmp_path / "sa-token"
+    subject_file.write_text(oidc_issuer.mint())
+    before = datetime.now(UTC)
+    token = await _source(hub, subject_file, resource=hub.username).fetch()
+    assert token.value.startswith("hf_oauth_") and token.granted_scope == ("gated-repos",)
+    assert token.expires_at is not None and 59 <= (token.expires_at - before).total_seconds() <= 61
 
 
 async def test_source_reads_the_subject_file_again_at_every_exchange(
