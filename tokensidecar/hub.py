@@ -433,9 +433,15 @@ class HubVerifier:
         prefix = _token_prefix(value)
         response = _request("GET", f"{self.endpoint}/api/whoami-v2", timeout=self.timeout, headers=headers)
         whoami: Any = None
-        if response.status_code == 401 and prefix == "hf_jwt_" and self.mode != "whoami":
-            # Undocumented whether whoami-v2 accepts Trusted Publisher tokens. auth-check on the
-            # model is the verdict then; with --verify=whoami there is nothing else to ask.
+        if response.status_code == 401 and prefix == "hf_jwt_":
+            # Undocumented whether whoami-v2 accepts Trusted Publisher tokens at all. With a model,
+            # auth-check is the verdict; without one there is no verdict to be had: report it as
+            # "cannot verify" (the outage policy applies, and says so), never as a silent pass.
+            if self.mode == "whoami":
+                raise HubUnavailable(
+                    "whoami-v2 refused a Trusted Publisher (hf_jwt_) token, and whether it accepts them "
+                    "is not documented; set --verify=repo with --model-id to verify it with auth-check"
+                )
             log.warning(
                 "whoami-v2 refused a Trusted Publisher token; judging it by auth-check on the model",
                 extra={"model_id": self.model_id},
