@@ -34,7 +34,7 @@ from tests.fixtures.hub import OidcIssuer
 from tests.sidecar_process import SidecarProcess, wait_for
 from tokensidecar.demo.hub import DEFAULT_REPO, HubStandIn, serve_in_thread
 from tokensidecar.hub import HubVerifier, exchange_enterprise, exchange_id_token
-from tokensidecar.hub_scope import judge, scope_from_whoami
+from tokensidecar.hub_scope import judge, scope_from_whoami, verdict
 from tokensidecar.redact import fingerprint
 from tokensidecar.token import Token
 from tokensidecar.verify import HubUnavailable, TokenRejected
@@ -132,6 +132,13 @@ def test_scope_rule_on_the_hubs_whoami_shapes(
     assert verdict.ok is ok, verdict
     assert reason in verdict.reason, verdict.reason
     assert set(scope.summary()) >= {"kind", "role", "fine_grained", "scoped_entities", "can_write"}
+
+
+def test_verdict_is_the_whole_rule_for_callers_that_have_the_answers() -> None:
+    # What the gateway's credentials call with a whoami answer they already hold.
+    assert verdict(_classic("read"), model_id=MODEL).ok
+    refused = verdict(_classic("write"), model_id=MODEL)
+    assert not refused.ok and refused.scope.role == "write"
 
 
 def test_scope_summary_counts_fine_grained_entities() -> None:

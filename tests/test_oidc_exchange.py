@@ -87,10 +87,11 @@ async def test_user_resource_gives_a_read_only_token_that_cannot_read_private_re
     assert exchanged.value.startswith("hf_oauth_")
     assert exchanged.scope == ("gated-repos",)
     assert await HubVerifier(endpoint=hub.url).verify(Token(value=exchanged.value, source="test"))
-    with pytest.raises(TokenRejected, match="read access to acme/private-model: HTTP 404"):
+    with pytest.raises(TokenRejected, match="read access to acme/private-model: HTTP 404") as refused:
         await HubVerifier(endpoint=hub.url, mode="repo", model_id=DEFAULT_REPO).verify(
-            Token(value=exchanged.value, source="test")
+            Token(value=exchanged.value, source="test", granted_scope=exchanged.scope)
         )
+    assert "cannot read private repositories: use the model repository" in str(refused.value)
 
 
 async def test_the_hub_finds_a_public_issuers_keys_by_oidc_discovery(

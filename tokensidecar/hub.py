@@ -458,7 +458,17 @@ class HubVerifier:
             )
         model = f"{self.endpoint}/api/models/{self.model_id}"
         response = _request("GET", f"{model}/auth-check", timeout=self.timeout, headers=headers)
-        self._judge(response, what=f"read access to {self.model_id}")
+        try:
+            self._judge(response, what=f"read access to {self.model_id}")
+        except TokenRejected as refused:
+            if granted_scope == USER_RESOURCE_SCOPES and response.headers.get("X-Error-Code") != "GatedRepo":
+                # trusted-publishers.md: a user-resource token "cannot read your private repos".
+                raise TokenRejected(
+                    f"{refused}; a Trusted Publisher token for a user resource is read-only with only the "
+                    "gated-repos scope and cannot read private repositories: use the model repository as "
+                    "TOKENSIDECAR_OIDC_RESOURCE"
+                ) from None
+            raise
         writes_model: bool | None = None
         if self.mode == "scope":
             response = _request("GET", f"{model}/auth-check/write", timeout=self.timeout, headers=headers)

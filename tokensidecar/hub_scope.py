@@ -53,6 +53,7 @@ __all__ = [
     "TokenScope",
     "judge",
     "scope_from_whoami",
+    "verdict",
 ]
 
 #: Fine-grained permissions that only read a repository. Any other ``repo.*`` permission
@@ -284,3 +285,23 @@ def judge(scope: TokenScope, *, model_id: str) -> ScopeVerdict:
     if scope.can_write:
         return ScopeVerdict(True, f"can write to {model_id} only", scope)
     return ScopeVerdict(True, "read-only", scope)
+
+
+def verdict(
+    whoami: Any,
+    *,
+    model_id: str,
+    token_prefix: str = "",
+    oauth_scopes: Iterable[str] | None = None,
+    writes_model: bool | None = None,
+) -> ScopeVerdict:
+    """:func:`scope_from_whoami` then :func:`judge`: the whole ``--verify=scope`` rule on
+    answers a caller already has (the gateway's credentials reuse it this way)."""
+    scope = scope_from_whoami(
+        whoami,
+        model_id=model_id,
+        token_prefix=token_prefix,
+        oauth_scopes=oauth_scopes,
+        writes_model=writes_model,
+    )
+    return judge(scope, model_id=model_id)
