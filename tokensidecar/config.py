@@ -252,8 +252,10 @@ HUB_SETTINGS = register(
     Setting(
         "verify_on_hub_outage",
         "TOKENSIDECAR_VERIFY_ON_HUB_OUTAGE",
-        "When the Hub cannot be reached (connection error, 5xx, 429): publish the token "
-        "unverified, or hold it until the Hub answers. A rejection (401/403) always holds.",
+        "When the Hub cannot be reached (connection error, 5xx, 429) and no valid token is "
+        "published yet (none, or the published one expired): publish the new token unverified, "
+        "or hold it until the Hub answers. A verified, unexpired token is never displaced by an "
+        "unverified one, and a rejection (401/403) always holds.",
         default="publish",
         choices=("publish", "hold"),
         section="hub",
