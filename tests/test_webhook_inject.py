@@ -668,3 +668,13 @@ def test_injected_environment_is_a_valid_sidecar_configuration(annotations: dict
             assert config.listen == ("0.0.0.0", 8099)
             assert config.source == annotations.get("tokensidecar.io/source", "vault")
             assert config.hf_endpoint == "http://hub.local:8080"
+
+
+def test_a_container_whose_name_is_not_a_string_does_not_break_injection() -> None:
+    """Found by the mutation fault suite: a list as a container's name made a set of the
+    names unhashable, so the review answered an internal error instead of a patch."""
+    pod = kserve_predictor_pod(VAULT_ANNOTATIONS)
+    pod["spec"]["containers"].append({"name": ["not", "a", "string"], "image": "x"})
+    patch = inject(pod, settings=SETTINGS)
+    patched = jsonpatch.apply_patch(pod, patch)
+    assert patched["spec"]["initContainers"][0]["name"] == "tokensidecar"

@@ -24,6 +24,7 @@ import pathlib
 import socket
 import ssl
 import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -131,8 +132,14 @@ HTTPS_SAMPLE: list[bytes] = []
 RESULTS = {"reviews": 0, "injected": 0, "denied": 0, "skipped": 0}
 
 
+# uuids() draws from a shared true-random source, which hypothesis reports as a flaky
+# strategy when it replays an example: draw the 128 bits ourselves.
+_uids = st.integers(0, 2**128 - 1).map(lambda n: str(uuid.UUID(int=n)))
+
+
+@pytest.mark.timeout(900)  # 10,000 reviews: about a minute alone, several on a busy machine
 @settings(max_examples=10_000, deadline=None, suppress_health_check=list(HealthCheck), database=None)
-@given(pod=mutated_pods(), uid=st.uuids().map(str), operation=st.sampled_from(["CREATE", "CREATE", "UPDATE"]))
+@given(pod=mutated_pods(), uid=_uids, operation=st.sampled_from(["CREATE", "CREATE", "UPDATE"]))
 def test_10000_mutated_reviews_get_well_formed_replies_and_applicable_patches(
     pod: Any, uid: str, operation: str
 ) -> None:

@@ -533,13 +533,11 @@ def _kube_api_mount(spec: Mapping[str, Any]) -> dict[str, Any] | None:
 
 
 def _sidecar_present(spec: Mapping[str, Any]) -> bool:
-    names = {
-        c.get("name")
+    return any(
+        isinstance(c, Mapping) and c.get("name") == SIDECAR_NAME
         for key in ("containers", "initContainers")
         for c in _list(spec, key)
-        if isinstance(c, Mapping)
-    }
-    return SIDECAR_NAME in names
+    )
 
 
 def _target_patch(spec: Mapping[str, Any], *, plan: _Plan) -> list[dict[str, Any]]:
