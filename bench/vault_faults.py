@@ -8,7 +8,8 @@ off) and a real OpenBao dev server:
   ``503 Vault is sealed``, as a real sealed Vault does); once the client token's TTL has
   passed, every request the sidecar sends during ``--window`` seconds is counted. Then
   Vault is unsealed and the time until the sidecar reads a new secret version is measured.
-  Defaults: ``TOKENSIDECAR_REFRESH_INTERVAL=60s``, ``TOKENSIDECAR_MAX_BACKOFF=60s``.
+  Defaults: ``TOKENSIDECAR_REFRESH_INTERVAL=60s``, ``TOKENSIDECAR_MAX_BACKOFF=60s``
+  (``--refresh-interval``, ``--max-backoff``).
 * ``forbidden_polling`` — the role's policy does not allow the configured path; the
   sidecar polls it (``TOKENSIDECAR_REFRESH_INTERVAL=1s``, ``TOKENSIDECAR_MAX_BACKOFF=1s``)
   for 12 s. Live tokens are counted with the root token (``LIST auth/token/accessors``)
@@ -67,7 +68,9 @@ def _by_path(requests: list[tuple[float, str, str, int]]) -> dict[str, int]:
     return dict(collections.Counter(f"{method} {path}" for _, method, path, _ in requests))
 
 
-def expired_outage(directory: Path, *, window: float, max_backoff: str, code: str | None) -> dict[str, Any]:
+def expired_outage(
+    directory: Path, *, window: float, max_backoff: str, refresh_interval: str, code: str | None
+) -> dict[str, Any]:
     with DevServer() as server:
         server.put_kv(PATH, {"token": "hf_bench_outage_before"})
         proxy = CountingProxy(server.addr).start()
@@ -78,6 +81,7 @@ def expired_outage(directory: Path, *, window: float, max_backoff: str, code: st
                 VAULT_ADDR=proxy.url,
                 TOKENSIDECAR_VAULT_PATH=PATH,
                 TOKENSIDECAR_MAX_BACKOFF=max_backoff,
+                TOKENSIDECAR_REFRESH_INTERVAL=refresh_interval,
                 **_approle(server, directory, policy_paths=(PATH,), ttl="3s"),
             )
             with SidecarProcess(token_file=directory / "out" / "token", env=env) as sidecar:
@@ -99,6 +103,7 @@ def expired_outage(directory: Path, *, window: float, max_backoff: str, code: st
     return {
         "token_ttl_s": 3,
         "max_backoff": max_backoff,
+        "refresh_interval": refresh_interval,
         "window_s": window,
         "requests": len(during),
         "requests_per_second": round(len(during) / window, 3),
@@ -197,6 +202,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--window", type=float, default=30.0, help="seconds counted after the token expired")
     parser.add_argument("--max-backoff", default="60s")
+    parser.add_argument("--refresh-interval", default="60s")
     parser.add_argument("--only", default="expired_outage,forbidden_polling,sigterm")
     parser.add_argument("--sidecar-code", default=None, help="PYTHONPATH for the sidecar process")
     args = parser.parse_args()
@@ -212,7 +218,11 @@ def main() -> None:
 
         if "expired_outage" in only:
             results["expired_outage"] = expired_outage(
-                fresh("outage"), window=args.window, max_backoff=args.max_backoff, code=args.sidecar_code
+                fresh("outage"),
+                window=args.window,
+                max_backoff=args.max_backoff,
+                refresh_interval=args.refresh_interval,
+                code=args.sidecar_code,
             )
         if "forbidden_polling" in only:
             results["forbidden_polling"] = forbidden_polling(

@@ -21,12 +21,14 @@ from __future__ import annotations
 import os
 import random
 import signal
+import subprocess
 import time
 from pathlib import Path
 
 from tests.faults.sampler import FileSampler
 from tests.fixtures.openbao import CountingProxy, live_token_accessors, seal, unseal
 from tests.sidecar_process import SidecarProcess, wait_for
+from tests.test_sidecar_e2e import SIGTERM_DEADLINE_S
 from tests.test_vault_e2e import PATH, approle_files
 from tokensidecar.demo.openbao import DevServer
 
@@ -190,3 +192,27 @@ def test_polling_a_path_the_policy_forbids_adds_no_vault_tokens(
     assert len(during) == 1  # the sidecar's own token, nothing per poll
     assert live_token_accessors(server) == before  # and that one is revoked on SIGTERM
     assert "hf_faults_forbidden" not in sidecar.logs
+
+
+def test_sigterm_while_vault_hangs_gives_up_revoking_within_the_budget(
+    restartable_openbao: DevServer, counting_proxy: CountingProxy, tmp_path: Path
+) -> None:
+    server = restartable_openbao
+    server.put_kv(PATH, {"token": "hf_faults_hung_revoke"})
+    sidecar = _through(counting_proxy, tmp_path, **_approle(server, tmp_path, allowed=PATH, ttl="1h"))
+    with sidecar:
+        sidecar.wait_for_token("hf_faults_hung_revoke")
+        assert sidecar.process is not None
+        counting_proxy.stalling = True  # Vault now accepts and never answers
+        sent = time.monotonic()
+        sidecar.process.send_signal(signal.SIGTERM)
+        try:
+            code = sidecar.process.wait(timeout=SIGTERM_DEADLINE_S)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"still running {SIGTERM_DEADLINE_S:g} s after SIGTERM") from None
+        took = time.monotonic() - sent
+    print(f"SIGTERM with the revocation hanging: exit after {took:.2f} s")
+    assert code == 0
+    # The revocation was tried, hung, and was abandoned: the login token ends at its TTL.
+    assert ("POST", "/v1/auth/token/revoke-self", 0) in [(m, p, s) for _, m, p, s in counting_proxy.requests]
+    assert "closing the source took too long" in sidecar.logs
