@@ -176,3 +176,14 @@ def test_library_loggers_are_held_at_warning(log_stream: io.StringIO) -> None:
     output = log_stream.getvalue()
     assert "GET /v1/secret" not in output
     assert "our own debug line" in output
+
+
+@pytest.mark.parametrize("library", ["httpx2", "httpcore2.connection", "huggingface_hub.utils"])
+def test_http_client_request_lines_are_held_at_warning(log_stream: io.StringIO, library: str) -> None:
+    # huggingface_hub 2.x sends through httpx2, which logs every request at INFO.
+    logs.configure(fmt="json", level="info", stream=log_stream)
+    logging.getLogger(library).info('HTTP Request: GET http://hub.local/api/whoami-v2 "HTTP/1.1 200 OK"')
+    logging.getLogger(library).warning("a library warning still shows")
+    output = log_stream.getvalue()
+    assert "HTTP Request" not in output
+    assert "a library warning still shows" in output

@@ -127,6 +127,20 @@ def test_cli_never_prints_a_token_on_success_or_failure(
     )
 
 
+def test_cli_logs_no_http_request_lines_from_the_hub_client(
+    kube_api: KubeApi, hub: HubStandIn, tmp_path: Path
+) -> None:
+    issued = tmp_path / "issued"
+    issued.write_text(hub.issue_token())
+    env = {**job_env(kube_api=kube_api, hub=hub, token_file=issued), "TOKENSIDECAR_LOG_LEVEL": "info"}
+    result = cli_rotate(env)
+    assert result.returncode == 0, result.stderr
+    assert hub.calls["whoami"] >= 1  # the Hub client (httpx2 under huggingface_hub) was used
+    records = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    assert not [r for r in records if r["logger"].startswith(("httpx", "httpcore"))], result.stderr
+    assert "HTTP Request" not in result.stderr
+
+
 def test_cli_configuration_error_exits_2_with_one_line(tmp_path: Path) -> None:
     result = cli_rotate(
         {"TOKENSIDECAR_ISSUER": "command", "TOKENSIDECAR_ISSUER_COMMAND": "mint-hf-token --org acme"}
