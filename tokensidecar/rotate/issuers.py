@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from tokensidecar.config import ConfigError
 from tokensidecar.redact import remember, safe_error
-from tokensidecar.token import Token, parse_time, utcnow
+from tokensidecar.token import InvalidTime, Token, parse_lifetime, parse_time, utcnow
 
 if TYPE_CHECKING:
     from tokensidecar.config import Config
@@ -156,9 +156,10 @@ class CommandIssuer(Issuer):
             if document.get("expires_at") is not None:
                 expires_at = parse_time(str(document["expires_at"]))
             elif document.get("expires_in") is not None:
-                expires_at = utcnow() + timedelta(seconds=float(document["expires_in"]))
-        except (TypeError, ValueError):
-            raise IssuerError("the command printed an expires_at/expires_in that is not a time") from None
+                lifetime = parse_lifetime(document["expires_in"])
+                expires_at = utcnow() + timedelta(seconds=lifetime) if lifetime else None
+        except InvalidTime as exc:
+            raise IssuerError(f"the command printed an unusable expiry: {exc}") from None
         return token_text, expires_at
 
     @staticmethod
@@ -207,6 +208,8 @@ class OidcExchangeIssuer(Issuer):
             )
         except (hub.ExchangeRefused, HubUnavailable) as exc:
             raise IssuerError(str(exc)) from None
+        except InvalidTime as exc:  # the answer's expires_in (hub.parse_lifetime)
+            raise IssuerError(f"the Hub's token exchange answer has an unusable lifetime: {exc}") from None
         return _exchanged_token(exchanged, source=self.kind)
 
 
@@ -260,6 +263,8 @@ class EnterpriseExchangeIssuer(Issuer):
             )
         except (hub.ExchangeRefused, HubUnavailable) as exc:
             raise IssuerError(str(exc)) from None
+        except InvalidTime as exc:  # the answer's expires_in (hub.parse_lifetime)
+            raise IssuerError(f"the Hub's token exchange answer has an unusable lifetime: {exc}") from None
         return _exchanged_token(exchanged, source=self.kind)
 
 
@@ -307,7 +312,8 @@ class VaultIssuer(Issuer):
             raise IssuerError(f"{self.path} has no string key {self.key!r}")
         try:
             expires_at = parse_time(secret.custom_metadata.get("expires_at"))
-        except ValueError:
+        except InvalidTime as exc:
+            log.warning("ignoring the issuer path's custom_metadata.expires_at", extra={"reason": str(exc)})
             expires_at = None
         return Token(
             value=value,
