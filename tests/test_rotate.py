@@ -322,6 +322,7 @@ def test_a_write_between_read_and_store_is_retried_not_lost(  # noqa: PLR0917 - 
     env = {
         **secret_env,
         "TOKENSIDECAR_ISSUER_COMMAND": json.dumps([sys.executable, str(script), str(token_file)]),
+        "TOKENSIDECAR_ISSUER_COMMAND_ENV": "KUBECONFIG",  # the script's client reads it
     }
     monkeypatch.setenv("KUBECONFIG", secret_env["KUBECONFIG"])  # the script's client reads it
     run = rotate(env, capsys)
@@ -451,6 +452,7 @@ def test_vault_target_check_and_set_conflict_rereads_and_keeps_the_other_write( 
         **vault_env,
         "TOKENSIDECAR_ISSUER": "command",
         "TOKENSIDECAR_ISSUER_COMMAND": json.dumps([sys.executable, "-c", script, str(tmp_path / "mine")]),
+        "TOKENSIDECAR_ISSUER_COMMAND_ENV": "VAULT_ADDR,VAULT_TOKEN",
     }
     # The script reads Vault's address and token from its environment, inherited from this process.
     monkeypatch.setenv("VAULT_ADDR", openbao.addr)
@@ -486,6 +488,67 @@ def test_command_issuer_failures_store_nothing(
     }
     run = rotate(env, capsys)
     assert run.code == 1 and expected in run.err, run.err
+    assert kube_api.get("v1/secrets", SECRET) is None
+
+
+def _gone(pid: int) -> bool:
+    """The process has exited (reaped, or a zombie waiting for its new parent to reap it)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return state in ("Z", "X")
+
+
+def _wait_until(condition: Any, *, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
+
+
+def test_command_issuer_timeout_kills_the_whole_process_tree(
+    kube_api: KubeApi, secret_env: dict[str, str], tmp_path: Path, capsys: Any
+) -> None:
+    pid_file = tmp_path / "background.pid"
+    # The background sleep keeps stdout open too: only killing the group ends both.
+    script = f"sleep 600 & echo $! > {pid_file}; sleep 600"
+    env = {
+        **secret_env,
+        "TOKENSIDECAR_ISSUER_COMMAND": json.dumps(["sh", "-c", script]),
+        "TOKENSIDECAR_ISSUER_TIMEOUT": "1s",
+    }
+    run = rotate(env, capsys)
+    assert run.code == 1 and "did not finish within 1s and was killed" in run.err, run.err
+    _wait_until(lambda: _gone(int(pid_file.read_text())))
+    assert kube_api.get("v1/secrets", SECRET) is None
+
+
+def test_command_issuer_exiting_with_a_background_process_holding_stdout_does_not_hang(  # noqa: PLR0917
+    kube_api: KubeApi,
+    hub: HubStandIn,
+    token_file: Path,
+    secret_env: dict[str, str],
+    tmp_path: Path,
+    capsys: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    token = issue(hub, token_file)
+    pid_file = tmp_path / "background.pid"
+    script = f"sleep 600 & echo $! > {pid_file}; cat {token_file}"
+    run = rotate({**secret_env, "TOKENSIDECAR_ISSUER_COMMAND": json.dumps(["sh", "-c", script])}, capsys)
+    assert run.code == 0, run.err
+    assert secret_state(kube_api)[0] == {"token": token}
+    assert "the issuer command left processes running; they were killed" in caplog.text
+    _wait_until(lambda: _gone(int(pid_file.read_text())))
+
+
+def test_command_issuer_printing_too_much_is_stopped(
+    kube_api: KubeApi, secret_env: dict[str, str], capsys: Any
+) -> None:
+    endless = [sys.executable, "-c", "import sys\nwhile True: sys.stdout.write('x' * 4096)"]
+    run = rotate({**secret_env, "TOKENSIDECAR_ISSUER_COMMAND": json.dumps(endless)}, capsys)
+    assert run.code == 1 and "printed more than 65536 bytes" in run.err, run.err
     assert kube_api.get("v1/secrets", SECRET) is None
 
 
