@@ -39,7 +39,7 @@ from huggingface_hub.utils import build_hf_headers  # type: ignore[attr-defined]
 
 from tokensidecar.config import ConfigError
 from tokensidecar.redact import fingerprint, redact, remember
-from tokensidecar.token import parse_time
+from tokensidecar.token import parse_lifetime, parse_time
 from tokensidecar.verify import HubUnavailable, TokenRejected
 
 if TYPE_CHECKING:
@@ -139,7 +139,7 @@ def _exchange_answer(response: httpx2.Response) -> ExchangedToken:
     expires_in = body.get("expires_in")
     return ExchangedToken(
         value=value,
-        expires_in=float(expires_in) if isinstance(expires_in, int | float) and expires_in > 0 else None,
+        expires_in=parse_lifetime(expires_in),  # InvalidTime (ValueError) when out of range
         token_type=str(body.get("token_type") or "bearer"),
     )
 
