@@ -668,3 +668,19 @@ def test_injected_environment_is_a_valid_sidecar_configuration(annotations: dict
             assert config.listen == ("0.0.0.0", 8099)
             assert config.source == annotations.get("tokensidecar.io/source", "vault")
             assert config.hf_endpoint == "http://hub.local:8080"
+
+
+@pytest.mark.timeout(60)
+def test_a_pod_with_100000_env_entries_is_compared_in_linear_time() -> None:
+    # 3 MiB of env entries fits in one API request; comparing each entry with each other
+    # (what an earlier version did when the lengths matched) held the event loop for
+    # minutes. The entries already carry HF_TOKEN_PATH, so the lengths match.
+    pod = kserve_predictor_pod()
+    env = container(pod, "kserve-container")["env"]
+    env[:] = [entry for entry in env if entry["name"] not in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")]
+    env.extend({"name": f"V{n:06d}", "value": "x"} for n in range(100_000))
+    env.append({"name": "HF_TOKEN_PATH", "value": "/somewhere/else"})
+    patched = apply(copy.deepcopy(pod), inject(pod, settings=SETTINGS))
+    assert env_of(container(patched, "kserve-container"))["HF_TOKEN_PATH"] == TOKEN_PATH
+    assert len(container(patched, "kserve-container")["env"]) == len(env)
+    assert inject(patched, settings=SETTINGS) == []  # converged: the same comparison, equal
