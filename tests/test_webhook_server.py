@@ -36,7 +36,7 @@ from tokensidecar.webhook import certs
 from tokensidecar.webhook.inject import KNOWN_ANNOTATIONS, InjectionSettings
 from tokensidecar.webhook.metrics import WebhookMetrics
 from tokensidecar.webhook.review import decode_patch
-from tokensidecar.webhook.server import CertificateReloader, build_app
+from tokensidecar.webhook.server import CertificateReloader, ReviewBudget, build_app
 
 SERVICE_HOST = "tokensidecar-webhook.tokensidecar-system.svc"
 INJECTION = InjectionSettings(
@@ -630,3 +630,39 @@ def test_bad_configuration_exits_2_with_one_line(extra: dict[str, str], message:
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
+
+
+# --- the review budget ------------------------------------------------------------------------
+
+
+async def test_review_budget_grants_in_arrival_order_within_its_capacity() -> None:
+    budget = ReviewBudget(100)
+    order: list[str] = []
+    release = {name: asyncio.Event() for name in ("small-1", "large", "small-2", "small-3")}
+
+    async def review_of(name: str, size: int) -> None:
+        async with budget.reserve(size):
+            order.append(name)
+            await release[name].wait()
+
+    tasks = [asyncio.create_task(review_of("small-1", 40))]
+    await asyncio.sleep(0)
+    tasks.append(asyncio.create_task(review_of("large", 500)))  # more than the budget: runs alone
+    await asyncio.sleep(0)
+    tasks.append(asyncio.create_task(review_of("small-2", 10)))  # fits, but arrived after "large"
+    cancelled = asyncio.create_task(review_of("small-3", 10))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert order == ["small-1"] and budget.available == 60
+    cancelled.cancel()  # a client that gives up while waiting leaves no trace
+    release["small-1"].set()
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert order == ["small-1", "large"] and budget.available == 0
+    release["large"].set()
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert order == ["small-1", "large", "small-2"]
+    release["small-2"].set()
+    await asyncio.gather(*tasks)
+    assert budget.available == 100 and cancelled.cancelled()

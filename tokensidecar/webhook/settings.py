@@ -23,7 +23,16 @@ from tokensidecar.config import (
 )
 from tokensidecar.webhook.quantity import check_quantity
 
-__all__ = ["SETTINGS", "WEBHOOK_SETTINGS", "parse_positive_int"]
+__all__ = ["MAX_REVIEW_BYTES", "SETTINGS", "WEBHOOK_SETTINGS", "parse_positive_int"]
+
+# The API server reads at most 3 MiB of a request body that creates an object
+# (MaxRequestBodyBytes in k8s.io/apiserver/pkg/server/config.go: "1.5MB is the recommended
+# client request size ... the etcd server should accept ... we allow 2x as the largest
+# request body size to be accepted and decoded in a write request"). The pod in a review
+# is that object after defaulting, wrapped in a few KiB of AdmissionReview (uid, kinds,
+# userInfo, options): 128 KiB of headroom covers both. The webhook only reviews CREATE,
+# so there is no oldObject beside it.
+MAX_REVIEW_BYTES = 3 * 1024 * 1024 + 128 * 1024
 
 
 def parse_positive_int(text: str) -> int:
@@ -132,9 +141,20 @@ WEBHOOK_SETTINGS = register(
     Setting(
         "max_body_bytes",
         "TOKENSIDECAR_WEBHOOK_MAX_BODY_BYTES",
-        "Largest AdmissionReview accepted (the API server caps objects at about 1.5 MiB; "
-        "a review carries the object twice on UPDATE).",
-        default=str(4 * 1024 * 1024),
+        "Largest AdmissionReview accepted; a larger one is answered 413 unread. The default "
+        "is the API server's request limit for an object (3 MiB) plus 128 KiB for the "
+        "review around it and the fields defaulting adds.",
+        default=str(MAX_REVIEW_BYTES),
+        parse=parse_positive_int,
+        section="webhook",
+    ),
+    Setting(
+        "max_inflight_bytes",
+        "TOKENSIDECAR_WEBHOOK_MAX_INFLIGHT_BYTES",
+        "Total size of the AdmissionReviews read and parsed at once; a review past it waits "
+        "its turn (in arrival order) with its bytes left in the socket. Parsing costs many "
+        "times a body's size: this bounds the webhook's memory under a flood of large pods.",
+        default=str(MAX_REVIEW_BYTES),
         parse=parse_positive_int,
         section="webhook",
     ),
