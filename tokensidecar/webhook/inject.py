@@ -189,10 +189,19 @@ class _Plan:
 
 
 def wants_injection(pod: Mapping[str, Any]) -> bool:
-    """True when the pod carries ``tokensidecar.io/inject: "true"``."""
-    annotations = _annotations(pod)
-    value = annotations.get(INJECT_ANNOTATION)
-    return isinstance(value, str) and value.strip().lower() == "true"
+    """True when the pod carries ``tokensidecar.io/inject: "true"`` (ASCII case aside).
+
+    Exactly what the ``matchConditions`` expression of the MutatingWebhookConfiguration
+    asks (``...['tokensidecar.io/inject'].lowerAscii() == 'true'``), so the webhook never
+    decides differently from the API server that chose to call it: no whitespace is
+    stripped (``" true"`` is never sent here), and only ASCII letters change case (CEL's
+    ``lowerAscii``, unlike ``str.lower``).
+    """
+    value = _annotations(pod).get(INJECT_ANNOTATION)
+    return isinstance(value, str) and value.translate(_ASCII_LOWER) == "true"
+
+
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
 
 def inject(pod: Mapping[str, Any], *, settings: InjectionSettings) -> list[dict[str, Any]]:
