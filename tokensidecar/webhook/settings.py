@@ -21,6 +21,7 @@ from tokensidecar.config import (
     parse_listen,
     register,
 )
+from tokensidecar.webhook.confine import parse_image_patterns, parse_namespaces, parse_vault_addrs
 from tokensidecar.webhook.quantity import check_quantity
 
 __all__ = ["MAX_REVIEW_BYTES", "SETTINGS", "WEBHOOK_SETTINGS", "parse_positive_int"]
@@ -230,9 +231,48 @@ WEBHOOK_SETTINGS = register(
     Setting(
         "vault_token_audience",
         "TOKENSIDECAR_VAULT_TOKEN_AUDIENCE",
-        "Audience of the projected service-account token injected for Vault kubernetes/jwt auth "
-        "(must match the Vault role's audience).",
+        "Audience of the projected service-account token injected for Vault kubernetes and jwt "
+        "auth: the Vault role's audience (bound_audiences for jwt) must match. The pod's own "
+        "token, whose audience is the API server, is never what the sidecar sends to Vault.",
         default="vault",
+        section="injection",
+    ),
+    # What a pod's annotations may choose (CONTRACT §11). Anything outside is denied,
+    # naming the annotation.
+    Setting(
+        "allowed_vault_addrs",
+        "TOKENSIDECAR_ALLOWED_VAULT_ADDRS",
+        "Vault addresses that annotation tokensidecar.io/vault-addr may choose, comma-separated "
+        "scheme://host[:port] (default: only --inject-vault-addr). The pod's service-account "
+        "token goes there.",
+        parse=parse_vault_addrs,
+        section="injection",
+    ),
+    Setting(
+        "allow_insecure_vault",
+        "TOKENSIDECAR_ALLOW_INSECURE_VAULT",
+        "Allow plain http:// Vault addresses (the service-account token and the Hugging Face "
+        "token would cross the network unencrypted).",
+        default="false",
+        parse=parse_bool,
+        is_bool=True,
+        section="injection",
+    ),
+    Setting(
+        "allowed_images",
+        "TOKENSIDECAR_ALLOWED_IMAGES",
+        "Images that annotation tokensidecar.io/image may choose, comma-separated; * matches "
+        "any run of characters (e.g. ghcr.io/tokensidecar/tokensidecar:*). Default: only "
+        "--sidecar-image. The sidecar holds the token.",
+        parse=parse_image_patterns,
+        section="injection",
+    ),
+    Setting(
+        "allowed_secret_namespaces",
+        "TOKENSIDECAR_ALLOWED_SECRET_NAMESPACES",
+        "Namespaces besides the pod's own whose Secrets annotation tokensidecar.io/secret-namespace "
+        "may name, comma-separated; * for any (default: the pod's own namespace only).",
+        parse=parse_namespaces,
         section="injection",
     ),
     Setting(
