@@ -92,3 +92,58 @@ def test_index_links_every_page() -> None:
     for page in DOCS.glob("*.md"):
         if page.name not in _OTHERS_PAGES:
             assert f"({page.name})" in index, f"docs/index.md does not link {page.name}"
+
+
+def _make_recipe(target: str, *, venv: pathlib.Path) -> list[str]:
+    """The command lines `make TARGET` would run, with a virtualenv that counts as installed."""
+    (venv / "bin").mkdir(parents=True, exist_ok=True)
+    (venv / "bin" / "tokensidecar").touch()  # newer than pyproject.toml: no install step
+    result = subprocess.run(
+        ["make", "-n", "--no-print-directory", target, f"VENV={venv}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return [line for line in result.stdout.splitlines() if line.strip()]
+
+
+def test_make_docs_runs_a_reference_command_that_exists(tmp_path: pathlib.Path) -> None:
+    recipe = _make_recipe("docs", venv=tmp_path / "venv")
+    commands = [line.split() for line in recipe if "tokensidecar.reference" in line]
+    assert commands, recipe
+    for argv in commands:
+        args = argv[argv.index("tokensidecar.reference") + 1 :]
+        out = tmp_path / "docs"
+        out.mkdir(exist_ok=True)
+        assert reference.main([*args, "--docs-dir", str(out)]) == 0, argv
+        assert (out / "configuration.md").read_text() == (DOCS / "configuration.md").read_text()
+
+
+def test_make_lint_runs_every_checker_contributing_names(tmp_path: pathlib.Path) -> None:
+    recipe = " ".join(_make_recipe("lint", venv=tmp_path / "venv"))
+    for tool in ("ruff check", "ruff format --check", "mypy tokensidecar", "hadolint Dockerfile"):
+        assert tool in recipe, tool
+    assert "tokensidecar.reference --check" in recipe
+
+
+def test_contributing_names_only_make_targets_that_exist() -> None:
+    makefile = (ROOT / "Makefile").read_text()
+    targets = set(re.findall(r"^([a-z]+):", makefile, flags=re.MULTILINE))
+    named = set(re.findall(r"`make ([a-z]+)", (ROOT / "CONTRIBUTING.md").read_text()))
+    assert named and named <= targets, named - targets
+    assert ".[dev,e2e]" in (ROOT / "CONTRIBUTING.md").read_text()  # else the KServe test is skipped silently
+
+
+def test_ci_keeps_its_own_virtualenv_and_runs_the_readme_test_command() -> None:
+    script = [
+        line.strip()
+        for line in (ROOT / ".ci" / "run").read_text().splitlines()
+        if line.strip() and not line.strip().startswith("#")
+    ]
+    for line in script:
+        assert not re.search(r"(^|[\s/\"'])\.venv\b", line), f".ci/run touches the developer's .venv: {line}"
+    assert any(re.match(r"make test\b", line) for line in script)
+    readme = (ROOT / "README.md").read_text()
+    assert "make test   #" in readme
