@@ -16,7 +16,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 PAGES = sorted([*DOCS.glob("*.md"), ROOT / "CONTRIBUTING.md", ROOT / "SECURITY.md", ROOT / "CHANGELOG.md"])
 
-CONTRACT_METRICS = (
+PUBLIC_METRICS = (
     "tokensidecar_rotations_total",
     "tokensidecar_fetch_duration_seconds",
     "tokensidecar_last_success_timestamp_seconds",
@@ -61,7 +61,7 @@ def test_every_setting_is_documented_under_some_command() -> None:
 
 def test_metrics_reference_names_every_contract_metric() -> None:
     text = (DOCS / "metrics.md").read_text()
-    for name in CONTRACT_METRICS:
+    for name in PUBLIC_METRICS:
         assert f"`{name}`" in text, name
 
 
@@ -147,3 +147,18 @@ def test_ci_keeps_its_own_virtualenv_and_runs_the_readme_test_command() -> None:
     assert any(re.match(r"make test\b", line) for line in script)
     readme = (ROOT / "README.md").read_text()
     assert "make test   #" in readme
+
+
+def test_the_repository_cites_its_own_docs_not_an_outside_contract() -> None:
+    """Readers of a clone have docs/, not the document the project was first specified in."""
+    tracked = subprocess.run(
+        ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True
+    ).stdout.split()
+    citing = []
+    for name in tracked:
+        path = ROOT / name
+        if path.suffix not in {".py", ".md", ".yaml", ".yml", ".sh", ".hcl", ".toml", ".json", ""}:
+            continue
+        if path.is_file() and re.search(r"CONTRACT\s*§|\bcontract \(§", path.read_text(errors="replace")):
+            citing.append(name)
+    assert citing == []

@@ -1,6 +1,6 @@
 """``tokensidecar run`` with the file source, as a real process observed from outside: the
 token file and token.json, /readyz, /status, /metrics, notifications and SIGTERM
-(CONTRACT §3-§6)."""
+(docs/behaviour.md, docs/metrics.md)."""
 
 from __future__ import annotations
 
@@ -144,7 +144,7 @@ def test_file_source_end_to_end(paths: tuple[Path, Path]) -> None:
         last_success = sidecar.metric("tokensidecar_last_success_timestamp_seconds")
         assert last_success is not None and abs(last_success - time.time()) < 30
 
-        # /metrics carries every metric name of CONTRACT §6 (sidecar part).
+        # /metrics carries every sidecar metric name of docs/metrics.md.
         exposition = sidecar.get("/metrics")[1]
         for name in SIDECAR_METRICS:
             assert f"# TYPE {name} " in exposition, name

@@ -5,7 +5,7 @@ watch, goes through the same steps: validate → (if new) verify at the Hub → 
 notify. Whatever fails, the last good token stays published, the failure is counted
 and reported, and the loop retries with full-jitter backoff.
 
-Scheduling (CONTRACT §4):
+Scheduling (docs/behaviour.md, refreshing):
 
 * polled sources are fetched every ``refresh_interval``, or at 2/3 of the token's
   remaining lifetime when that is sooner, with ±10% jitter;

@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 SETTINGS = sidecar_settings()
 
 # Kubernetes waits terminationGracePeriodSeconds (30 s by default) after SIGTERM; we
-# promise to be gone within 5 s (CONTRACT §4), leaving time to revoke a Vault login.
+# promise to be gone within 5 s (docs/behaviour.md), leaving time to revoke a Vault login.
 SHUTDOWN_SECONDS = 4.0
 
 # Publish first, serve second: importing aiohttp (which builds TLS contexts at import)

@@ -1,7 +1,7 @@
 """Verification while the Hub stand-in answers 429 and 5xx, stalls past the timeout, and
 is handed forged and revoked tokens.
 
-The contract (§3) has two promises here. A token the Hub *rejected* (401/403) is never
+docs/behaviour.md (the token file) makes two promises here. A token the Hub *rejected* (401/403) is never
 published, whatever else is going on. A token the Hub could not *judge* (429, 5xx,
 timeout) follows ``TOKENSIDECAR_VERIFY_ON_HUB_OUTAGE``: ``publish`` puts it out unverified,
 ``hold`` keeps the last good token until the Hub answers. A sampler reads the token file
