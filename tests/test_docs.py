@@ -3,6 +3,7 @@ annotation and metric names a reader looks up are the ones the program uses."""
 
 from __future__ import annotations
 
+import os
 import pathlib
 import re
 import subprocess
@@ -162,3 +163,94 @@ def test_the_repository_cites_its_own_docs_not_an_outside_contract() -> None:
         if path.is_file() and re.search(r"CONTRACT\s*§|\bcontract \(§", path.read_text(errors="replace")):
             citing.append(name)
     assert citing == []
+
+
+# --- the quickstart, followed as far as a machine without a cluster can ------------------
+
+QUICKSTART = DOCS / "quickstart.md"
+
+
+def _kustomize(directory: pathlib.Path) -> list[dict[str, object]]:
+    import yaml
+
+    result = subprocess.run(
+        ["kubectl", "kustomize", str(directory)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, f"kubectl kustomize {directory}:\n{result.stderr}"
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def test_quickstart_applies_only_kustomizations_that_render() -> None:
+    text = QUICKSTART.read_text()
+    targets = sorted(set(re.findall(r"kubectl (?:apply|delete) -k (manifests/[\w./-]+)", text)))
+    assert len(targets) >= 6, targets
+    for target in targets:
+        assert _kustomize(ROOT / target), target
+
+
+def test_quickstart_names_files_and_objects_that_exist() -> None:
+    text = QUICKSTART.read_text()
+    for path in set(re.findall(r"`?(manifests/[\w./-]+[\w-])`?", text)):
+        assert (ROOT / path).exists(), path
+    vault = _kustomize(ROOT / "manifests" / "examples" / "vault")
+    names = {(str(o["kind"]), str(o["metadata"]["name"])) for o in vault}
+    for cronjob in re.findall(r"cronjob/([\w-]+)", text):
+        assert ("CronJob", cronjob) in names, cronjob
+    # The Trusted Publisher subject the quickstart tells you to register is the job's identity.
+    subject = re.search(r"system:serviceaccount:([\w-]+):([\w-]+)", text)
+    assert subject is not None
+    accounts = {
+        (str(o["metadata"]["namespace"]), str(o["metadata"]["name"]))
+        for o in vault
+        if o["kind"] == "ServiceAccount"
+    }
+    assert (subject.group(1), subject.group(2)) in accounts
+    script = (ROOT / "manifests" / "examples" / "vault" / "vault" / "setup.sh").read_text()
+    for variable in (
+        "HF_TOKEN_FILE",
+        "KUBE_HOST",
+        "KUBE_CA_FILE",
+        "TOKEN_REVIEWER_JWT_FILE",
+        "USE_CALLER_JWT",
+    ):
+        assert variable in text and variable in script, variable
+
+
+def test_quickstart_overlay_copy_with_its_image_override_renders(tmp_path: pathlib.Path) -> None:
+    """Step 2 as written: copy the example overlay, point it at the base, add the images: block."""
+    import shutil
+
+    import yaml
+
+    text = QUICKSTART.read_text()
+    block = re.search(r"```yaml\n(images:\n.*?)```", text, flags=re.DOTALL)
+    assert block is not None, "the quickstart shows the images: override"
+    copy = tmp_path / "my-tokensidecar"
+    shutil.copytree(ROOT / "manifests" / "overlays" / "example", copy)
+    kustomization = yaml.safe_load((copy / "kustomization.yaml").read_text())
+    kustomization["resources"] = [os.path.relpath(ROOT / "manifests" / "base", copy)]
+    kustomization.update(yaml.safe_load(block.group(1)))
+    (copy / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
+    objects = _kustomize(copy)
+    (deployment,) = [o for o in objects if o["kind"] == "Deployment"]
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    new_image = f"{block.group(1).split('newName: ')[1].split()[0]}:{kustomization['images'][0]['newTag']}"
+    assert container["image"] == new_image
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["TOKENSIDECAR_SIDECAR_IMAGE"] == new_image
+    assert env["TOKENSIDECAR_INJECT_VAULT_ADDR"]
+
+
+def test_docs_cover_every_shipped_kustomization_entry_point() -> None:
+    """An operator finds every overlay and example from the docs."""
+    docs = " ".join(page.read_text() for page in DOCS.glob("*.md"))
+    for entry in (
+        "manifests/overlays/example",
+        "manifests/overlays/gateway",
+        "manifests/overlays/pre-1.28",
+        "manifests/overlays/monitoring-kube-prometheus-stack",
+        "manifests/rotation",
+        "manifests/examples/gateway",
+        "manifests/components/localmodel",
+    ):
+        assert entry in docs, entry
