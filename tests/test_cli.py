@@ -512,3 +512,37 @@ def test_run_with_its_port_taken_fails_fast_with_one_line(tmp_path: Path) -> Non
     assert result.returncode == 1
     line = _one_error_line(result.stderr)
     assert "address already in use" in line
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "expected"),
+    [
+        pytest.param(
+            ["--vault-path=nomount"],
+            {"VAULT_ADDR": "http://127.0.0.1:1"},
+            "error: --vault-path: 'nomount' is not <mount>/<path>",
+            id="flag",
+        ),
+        pytest.param(
+            [],
+            {"VAULT_ADDR": "http://127.0.0.1:1", "TOKENSIDECAR_VAULT_PATH": "nomount"},
+            "error: TOKENSIDECAR_VAULT_PATH: 'nomount' is not <mount>/<path>",
+            id="env",
+        ),
+        pytest.param(
+            ["--vault-addr=ftp://vault", "--vault-path=secret/hf/a"],
+            {},
+            "error: --vault-addr: 'ftp://vault' is not an http:// or https:// URL",
+            id="checked-by-the-vault-client",
+        ),
+    ],
+)
+def test_errors_found_after_parsing_name_what_the_user_typed(
+    args: list[str], env: dict[str, str], expected: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The rooms check their settings by environment name; the door renames the one typed as a flag."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in env.items():
+            patch.setenv(name, value)
+        assert cli.main(["run", "--listen=127.0.0.1:0", "--source=vault", *args]) == 2
+    assert _one_error_line(capsys.readouterr().err).startswith(expected)

@@ -252,7 +252,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logs.configure(fmt=config.log_format, level=config.log_level)
         return command.entry_point()(config)
     except ConfigError as exc:
-        print(redact(f"error: {exc}"), file=sys.stderr)
+        print(redact(f"error: {_as_given(exc, command=command, config=config)}"), file=sys.stderr)
         return EXIT_CONFIG
     except KeyboardInterrupt:
         return 130
@@ -265,6 +265,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger("tokensidecar").debug("fatal error", exc_info=True)
         print(f"error: {safe_error(exc)}", file=sys.stderr)
         return 1
+
+
+def _as_given(exc: ConfigError, *, command: Command, config: Config | None) -> str:
+    """The error with its setting named the way the user gave it.
+
+    The rooms validate their settings by their environment names
+    (``TOKENSIDECAR_VAULT_PATH: ...``); when the value came from ``--vault-path``, that is
+    the name the user typed and the one to show.
+    """
+    if config is None or not exc.setting:
+        return str(exc)
+    for setting in command.settings():
+        if setting.env == exc.setting:
+            return f"{config.label(setting.name)}: {exc.problem}"
+    return str(exc)
 
 
 def _describe_os_error(exc: OSError, *, config: Config | None) -> str:
