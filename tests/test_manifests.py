@@ -923,10 +923,24 @@ def test_gateway_files_name_sources_never_tokens(rendered: Rendered) -> None:
     for name, credential in credentials.items():
         assert credential["source"] in SOURCES, name
         assert not {"token", "value", "hf-token"} & set(credential), name
-    policy = yaml.safe_load(objects["tokensidecar-gateway-policy"]["data"]["policy.yaml"])
+    policy_text = objects["tokensidecar-gateway-policy"]["data"]["policy.yaml"]
+    policy = yaml.safe_load(policy_text)
     for rule in policy["rules"]:
         assert rule["subjects"] and rule["repos"]
         assert rule.get("credential", "default") in credentials
+    # With the gateway's own parsers in this checkout, the files must load as it loads them.
+    import importlib.util
+
+    if importlib.util.find_spec("tokensidecar.gateway") is not None:
+        from tokensidecar.gateway.credentials import CredentialStore
+        from tokensidecar.gateway.policy import Policy
+
+        store = CredentialStore.from_yaml(
+            credentials_text,
+            upstream="https://huggingface.co",
+            environ={"VAULT_ADDR": "https://vault.example"},
+        )
+        assert Policy.from_yaml(policy_text).credentials() <= store.names()
 
 
 def test_the_gateway_example_is_granted_exactly_its_model(rendered: Rendered) -> None:
@@ -998,23 +1012,44 @@ def declared_series() -> set[str]:
     for _, _, entries in reference.metric_groups():
         kinds.update({entry.name: entry.kind for entry in entries})
     try:
-        gateway = importlib.import_module("tokensidecar.gateway.metrics")
+        importlib.import_module("tokensidecar.gateway")
     except ModuleNotFoundError:
         kinds.update(GATEWAY_METRICS)
     else:
-        from prometheus_client import CollectorRegistry
-
-        holder_class = next(
-            v for k, v in vars(gateway).items() if k.endswith("Metrics") and isinstance(v, type)
-        )
-        holder = holder_class(registry=CollectorRegistry(auto_describe=True))
-        kinds.update({entry.name: entry.kind for entry in reference._metric_entries(holder)})
+        kinds.update(_gateway_metric_kinds())
     series = set()
     for name, kind in kinds.items():
         series.add(name)
         if kind == "histogram":
             series |= {f"{name}_bucket", f"{name}_sum", f"{name}_count"}
     return series
+
+
+def _gateway_metric_kinds() -> dict[str, str]:
+    """The metrics every ``*Metrics`` holder of the gateway's modules declares."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    from prometheus_client import CollectorRegistry
+
+    from tokensidecar import reference
+
+    package = importlib.import_module("tokensidecar.gateway")
+    kinds: dict[str, str] = {}
+    for module_info in pkgutil.iter_modules(package.__path__):
+        module = importlib.import_module(f"tokensidecar.gateway.{module_info.name}")
+        for name, holder_class in vars(module).items():
+            if not (inspect.isclass(holder_class) and name.endswith("Metrics")):
+                continue
+            if holder_class.__module__ != module.__name__:
+                continue
+            try:
+                holder = holder_class(registry=CollectorRegistry(auto_describe=True))
+            except TypeError:
+                holder = holder_class(CollectorRegistry(auto_describe=True))
+            kinds.update({entry.name: entry.kind for entry in reference._metric_entries(holder)})
+    return kinds
 
 
 def metric_names(expr: str) -> set[str]:
