@@ -739,6 +739,8 @@ def test_rotation_is_opt_in_and_per_model(rendered: Rendered) -> None:
         else:
             assert data["TOKENSIDECAR_VAULT_PATH"] and data["TOKENSIDECAR_VAULT_ROLE"], where
             assert not [o for o in objects if o["kind"] == "Role" and "rotate" in o["metadata"]["name"]]
+            volumes = {v["name"] for v in pod_spec(cronjob)["volumes"]}
+            assert "kube-api-access" not in volumes, f"{where}: a Vault target needs no API token"
         checked += 1
     assert checked == 3
 
