@@ -1,6 +1,6 @@
 """``tokensidecar run`` with the file source, as a real process observed from outside: the
 token file and token.json, /readyz, /status, /metrics, notifications and SIGTERM
-(CONTRACT §3-§6) — also SIGTERM while a Vault or Kubernetes call hangs upstream."""
+(docs/behaviour.md, docs/metrics.md) — also SIGTERM while a Vault or Kubernetes call hangs upstream."""
 
 from __future__ import annotations
 
@@ -146,7 +146,7 @@ def test_file_source_end_to_end(paths: tuple[Path, Path]) -> None:
         last_success = sidecar.metric("tokensidecar_last_success_timestamp_seconds")
         assert last_success is not None and abs(last_success - time.time()) < 30
 
-        # /metrics carries every metric name of CONTRACT §6 (sidecar part).
+        # /metrics carries every sidecar metric name of docs/metrics.md.
         exposition = sidecar.get("/metrics")[1]
         for name in SIDECAR_METRICS:
             assert f"# TYPE {name} " in exposition, name
@@ -277,7 +277,7 @@ def test_notify_signal_reaches_a_process_found_by_name(
     assert '"msg": "notified process"' in sidecar.logs
 
 
-# Generous: CONTRACT §4 promises 5 s; a loaded CI machine may add some. Before the fix a
+# Generous: docs/behaviour.md promises 5 s; a loaded CI machine may add some. Before the fix a
 # call stuck in a worker thread kept the process alive until its read timeout (Vault 10 s,
 # Kubernetes 30 s, retried) — or for ever when the upstream trickles bytes.
 SIGTERM_DEADLINE_S = 15.0

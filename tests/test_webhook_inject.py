@@ -703,7 +703,7 @@ def test_a_pod_with_100000_env_entries_is_compared_in_linear_time() -> None:
     assert inject(patched, settings=SETTINGS) == []  # converged: the same comparison, equal
 
 
-# --- what annotations may choose (CONTRACT §11) ------------------------------------------------
+# --- what annotations may choose (docs/security.md) ------------------------------------------------
 
 CONFINED = dataclasses.replace(
     SETTINGS,

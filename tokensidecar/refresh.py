@@ -5,7 +5,7 @@ watch, goes through the same steps: validate → (if new) verify at the Hub → 
 notify. Whatever fails, the last good token stays published, the failure is counted
 and reported, and the loop retries with full-jitter backoff.
 
-Scheduling (CONTRACT §4):
+Scheduling (docs/behaviour.md, refreshing):
 
 * polled sources are fetched every ``refresh_interval``, or at 2/3 of the token's
   remaining lifetime when that is sooner, with ±10% jitter;
@@ -14,7 +14,7 @@ Scheduling (CONTRACT §4):
 * after a failure the next attempt comes after ``Backoff`` (1 s doubling to
   ``max_backoff``, full jitter).
 
-A Hub outage never displaces a verified token (CONTRACT §3). When the Hub cannot judge a
+A Hub outage never displaces a verified token (docs/behaviour.md). When the Hub cannot judge a
 new candidate (5xx, 429, timeout), the candidate is published unverified only under the
 ``publish`` outage policy *and* only when no valid token is published (none yet, or the
 published one has expired); otherwise the published token stays and the candidate is

@@ -2,7 +2,7 @@
 plus the HTTP surface, and a shutdown that keeps its promise.
 
 No refresh logic lives here; each room has its module. What does live here is how the
-process ends: CONTRACT §4 promises to be gone within 5 s of SIGTERM whatever the upstreams
+process ends: docs/behaviour.md promises to be gone within 5 s of SIGTERM whatever the upstreams
 do. The blocking clients (hvac, the Kubernetes client) run in threads through
 :func:`asyncio.to_thread`; a call stuck on an upstream that accepted the connection and
 never answers (or trickles a byte every few seconds, which no read timeout catches) would
@@ -50,7 +50,7 @@ SETTINGS = sidecar_settings()
 T = TypeVar("T")
 
 # Kubernetes waits terminationGracePeriodSeconds (30 s by default) after SIGTERM; we
-# promise to be gone within 5 s (CONTRACT §4). This is the budget from the signal to the
+# promise to be gone within 5 s (docs/behaviour.md). This is the budget from the signal to the
 # end of the event loop, which leaves a second for the interpreter to exit. Within it:
 # stopping the refresh loop (at most 1 s), closing the source, i.e. revoking a Vault
 # login (what is left but 0.5 s), stopping the HTTP server (the last 0.5 s).

@@ -22,7 +22,7 @@ the fingerprint of the token it describes (``tokensidecar/rotate/vault_target.py
   else unparseable is logged once).
 
 Ignoring ``expires_at`` means the token's expiry falls back to its own ``exp`` when it is
-a JWT, else unknown (CONTRACT §2).
+a JWT, else unknown (docs/behaviour.md).
 """
 
 from __future__ import annotations

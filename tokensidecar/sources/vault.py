@@ -40,7 +40,7 @@ __all__ = ["EXPIRES_AT_METADATA_KEY", "FINGERPRINT_METADATA_KEY", "VaultSource"]
 log = logging.getLogger(__name__)
 
 #: KV v2 ``custom_metadata`` key holding the token's expiry (RFC 3339 or epoch seconds),
-#: written by ``tokensidecar rotate`` (CONTRACT §2, §8).
+#: written by ``tokensidecar rotate`` (docs/behaviour.md, docs/rotation.md).
 EXPIRES_AT_METADATA_KEY = "expires_at"
 #: ``custom_metadata`` key holding the fingerprint of the token ``expires_at`` describes.
 FINGERPRINT_METADATA_KEY = "fingerprint"

@@ -4,7 +4,7 @@ Anyone who can create a pod in a namespace writes its annotations, and those ann
 decide where the pod's service-account token is sent (``vault-addr``), which image holds
 the Hugging Face token (``image``) and whose Secret the sidecar reads
 (``secret-namespace``). The platform team draws the boundary with the webhook's settings
-(CONTRACT §11); this module holds the rules, as pure functions the injection calls:
+(docs/security.md); this module holds the rules, as pure functions the injection calls:
 
 * a Vault address must be the webhook's default (``--inject-vault-addr``) or listed in
   ``--allowed-vault-addrs``; addresses compare as ``scheme://host[:port]`` (host in lower

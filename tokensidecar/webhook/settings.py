@@ -237,7 +237,7 @@ WEBHOOK_SETTINGS = register(
         default="vault",
         section="injection",
     ),
-    # What a pod's annotations may choose (CONTRACT §11). Anything outside is denied,
+    # What a pod's annotations may choose (docs/security.md). Anything outside is denied,
     # naming the annotation.
     Setting(
         "allowed_vault_addrs",
