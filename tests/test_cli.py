@@ -48,6 +48,13 @@ def _isolated(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     root.setLevel(level)
 
 
+@pytest.fixture
+def tmp_path(shm_path: Path) -> Path:
+    """Memory-backed like the sidecar's real token volume: on a disk-backed directory the
+    publisher rightly warns (a log line on stderr), which is not what these cases are about."""
+    return shm_path
+
+
 def _run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     import os
 

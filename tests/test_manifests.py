@@ -1167,3 +1167,30 @@ def test_kube_prometheus_stack_overlay_labels_what_its_prometheus_selects(render
     assert len(selected) == 4
     for obj in selected:
         assert obj["metadata"]["labels"]["release"] == "kube-prometheus-stack", obj["metadata"]["name"]
+
+
+def test_every_rendered_setting_value_parses_as_its_command_parses_it(rendered: Rendered) -> None:
+    """A value in a manifest that the program would refuse at start is caught here, not at rollout."""
+    from tokensidecar.cli import COMMANDS
+    from tokensidecar.config import resolve
+
+    checked = 0
+    for where, obj in workloads(rendered):
+        config_maps = {
+            o["metadata"]["name"]: o.get("data", {}) for o in rendered[where] if o["kind"] == "ConfigMap"
+        }
+        for container in containers_of(obj):
+            args = container.get("args") or []
+            command = COMMANDS.get(args[0]) if args else None
+            if command is None:
+                continue  # not a tokensidecar container, or a command not in this checkout
+            env: dict[str, str] = {}
+            for source in container.get("envFrom", []):
+                env.update(config_maps[source["configMapRef"]["name"]])
+            env.update({name: value for name, value in env_of(container).items() if value is not None})
+            try:
+                resolve(command.settings(), {}, env)
+            except Exception as exc:  # ConfigError names the setting
+                raise AssertionError(f"{object_id(where, obj)}: {exc}") from None
+            checked += 1
+    assert checked >= 10
