@@ -1,7 +1,7 @@
 """Canary: a distinctive token flows through every sidecar path — success, an invalid value,
 source errors and Hub rejections that echo it, notify failures, shutdown — and must appear in
 none of: logs (JSON and text), /metrics, /status, /readyz, token.json, exception text, stderr,
-or the process's argv and environment (CONTRACT §9).
+or the process's argv and environment (docs/security.md).
 
 Two canaries: one shaped like a Hugging Face token (also caught by the shape patterns) and one
 with no known shape, which only ``remember()`` can hide — so a path that skips the registry
@@ -10,6 +10,7 @@ is caught too.
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import logging
@@ -272,3 +273,51 @@ def test_canary_never_leaks_from_once(tmp_path: Path) -> None:
     assert (tmp_path / "out" / "token").read_text() == canary
     for output in outputs:
         _assert_absent(canary, "once output", output)
+
+
+def _encoded_canaries() -> dict[str, tuple[str, str]]:
+    """(what must not show, the text that carries it) for each way a token hides in a line."""
+    org, glued, pct, jwt = (
+        "api_org_CANARY" + secrets.token_hex(14),
+        "hf_CANARYglued" + secrets.token_hex(14),
+        "hf_CANARYpct" + secrets.token_hex(14),
+        "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJDQU5BUlki" + secrets.token_hex(14) + "." + secrets.token_hex(24),
+    )
+    shapeless = CANARIES["shapeless"]
+    basic_pair = base64.b64encode(f"client-app:{shapeless}".encode()).decode()
+    bearer_credential = "CANARYbearer" + secrets.token_hex(14)
+    scheme_credential = "CANARYscheme" + secrets.token_hex(14)
+    return {
+        "api_org": (org, f"org token {org} was refused"),
+        "my_hf_": (glued, f"env MY_HF_TOKEN=my_{glued}"),
+        "%22hf_": (pct, f"GET /x?token=%22{pct}%22"),
+        "url-encoded jwt": (jwt.split(".", 1)[1], f"subject=%22{jwt.replace('.', '%2E')}%22"),
+        "bearer + spaces/tab": (bearer_credential, f"header Authorization: Bearer \t  {bearer_credential}"),
+        "token scheme": (scheme_credential, f"sent Authorization: token {scheme_credential}"),
+        "basic scheme": (basic_pair, f"sent Basic {basic_pair} to /oauth/token"),
+        "base64 of a remembered token": (
+            base64.b64encode(shapeless.encode()).decode(),
+            f'Secret data: {{"token": "{base64.b64encode(shapeless.encode()).decode()}"}}',
+        ),
+    }
+
+
+@pytest.mark.parametrize("fmt", ["json", "text"])
+@pytest.mark.parametrize("form", sorted(_encoded_canaries()))
+def test_canary_in_every_shape_and_encoding_never_leaks(log_stream: io.StringIO, fmt: str, form: str) -> None:
+    from tokensidecar.redact import remember, safe_error
+
+    remember(CANARIES["shapeless"])  # as every path that reads a token does
+    secret, line = _encoded_canaries()[form]
+    logs.configure(fmt=fmt, level="debug", stream=log_stream)
+    log = logging.getLogger("tokensidecar.canary")
+    log.warning(line, extra={"detail": line})
+    log.warning("upstream failed", extra={"error": safe_error(RuntimeError(line))})
+    try:
+        raise RuntimeError(line)
+    except RuntimeError:
+        log.exception("with a traceback")
+    output = log_stream.getvalue()
+    assert output.count("[REDACTED sha256:") >= 4
+    _assert_absent(secret, f"{fmt} logs ({form})", output)
+    _assert_absent(CANARIES["shapeless"], f"{fmt} logs ({form})", output)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import multiprocessing
+import os
 import random
 import signal
 import stat
@@ -16,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tokensidecar.publish import Publisher, PublishError
+from tokensidecar.publish import Publisher, PublishError, filesystem_type
 from tokensidecar.token import InvalidToken, Token
 
 
@@ -159,3 +161,61 @@ def test_sigkill_mid_publish_leaves_a_complete_published_token(tmp_path: Path) -
     # The next start sweeps what the killed runs left behind.
     Publisher(token_path=token_path).prepare()
     assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_a_symlink_planted_at_a_temporary_name_is_never_written_through(tmp_path: Path) -> None:
+    directory = tmp_path / "run"
+    directory.mkdir()
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    # Every name the old scheme could pick (.<name>.tmp-<pid>) points at the victim.
+    for name in ("token", "token.json"):
+        (directory / f".{name}.tmp-{os.getpid()}").symlink_to(victim)
+    publisher = Publisher(token_path=directory / "token")
+    assert publisher.publish(_token("hf_abcdefghijkl"))
+    assert victim.read_text() == "precious"
+    assert (directory / "token").read_text() == "hf_abcdefghijkl"
+    assert not (directory / "token").is_symlink()
+
+
+def test_each_temporary_file_is_a_new_file_at_a_fresh_name(tmp_path: Path) -> None:
+    publisher = Publisher(token_path=tmp_path / "token")
+    names = set()
+    for index in range(20):
+        tmp, fd = publisher._create_temporary(tmp_path / "token")
+        os.close(fd)
+        assert tmp.name.startswith(".token.tmp-") and stat.S_IMODE(tmp.stat().st_mode) == 0o600
+        names.add(tmp.name)
+        assert len(names) == index + 1
+    assert len({name.removeprefix(".token.tmp-") for name in names}) == 20
+    publisher.prepare()  # a crash's leftovers are swept
+    assert not list(tmp_path.glob(".*.tmp-*"))
+
+
+def _statfs_type(path: Path) -> str:
+    """The filesystem type from statfs(2) via coreutils, independent of the code under test."""
+    return subprocess.run(
+        ["stat", "-f", "-c", "%T", str(path)], capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+def test_prepare_warns_when_the_token_directory_is_on_disk(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    if _statfs_type(tmp_path) in ("tmpfs", "ramfs"):
+        pytest.skip("the temporary directory is memory-backed on this machine")
+    with caplog.at_level(logging.INFO, logger="tokensidecar.publish"):
+        Publisher(token_path=tmp_path / "run" / "token").prepare()
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert [r.getMessage().split(":")[0] for r in warnings] == ["the token directory is not memory-backed"]
+    assert warnings[0].filesystem not in ("tmpfs", "ramfs")  # type: ignore[attr-defined]
+
+
+def test_prepare_is_quiet_on_a_memory_backed_directory(
+    shm_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert _statfs_type(shm_path) == "tmpfs"
+    with caplog.at_level(logging.INFO, logger="tokensidecar.publish"):
+        Publisher(token_path=shm_path / "token").prepare()
+    assert filesystem_type(shm_path) == "tmpfs"
+    assert not [r for r in caplog.records if r.name == "tokensidecar.publish"]

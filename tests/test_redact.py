@@ -7,8 +7,11 @@ import base64
 import io
 import json
 import logging
+import re
 import secrets
+import urllib.parse
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -176,3 +179,113 @@ def test_library_loggers_are_held_at_warning(log_stream: io.StringIO) -> None:
     output = log_stream.getvalue()
     assert "GET /v1/secret" not in output
     assert "our own debug line" in output
+
+
+@pytest.mark.parametrize("library", ["httpx2", "httpcore2.connection", "huggingface_hub.utils"])
+def test_http_client_request_lines_are_held_at_warning(log_stream: io.StringIO, library: str) -> None:
+    # huggingface_hub 2.x sends through httpx2, which logs every request at INFO.
+    logs.configure(fmt="json", level="info", stream=log_stream)
+    logging.getLogger(library).info('HTTP Request: GET http://hub.local/api/whoami-v2 "HTTP/1.1 200 OK"')
+    logging.getLogger(library).warning("a library warning still shows")
+    output = log_stream.getvalue()
+    assert "HTTP Request" not in output
+    assert "a library warning still shows" in output
+
+
+# --- the gaps: org tokens, glued and encoded tokens, schemes, encoded remembered values -------
+
+
+def _org_token() -> str:
+    return "api_org_" + secrets.token_hex(17)
+
+
+def _hf_token() -> str:
+    return "hf_" + secrets.token_hex(17)
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "org token {t} refused",
+        "HF_TOKEN=my_hf_{t}",  # glued to a word: \\b does not start a match after "_"
+        "GET /resolve?token=%22{t}%22",  # percent-encoded quotes around it
+        '{{"token": "\\u0022{t}\\u0022"}}',  # JSON-escaped quotes
+        "x{t}",
+    ],
+    ids=["plain", "after-underscore", "percent-encoded", "json-escaped", "after-letter"],
+)
+@pytest.mark.parametrize("make", [_org_token, _hf_token], ids=["api_org", "hf"])
+def test_token_shapes_are_masked_next_to_words_and_escapes(template: str, make: Any) -> None:
+    token = make()
+    secret_part = token.split("_")[-1]
+    text = redact(template.format(t=token))
+    assert secret_part not in text, text
+    assert "[REDACTED sha256:" in text
+
+
+def test_a_url_encoded_jwt_is_masked() -> None:
+    jwt = _jwt_body({"sub": "system:serviceaccount:ns:sa"})
+    header, payload, signature = jwt.split(".")
+    for text in (
+        f"subject_token=%22{jwt}%22",
+        f"subject_token={header}%2E{payload}%2E{signature}",
+        f"q=%7B%22jwt%22%3A%22{jwt}%22%7D",
+    ):
+        masked = redact(text)
+        assert payload not in masked and signature not in masked, masked
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "Authorization: Bearer   {c}",
+        "authorization: bearer\t{c}",
+        "Bearer \t {c} was refused",
+        "Authorization: token {c}",
+        "authorization=token {c}",
+        '{{"Authorization": "token {c}"}}',
+        "Authorization: Basic {c}",
+        "Proxy-Authorization: Digest {c}",
+    ],
+)
+def test_credentials_after_any_scheme_and_whitespace_are_masked(template: str) -> None:
+    credential = secrets.token_urlsafe(24)
+    text = redact(template.format(c=credential))
+    assert credential not in text, text
+    assert "[REDACTED sha256:" in text
+
+
+def test_basic_credentials_are_masked_anywhere_when_they_decode_to_user_password() -> None:
+    pair = base64.b64encode(f"client-{secrets.token_hex(4)}:{secrets.token_hex(16)}".encode()).decode()
+    assert pair not in redact(f"sent Basic {pair} to /oauth/token")
+    assert redact("Basic authentication failed for the realm") == "Basic authentication failed for the realm"
+
+
+@pytest.mark.parametrize(
+    "prefix", ["", "c", "id", "client-id:"], ids=["offset0", "offset1", "offset2", "basic"]
+)
+def test_the_base64_of_a_remembered_value_is_masked(prefix: str) -> None:
+    value = _unique("shapelessb64")  # no known shape: only remember() knows it
+    remember(value)
+    encoded = base64.b64encode((prefix + value).encode()).decode()
+    urlsafe = base64.urlsafe_b64encode((prefix + value + "?>").encode()).decode()
+    for text in (f'data: {{"token": "{encoded}"}}', f"blob {urlsafe}"):
+        masked = redact(text)
+        mask = f"[REDACTED sha256:{fingerprint(value)}]"
+        assert mask in masked, masked
+        # What is left of the blob around the mask encodes the prefix and at most a few
+        # bytes of the value's edges (the characters shared with the neighbouring bytes).
+        before, _, after = masked.partition(mask)
+        left = re.search(r"[A-Za-z0-9+/_-]*$", before)
+        right = re.match(r"[A-Za-z0-9+/=_-]*", after)
+        assert left is not None and right is not None
+        assert len(left.group(0)) <= len(prefix) * 4 // 3 + 2
+        assert len(right.group(0).rstrip("=")) <= 4
+
+
+def test_the_percent_encoding_of_a_remembered_value_is_masked() -> None:
+    value = "p@ss/word+" + secrets.token_hex(8)
+    remember(value)
+    assert redact(f"form body: secret_id={urllib.parse.quote(value, safe='')}") == (
+        f"form body: secret_id=[REDACTED sha256:{fingerprint(value)}]"
+    )

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx2
 import pytest
 
 from tests.fixtures.kube import KubeApi
@@ -26,7 +27,7 @@ from tokensidecar.demo.openbao import DevServer
 from tokensidecar.redact import fingerprint
 from tokensidecar.rotate.job import main
 from tokensidecar.rotate.settings import SETTINGS
-from tokensidecar.token import parse_time, utcnow
+from tokensidecar.token import InvalidTime, parse_lifetime, parse_time, utcnow
 
 SECRET = "hf-token-rotating"
 # Prints the token kept in a file: the "issuance lives elsewhere" program of the command issuer.
@@ -353,6 +354,7 @@ def test_a_write_between_read_and_store_is_retried_not_lost(  # noqa: PLR0917 - 
     env = {
         **secret_env,
         "TOKENSIDECAR_ISSUER_COMMAND": json.dumps([sys.executable, str(script), str(token_file)]),
+        "TOKENSIDECAR_ISSUER_COMMAND_ENV": "KUBECONFIG",  # the script's client reads it
     }
     monkeypatch.setenv("KUBECONFIG", secret_env["KUBECONFIG"])  # the script's client reads it
     run = rotate(env, capsys)
@@ -482,6 +484,7 @@ def test_vault_target_check_and_set_conflict_rereads_and_keeps_the_other_write( 
         **vault_env,
         "TOKENSIDECAR_ISSUER": "command",
         "TOKENSIDECAR_ISSUER_COMMAND": json.dumps([sys.executable, "-c", script, str(tmp_path / "mine")]),
+        "TOKENSIDECAR_ISSUER_COMMAND_ENV": "VAULT_ADDR,VAULT_TOKEN",
     }
     # The script reads Vault's address and token from its environment, inherited from this process.
     monkeypatch.setenv("VAULT_ADDR", openbao.addr)
@@ -520,6 +523,67 @@ def test_command_issuer_failures_store_nothing(
     assert kube_api.get("v1/secrets", SECRET) is None
 
 
+def _gone(pid: int) -> bool:
+    """The process has exited (reaped, or a zombie waiting for its new parent to reap it)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return state in ("Z", "X")
+
+
+def _wait_until(condition: Any, *, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
+
+
+def test_command_issuer_timeout_kills_the_whole_process_tree(
+    kube_api: KubeApi, secret_env: dict[str, str], tmp_path: Path, capsys: Any
+) -> None:
+    pid_file = tmp_path / "background.pid"
+    # The background sleep keeps stdout open too: only killing the group ends both.
+    script = f"sleep 600 & echo $! > {pid_file}; sleep 600"
+    env = {
+        **secret_env,
+        "TOKENSIDECAR_ISSUER_COMMAND": json.dumps(["sh", "-c", script]),
+        "TOKENSIDECAR_ISSUER_TIMEOUT": "1s",
+    }
+    run = rotate(env, capsys)
+    assert run.code == 1 and "did not finish within 1s and was killed" in run.err, run.err
+    _wait_until(lambda: _gone(int(pid_file.read_text())))
+    assert kube_api.get("v1/secrets", SECRET) is None
+
+
+def test_command_issuer_exiting_with_a_background_process_holding_stdout_does_not_hang(  # noqa: PLR0917
+    kube_api: KubeApi,
+    hub: HubStandIn,
+    token_file: Path,
+    secret_env: dict[str, str],
+    tmp_path: Path,
+    capsys: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    token = issue(hub, token_file)
+    pid_file = tmp_path / "background.pid"
+    script = f"sleep 600 & echo $! > {pid_file}; cat {token_file}"
+    run = rotate({**secret_env, "TOKENSIDECAR_ISSUER_COMMAND": json.dumps(["sh", "-c", script])}, capsys)
+    assert run.code == 0, run.err
+    assert secret_state(kube_api)[0] == {"token": token}
+    assert "the issuer command left processes running; they were killed" in caplog.text
+    _wait_until(lambda: _gone(int(pid_file.read_text())))
+
+
+def test_command_issuer_printing_too_much_is_stopped(
+    kube_api: KubeApi, secret_env: dict[str, str], capsys: Any
+) -> None:
+    endless = [sys.executable, "-c", "import sys\nwhile True: sys.stdout.write('x' * 4096)"]
+    run = rotate({**secret_env, "TOKENSIDECAR_ISSUER_COMMAND": json.dumps(endless)}, capsys)
+    assert run.code == 1 and "printed more than 65536 bytes" in run.err, run.err
+    assert kube_api.get("v1/secrets", SECRET) is None
+
+
 @pytest.mark.parametrize(
     ("env", "setting"),
     [
@@ -548,3 +612,69 @@ def test_command_issuer_failures_store_nothing(
 def test_bad_configuration_names_the_setting(env: dict[str, str], setting: str) -> None:
     with pytest.raises(ConfigError, match=setting):
         main(resolve(SETTINGS, {}, {"TOKENSIDECAR_SECRET_NAME": SECRET, "KUBECONFIG": "", **env}))
+
+
+# --- timestamps out of range ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text", ["1e20", "-1e20", "inf", "nan", "9999-12-31T23:59:59-01:00", "soon"])
+def test_times_a_datetime_cannot_hold_are_a_validation_error(text: str) -> None:
+    with pytest.raises(InvalidTime):
+        parse_time(text)
+
+
+@pytest.mark.parametrize("value", [json.loads("1e400"), 1e12, float("nan"), "a while", True])
+def test_lifetimes_out_of_range_are_a_validation_error(value: object) -> None:
+    with pytest.raises(InvalidTime):
+        parse_lifetime(value)
+
+
+def test_plausible_lifetimes_parse() -> None:
+    assert parse_lifetime(3600) == 3600.0
+    assert parse_lifetime("28800") == 28800.0
+    assert parse_lifetime(None) is None and parse_lifetime(0) is None  # unknown: the JWT exp decides
+
+
+def test_exchange_answer_with_an_infinite_expires_in_is_refused_not_overflowed() -> None:
+    from tokensidecar import hub as hub_client
+
+    # 1e400 is valid JSON; Python reads it as infinity.
+    body = b'{"access_token": "hf_oauth_' + b"x" * 24 + b'", "token_type": "bearer", "expires_in": 1e400}'
+    answer = httpx2.Response(200, content=body, headers={"Content-Type": "application/json"})
+    with pytest.raises(InvalidTime, match="out of range"):
+        hub_client._exchange_answer(answer)
+
+
+def test_an_expiry_annotation_out_of_range_does_not_break_every_run(
+    kube_api: KubeApi, hub: HubStandIn, token_file: Path, secret_env: dict[str, str], capsys: Any
+) -> None:
+    stored = hub.issue_token()
+    kube_api.put_secret(
+        SECRET,
+        {"token": stored},
+        annotations={
+            "tokensidecar.io/expires-at": "1e20",
+            "tokensidecar.io/rotated-at": "1e20",
+            "tokensidecar.io/fingerprint": fingerprint(stored),
+        },
+    )
+    fresh = issue(hub, token_file, expires_in=3600)
+    run = rotate({**secret_env, "TOKENSIDECAR_MIN_REMAINING": "1h", "TOKENSIDECAR_REVOKE_AFTER": "0"}, capsys)
+    assert run.code == 0, run.err
+    assert "expiry unknown" in run.out and "result=rotated" in run.out
+    data, annotations, _ = secret_state(kube_api)
+    assert data == {"token": fresh, "previous": stored}
+    expires_at = parse_time(annotations["tokensidecar.io/expires-at"])
+    assert expires_at is not None and expires_at.year < 9999
+
+
+def test_command_issuer_printing_an_infinite_lifetime_fails_clearly(
+    kube_api: KubeApi, secret_env: dict[str, str], capsys: Any
+) -> None:
+    program = 'print(\'{"token": "hf_' + "y" * 30 + '", "expires_in": 1e400}\')'
+    run = rotate(
+        {**secret_env, "TOKENSIDECAR_ISSUER_COMMAND": json.dumps([sys.executable, "-c", program])}, capsys
+    )
+    assert run.code == 1
+    assert "unusable expiry: expires_in inf is out of range" in run.err, run.err
+    assert kube_api.get("v1/secrets", SECRET) is None

@@ -17,6 +17,7 @@ from tests.sidecar_process import SidecarProcess, wait_for
 from tokensidecar.config import resolve
 from tokensidecar.demo.hub import HubStandIn
 from tokensidecar.redact import fingerprint
+from tokensidecar.rotate.issuers import BASE_ENVIRONMENT
 from tokensidecar.rotate.job import main
 from tokensidecar.rotate.settings import SETTINGS
 
@@ -125,6 +126,58 @@ def test_cli_never_prints_a_token_on_success_or_failure(
     assert all(
         canary not in value and seen[1] not in value for value in obj["metadata"]["annotations"].values()
     )
+
+
+def test_cli_logs_no_http_request_lines_from_the_hub_client(
+    kube_api: KubeApi, hub: HubStandIn, tmp_path: Path
+) -> None:
+    issued = tmp_path / "issued"
+    issued.write_text(hub.issue_token())
+    env = {**job_env(kube_api=kube_api, hub=hub, token_file=issued), "TOKENSIDECAR_LOG_LEVEL": "info"}
+    result = cli_rotate(env)
+    assert result.returncode == 0, result.stderr
+    assert hub.calls["whoami"] >= 1  # the Hub client (httpx2 under huggingface_hub) was used
+    records = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    assert not [r for r in records if r["logger"].startswith(("httpx", "httpcore"))], result.stderr
+    assert "HTTP Request" not in result.stderr
+
+
+def test_command_issuer_runs_with_a_minimal_environment(
+    kube_api: KubeApi, hub: HubStandIn, tmp_path: Path
+) -> None:
+    issued, seen = tmp_path / "issued", tmp_path / "environment.json"
+    token = hub.issue_token()
+    issued.write_text(token)
+    dump = (
+        "import json, os, sys; json.dump(dict(os.environ), open(sys.argv[2], 'w')); "
+        "print(open(sys.argv[1]).read())"
+    )
+    env = {
+        **job_env(kube_api=kube_api, hub=hub, token_file=issued),
+        "TOKENSIDECAR_ISSUER_COMMAND": json.dumps([sys.executable, "-c", dump, str(issued), str(seen)]),
+        "TOKENSIDECAR_ISSUER_COMMAND_ENV": "MINT_*, EXTRA_SETTING",
+        "VAULT_TOKEN": "hvs.CANARYjobcredential0123456789",
+        "AWS_SECRET_ACCESS_KEY": "CANARYcloudcredential0123456789",
+        "MINT_ORG": "acme",
+        "MINT_REGION": "eu",
+        "EXTRA_SETTING": "yes",
+        "TZ": "UTC",
+    }
+    result = cli_rotate(env)
+    assert result.returncode == 0, result.stderr
+    child = json.loads(seen.read_text())
+    # The base set (those that are set here), plus exactly what was named.
+    assert child["PATH"] and child["TZ"] == "UTC"
+    assert {k: child[k] for k in ("MINT_ORG", "MINT_REGION", "EXTRA_SETTING")} == {
+        "MINT_ORG": "acme",
+        "MINT_REGION": "eu",
+        "EXTRA_SETTING": "yes",
+    }
+    leaked = [
+        name for name in child if name.startswith(("VAULT_", "TOKENSIDECAR_", "AWS_", "KUBECONFIG", "HF_"))
+    ]
+    assert not leaked
+    assert set(child) <= {*BASE_ENVIRONMENT, "MINT_ORG", "MINT_REGION", "EXTRA_SETTING"}
 
 
 def test_cli_configuration_error_exits_2_with_one_line(tmp_path: Path) -> None:

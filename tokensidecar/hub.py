@@ -53,7 +53,7 @@ from huggingface_hub.utils import build_hf_headers  # type: ignore[attr-defined]
 from tokensidecar.config import ConfigError
 from tokensidecar.hub_scope import TokenScope, judge, scope_from_whoami
 from tokensidecar.redact import fingerprint, redact, remember
-from tokensidecar.token import parse_time
+from tokensidecar.token import parse_lifetime, parse_time
 from tokensidecar.verify import HubUnavailable, TokenRejected
 
 if TYPE_CHECKING:
@@ -167,7 +167,7 @@ def _exchange_answer(response: httpx2.Response) -> ExchangedToken:
     scope = body.get("scope")
     return ExchangedToken(
         value=value,
-        expires_in=float(expires_in) if isinstance(expires_in, int | float) and expires_in > 0 else None,
+        expires_in=parse_lifetime(expires_in),  # InvalidTime (ValueError) when out of range
         token_type=str(body.get("token_type") or "bearer"),
         scope=tuple(scope.split()) if isinstance(scope, str) else None,
     )

@@ -2,8 +2,9 @@
 
 Every record — message, extra fields and traceback alike — passes through
 :func:`tokensidecar.redact.redact` in the formatter, so no code path can log a token by
-accident. Library loggers (hvac, urllib3, kubernetes, aiohttp) go through the same
-handler and are held at WARNING to keep request URLs and bodies out of the logs.
+accident. Library loggers (hvac, urllib3, kubernetes, aiohttp, and httpx2/httpcore2 under
+huggingface_hub) go through the same handler and are held at WARNING to keep request URLs
+and bodies out of the logs, in every command (the sidecar, the webhook and ``rotate``).
 """
 
 from __future__ import annotations
@@ -25,7 +26,20 @@ _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None)).keys()
     "taskName",
 }
 
-_NOISY_LIBRARIES = ("urllib3", "hvac", "kubernetes", "aiohttp", "asyncio", "httpx", "huggingface_hub")
+# Logger names as the libraries create them: huggingface_hub 2.x talks through httpx2 (which
+# logs every request at INFO) and httpcore2, not httpx/httpcore.
+_NOISY_LIBRARIES = (
+    "urllib3",
+    "hvac",
+    "kubernetes",
+    "aiohttp",
+    "asyncio",
+    "httpx",
+    "httpx2",
+    "httpcore",
+    "httpcore2",
+    "huggingface_hub",
+)
 
 
 def _extras(record: logging.LogRecord) -> dict[str, Any]:
@@ -64,7 +78,9 @@ class JsonFormatter(logging.Formatter):
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         stamp = datetime.fromtimestamp(record.created, UTC).strftime("%H:%M:%S")
-        fields = " ".join(f"{k}={_clean(v)}" for k, v in _extras(record).items())
+        # A field with no value (expires_at of a token without a known expiry) is left out:
+        # "expires_at=None" is Python talking, not the log.
+        fields = " ".join(f"{k}={_clean(v)}" for k, v in _extras(record).items() if v is not None)
         line = f"{stamp} {record.levelname.lower():7} {redact(record.getMessage())}"
         if fields:
             line += f" {fields}"

@@ -14,14 +14,23 @@ need kubelet's ``..data`` symlink dance, which breaks readers that open the file
 path with ``O_NOFOLLOW`` and buys nothing here): the token is what matters, and the
 metadata follows it within microseconds. A crash between the two renames leaves
 metadata describing the previous token, which the next publish corrects.
+
+The temporary file is created with ``O_CREAT | O_EXCL | O_NOFOLLOW`` at a random name: it
+is always a new inode of ours, never an existing file or a symlink someone planted at a
+name they could predict (the old ``.<name>.tmp-<pid>`` with ``O_TRUNC`` wrote through one).
+And because the token should never reach a disk, :meth:`Publisher.prepare` warns when the
+directory is not memory-backed (tmpfs/ramfs, as ``emptyDir{medium: Memory}`` is), reading
+the filesystem type from ``/proc/self/mountinfo``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
+import secrets
 from pathlib import Path
 
 from tokensidecar.token import Token, validate
@@ -29,6 +38,32 @@ from tokensidecar.token import Token, validate
 __all__ = ["PublishError", "Publisher"]
 
 log = logging.getLogger(__name__)
+
+#: Filesystems whose pages live only in memory: what the token directory should be.
+MEMORY_FILESYSTEMS = frozenset({"tmpfs", "ramfs"})
+_MOUNTINFO = "/proc/self/mountinfo"
+_TMP_NAME_ATTEMPTS = 16
+
+
+def filesystem_type(directory: str | os.PathLike[str]) -> str | None:
+    """The type of the filesystem holding ``directory`` (``tmpfs``, ``ext4``...), or None.
+
+    Matched by device number (``major:minor``, field 3 of proc(5) mountinfo) rather than by
+    path, so symlinks and bind mounts resolve to the filesystem really underneath. When a
+    device is listed more than once, the last entry is the one mounted on top.
+    """
+    try:
+        device = os.stat(directory).st_dev
+        lines = Path(_MOUNTINFO).read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return None
+    wanted = f"{os.major(device)}:{os.minor(device)}"
+    for line in reversed(lines):
+        mount, separator, filesystem = line.partition(" - ")
+        fields = mount.split()
+        if separator and len(fields) >= 5 and fields[2] == wanted and filesystem.split():
+            return filesystem.split()[0]
+    return None
 
 
 class PublishError(Exception):
@@ -38,7 +73,8 @@ class PublishError(Exception):
 class Publisher:
     def __init__(self, *, token_path: str | os.PathLike[str], mode: int = 0o440) -> None:
         self.token_path = Path(token_path)
-        # CONTRACT §3: "token.json" beside "token" (generally "<name>.json" beside "<name>").
+        # docs/behaviour.md (the token file): "token.json" beside "token"
+        # (generally "<name>.json" beside "<name>").
         self.metadata_path = self.token_path.with_name(self.token_path.name + ".json")
         self.mode = mode
         self._published_value: str | None = None
@@ -51,6 +87,17 @@ class Publisher:
         for leftover in directory.glob(".*.tmp-*"):
             with contextlib.suppress(OSError):
                 leftover.unlink()
+        kind = filesystem_type(directory)
+        if kind is None:
+            log.info(
+                "cannot tell whether the token directory is memory-backed", extra={"path": str(directory)}
+            )
+        elif kind not in MEMORY_FILESYSTEMS:
+            log.warning(
+                "the token directory is not memory-backed: the token can reach a disk "
+                "(mount an emptyDir with medium: Memory, or a tmpfs)",
+                extra={"path": str(directory), "filesystem": kind},
+            )
 
     def publish(self, token: Token) -> bool:
         """Write the token and its metadata; return True if anything on disk changed.
@@ -86,10 +133,23 @@ class Publisher:
             changed = True
         return changed
 
+    @staticmethod
+    def _create_temporary(path: Path) -> tuple[Path, int]:
+        """A new file of ours beside ``path``: exclusive, never through a symlink, at a name
+        nobody can guess (so nobody can plant anything there first). ``prepare`` sweeps
+        the ``.<name>.tmp-*`` pattern after a crash."""
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        for _ in range(_TMP_NAME_ATTEMPTS):
+            tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(8)}")
+            try:
+                return tmp, os.open(tmp, flags, 0o600)
+            except FileExistsError:
+                continue  # 64 random bits collided, or someone is guessing: draw again
+        raise FileExistsError(errno.EEXIST, "no free temporary file name", str(path))
+
     def _write_atomically(self, path: Path, content: bytes) -> None:
         directory = path.parent
-        tmp = directory / f".{path.name}.tmp-{os.getpid()}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        tmp, fd = self._create_temporary(path)
         try:
             try:
                 view = memoryview(content)

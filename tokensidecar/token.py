@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -21,10 +22,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MAX_TOKEN_BYTES",
+    "InvalidTime",
     "InvalidToken",
     "Token",
     "format_time",
     "jwt_expiry",
+    "parse_lifetime",
     "parse_time",
     "utcnow",
     "validate",
@@ -32,9 +35,20 @@ __all__ = [
 
 MAX_TOKEN_BYTES = 4096
 
+#: The longest lifetime (``expires_in``) taken at its word. No credential is issued for a
+#: century; a larger number is a unit mistake or garbage (``1e400`` parses as infinity), and
+#: adding it to "now" would overflow ``datetime`` (year 9999) in whoever does it next.
+MAX_LIFETIME_SECONDS = 100 * 365 * 24 * 3600
+
 
 class InvalidToken(ValueError):
     """The value cannot be a token; the message says why, never what the value was."""
+
+
+class InvalidTime(ValueError):
+    """A time or lifetime that is not one, or lies outside what a datetime can hold
+    (``expires-at: 1e20``, ``expires_in: 1e400``). A ``ValueError``, so every caller that
+    already treats a malformed time as a validation error handles these too."""
 
 
 def utcnow() -> datetime:
@@ -49,18 +63,57 @@ def format_time(moment: datetime | None) -> str | None:
 
 
 def parse_time(text: str | None) -> datetime | None:
-    """RFC 3339 / ISO 8601 (``Z`` or offset; naive means UTC) or epoch seconds → aware datetime."""
+    """RFC 3339 / ISO 8601 (``Z`` or offset; naive means UTC) or epoch seconds → aware UTC datetime.
+
+    Raises :class:`InvalidTime` (a ``ValueError``) for anything else, including numbers a
+    datetime cannot hold (``1e20``, ``inf``, ``nan``): ``datetime.fromtimestamp`` raises
+    ``OverflowError``/``OSError`` for those, which no caller expects from a parser.
+    """
     if text is None:
         return None
     raw = str(text).strip()
     if not raw:
         return None
+    shown = raw[:40]
     try:
-        return datetime.fromtimestamp(float(raw), UTC)
+        seconds = float(raw)
     except ValueError:
-        pass
-    moment = datetime.fromisoformat(raw.replace("Z", "+00:00").replace("z", "+00:00"))
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+        seconds = None
+    try:
+        if seconds is not None:
+            if not math.isfinite(seconds):
+                raise InvalidTime(f"{shown!r} is not a time")
+            return datetime.fromtimestamp(seconds, UTC)
+        moment = datetime.fromisoformat(raw.replace("Z", "+00:00").replace("z", "+00:00"))
+        return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).astimezone(UTC)
+    except InvalidTime:
+        raise
+    except (OverflowError, OSError):
+        raise InvalidTime(f"{shown!r} is out of the range of times (years 1 to 9999)") from None
+    except ValueError as exc:
+        raise InvalidTime(f"{shown!r} is not an RFC 3339 time or epoch seconds ({exc})") from None
+
+
+def parse_lifetime(value: object) -> float | None:
+    """An ``expires_in`` (seconds, RFC 6749 §5.1, as a number or numeric string) → seconds.
+
+    ``None`` when absent or not positive (the lifetime is then unknown, and the token's own
+    ``exp`` is used). Raises :class:`InvalidTime` for a value that is not a number, or is not
+    finite, or is longer than :data:`MAX_LIFETIME_SECONDS`.
+    """
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise InvalidTime(f"expires_in {str(value)[:40]!r} is not a number of seconds")
+    try:
+        seconds = float(value)
+    except (ValueError, OverflowError):
+        raise InvalidTime(f"expires_in {str(value)[:40]!r} is not a number of seconds") from None
+    if math.isnan(seconds) or seconds > MAX_LIFETIME_SECONDS:
+        raise InvalidTime(
+            f"expires_in {str(value)[:40]} is out of range (at most {MAX_LIFETIME_SECONDS}s, 100 years)"
+        )
+    return seconds if seconds > 0 else None
 
 
 def jwt_expiry(value: str) -> datetime | None:
@@ -89,7 +142,8 @@ def jwt_expiry(value: str) -> datetime | None:
 def validate(value: str) -> str:
     """Return the token stripped of surrounding whitespace, or raise :class:`InvalidToken`.
 
-    Rules (CONTRACT §3): non-empty, no whitespace inside, printable ASCII, at most 4 KiB.
+    Rules (docs/behaviour.md, the token file): non-empty, no whitespace inside, printable
+    ASCII, at most 4 KiB.
     """
     token = value.strip()
     if not token:

@@ -8,6 +8,13 @@ the one Hub client (:mod:`tokensidecar.hub`) and the one Vault session
 issuer is the escape hatch for organisations whose issuance lives elsewhere: it runs a
 program from an argv list (never a shell), treats a non-zero exit or empty stdout as a
 failure, and logs the program's stderr through the redactor.
+
+The program runs in a session (process group) of its own, with a minimal environment:
+:data:`BASE_ENVIRONMENT` (``PATH``, ``HOME``, locale, ``TZ``, CA-bundle variables) plus the
+names listed in ``TOKENSIDECAR_ISSUER_COMMAND_ENV``; never the job's own credentials
+(``VAULT_TOKEN``, ``TOKENSIDECAR_*``) unless named there. When the program exits, whatever
+it left running in its group is killed, so a background process that still holds stdout
+cannot hang the job; on timeout the whole group is killed, not just the program.
 """
 
 from __future__ import annotations
@@ -17,13 +24,20 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
+import selectors
+import signal
+import subprocess
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from tokensidecar.config import ConfigError
 from tokensidecar.redact import remember, safe_error
-from tokensidecar.token import Token, parse_time, utcnow
+from tokensidecar.token import InvalidTime, Token, parse_lifetime, parse_time, utcnow
 
 if TYPE_CHECKING:
     from tokensidecar.config import Config
@@ -31,6 +45,7 @@ if TYPE_CHECKING:
     from tokensidecar.vault import KvPath, VaultSession
 
 __all__ = [
+    "BASE_ENVIRONMENT",
     "CommandIssuer",
     "EnterpriseExchangeIssuer",
     "Issuer",
@@ -38,6 +53,7 @@ __all__ = [
     "OidcExchangeIssuer",
     "VaultIssuer",
     "build_issuer",
+    "command_environment",
     "read_secret_file",
 ]
 
@@ -46,7 +62,48 @@ log = logging.getLogger(__name__)
 # A program that prints more than this is not printing a token; stop reading instead of
 # buffering whatever it emits.
 _MAX_STDOUT_BYTES = 64 * 1024
+_MAX_STDERR_BYTES = 64 * 1024
 _MAX_STDERR_LINES = 50
+# After the program exits and its group is killed, how long to wait for the pipes to close.
+# Only something that left the group (setsid) can hold them longer; it is not waited for.
+_DRAIN_SECONDS = 2.0
+_POLL_SECONDS = 0.05
+
+#: What the command's environment holds without asking: enough to find programs, a home,
+#: the locale and time zone, and where the CA certificates are. Anything else (proxies,
+#: cloud credentials, VAULT_TOKEN) only when named in TOKENSIDECAR_ISSUER_COMMAND_ENV.
+BASE_ENVIRONMENT = (
+    "PATH",
+    "HOME",
+    "LANG",
+    "LANGUAGE",
+    "LC_ALL",
+    "LC_CTYPE",
+    "TZ",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "REQUESTS_CA_BUNDLE",
+    "CURL_CA_BUNDLE",
+)
+_DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+
+def command_environment(
+    passed: tuple[str, ...] = (), *, environ: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The environment the command runs with: :data:`BASE_ENVIRONMENT` and the ``passed``
+    names (``NAME``, or ``PREFIX*`` for every variable starting with ``PREFIX``), taken
+    from this process's environment when set there."""
+    source = os.environ if environ is None else environ
+    exact = set(BASE_ENVIRONMENT) | {name for name in passed if not name.endswith("*")}
+    prefixes = tuple(name[:-1] for name in passed if name.endswith("*"))
+    env = {
+        name: value
+        for name, value in source.items()
+        if name in exact or (prefixes and name.startswith(prefixes))
+    }
+    env.setdefault("PATH", _DEFAULT_PATH)
+    return env
 
 
 class IssuerError(Exception):
@@ -89,51 +146,43 @@ class CommandIssuer(Issuer):
 
     kind = "command"
 
-    def __init__(self, *, argv: tuple[str, ...], timeout: float) -> None:
+    def __init__(self, *, argv: tuple[str, ...], timeout: float, pass_env: tuple[str, ...] = ()) -> None:
         self.argv = argv
         self.timeout = timeout
+        self.pass_env = pass_env
 
     @classmethod
     def from_config(cls, config: Config) -> CommandIssuer:
         argv: tuple[str, ...] = config.require("issuer_command", when="--issuer=command")
-        return cls(argv=argv, timeout=config.issuer_timeout)
+        return cls(argv=argv, timeout=config.issuer_timeout, pass_env=tuple(config.issuer_command_env or ()))
 
     async def issue(self) -> Token:
         program = self.argv[0]
-        try:
-            process = await asyncio.create_subprocess_exec(
-                *self.argv,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-            )
-        except OSError as exc:
-            raise IssuerError(f"cannot run {program}: {exc.strerror or safe_error(exc)}") from None
-        try:
-            stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=self.timeout)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
-            await process.wait()
-            raise IssuerError(f"{program} did not finish within {self.timeout:g}s and was killed") from None
-        finally:
-            if process.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    process.kill()
-                await process.wait()
-
-        output = stdout[:_MAX_STDOUT_BYTES].decode("utf-8", "replace")
+        run = await asyncio.to_thread(
+            _run_command, self.argv, env=command_environment(self.pass_env), timeout=self.timeout
+        )
+        if run.error is not None:
+            raise IssuerError(f"cannot run {program}: {run.error}")
+        output = run.stdout[:_MAX_STDOUT_BYTES].decode("utf-8", "replace")
         # Register before logging stderr: a program may echo its token there.
         remember(output)
         remember(output.strip())
+        if run.timed_out:
+            self._log_stderr(program=program, stderr=run.stderr)
+            raise IssuerError(f"{program} did not finish within {self.timeout:g}s and was killed")
+        if run.overflowed:
+            self._log_stderr(program=program, stderr=run.stderr)
+            raise IssuerError(f"{program} printed more than {_MAX_STDOUT_BYTES} bytes; expected a token")
         token_text, expires_at = self._parse_output(output)
         remember(token_text)
-        self._log_stderr(program=program, stderr=stderr)
+        self._log_stderr(program=program, stderr=run.stderr)
+        if run.leftovers:
+            log.warning(
+                "the issuer command left processes running; they were killed", extra={"program": program}
+            )
 
-        if process.returncode != 0:
-            raise IssuerError(f"{program} exited with status {process.returncode}")
-        if len(stdout) > _MAX_STDOUT_BYTES:
-            raise IssuerError(f"{program} printed more than {_MAX_STDOUT_BYTES} bytes; expected a token")
+        if run.returncode != 0:
+            raise IssuerError(f"{program} exited with status {run.returncode}")
         if not token_text.strip():
             raise IssuerError(f"{program} printed no token")
         return Token(value=token_text.strip(), source=self.kind, expires_at=expires_at)
@@ -156,9 +205,10 @@ class CommandIssuer(Issuer):
             if document.get("expires_at") is not None:
                 expires_at = parse_time(str(document["expires_at"]))
             elif document.get("expires_in") is not None:
-                expires_at = utcnow() + timedelta(seconds=float(document["expires_in"]))
-        except (TypeError, ValueError):
-            raise IssuerError("the command printed an expires_at/expires_in that is not a time") from None
+                lifetime = parse_lifetime(document["expires_in"])
+                expires_at = utcnow() + timedelta(seconds=lifetime) if lifetime else None
+        except InvalidTime as exc:
+            raise IssuerError(f"the command printed an unusable expiry: {exc}") from None
         return token_text, expires_at
 
     @staticmethod
@@ -173,6 +223,133 @@ class CommandIssuer(Issuer):
                 "issuer command stderr truncated",
                 extra={"program": program, "lines_dropped": len(lines) - _MAX_STDERR_LINES},
             )
+
+
+@dataclass
+class _CommandRun:
+    returncode: int | None = None
+    stdout: bytes = b""
+    stderr: bytes = b""
+    timed_out: bool = False
+    overflowed: bool = False
+    #: Members of the program's group were still running after it exited.
+    leftovers: bool = False
+    error: str | None = None
+
+
+def _exited(pid: int) -> bool:
+    """Whether ``pid`` has exited, without reaping it: while it is a zombie its pid (which
+    is also its process-group id) cannot be reused, so killing the group stays safe."""
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
+        return True
+
+
+def _others_in_group(pgid: int) -> bool:
+    """Whether a process other than the (exited) leader is in group ``pgid``, from
+    ``/proc/<pid>/stat`` (field 5 is the process group; kill(2) cannot tell, since a
+    zombie leader still counts as a member)."""
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == pgid:
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as stat:
+                fields = stat.read().rsplit(b")", 1)[-1].split()
+        except OSError:
+            continue
+        if len(fields) > 2 and fields[2] == str(pgid).encode():
+            return True
+    return False
+
+
+def _kill_group(pgid: int) -> None:
+    """SIGKILL every process in the group (the program and whatever it started)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+def _run_command(argv: tuple[str, ...], *, env: dict[str, str], timeout: float) -> _CommandRun:
+    """Run ``argv`` in its own session; read stdout and stderr until the program exits and
+    its pipes close, killing its whole process group on timeout, on too much output, and
+    once it has exited (to end what it left behind). Blocking: run it in a thread.
+
+    asyncio's subprocess ``communicate()`` and (on Python 3.11) ``wait()`` both wait for
+    the pipes to close, which a background grandchild can postpone forever; here the
+    program's exit is observed directly (``waitid``) and the pipes are polled.
+    """
+    run = _CommandRun()
+    try:
+        process = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            start_new_session=True,
+            close_fds=True,
+        )
+    except OSError as exc:
+        run.error = exc.strerror or safe_error(exc)
+        return run
+    assert process.stdout is not None and process.stderr is not None
+    out_fd, err_fd = process.stdout.fileno(), process.stderr.fileno()
+    buffers = {out_fd: bytearray(), err_fd: bytearray()}
+    limits = {out_fd: _MAX_STDOUT_BYTES + 1, err_fd: _MAX_STDERR_BYTES}
+    deadline = time.monotonic() + timeout
+    drain_until: float | None = None
+    exited = False
+    with selectors.DefaultSelector() as selector:
+        for fd in buffers:
+            os.set_blocking(fd, False)
+            selector.register(fd, selectors.EVENT_READ)
+        try:
+            while selector.get_map():
+                now = time.monotonic()
+                if not exited and _exited(process.pid):
+                    exited = True
+                    run.leftovers = _others_in_group(process.pid)
+                    _kill_group(process.pid)
+                    drain_until = now + _DRAIN_SECONDS
+                if not exited and now >= deadline:
+                    run.timed_out = True
+                    _kill_group(process.pid)
+                    break
+                if drain_until is not None and now >= drain_until:
+                    break  # something outside the group holds a pipe; do not wait for it
+                for key, _ in selector.select(timeout=_POLL_SECONDS):
+                    fd = int(key.fd)
+                    try:
+                        chunk = os.read(fd, 65536)
+                    except BlockingIOError:
+                        continue
+                    if not chunk:
+                        selector.unregister(fd)
+                        continue
+                    buffer = buffers[fd]
+                    buffer += chunk[: max(0, limits[fd] - len(buffer))]
+                    if fd == out_fd and len(buffer) > _MAX_STDOUT_BYTES and not run.overflowed:
+                        run.overflowed = True
+                        _kill_group(process.pid)
+            # Both pipes closed: the program may still be running (it closed them itself).
+            while not exited and not run.timed_out:
+                if _exited(process.pid):
+                    exited = True
+                    run.leftovers = _others_in_group(process.pid)
+                    _kill_group(process.pid)
+                elif time.monotonic() >= deadline:
+                    run.timed_out = True
+                    _kill_group(process.pid)
+                else:
+                    time.sleep(_POLL_SECONDS)
+        finally:
+            if not exited and not _exited(process.pid):
+                _kill_group(process.pid)  # an exception above: never leave the program running
+            run.returncode = process.wait()
+            process.stdout.close()
+            process.stderr.close()
+    run.stdout, run.stderr = bytes(buffers[out_fd]), bytes(buffers[err_fd])
+    return run
 
 
 class OidcExchangeIssuer(Issuer):
@@ -211,6 +388,8 @@ class OidcExchangeIssuer(Issuer):
             )
         except (hub.ExchangeRefused, hub.InvalidSubjectToken, HubUnavailable) as exc:
             raise IssuerError(str(exc)) from None
+        except InvalidTime as exc:  # the answer's expires_in (hub.parse_lifetime)
+            raise IssuerError(f"the Hub's token exchange answer has an unusable lifetime: {exc}") from None
         return _exchanged_token(exchanged, source=self.kind)
 
 
@@ -267,6 +446,8 @@ class EnterpriseExchangeIssuer(Issuer):
             )
         except (hub.ExchangeRefused, HubUnavailable) as exc:
             raise IssuerError(str(exc)) from None
+        except InvalidTime as exc:  # the answer's expires_in (hub.parse_lifetime)
+            raise IssuerError(f"the Hub's token exchange answer has an unusable lifetime: {exc}") from None
         return _exchanged_token(exchanged, source=self.kind)
 
 
@@ -314,7 +495,8 @@ class VaultIssuer(Issuer):
             raise IssuerError(f"{self.path} has no string key {self.key!r}")
         try:
             expires_at = parse_time(secret.custom_metadata.get("expires_at"))
-        except ValueError:
+        except InvalidTime as exc:
+            log.warning("ignoring the issuer path's custom_metadata.expires_at", extra={"reason": str(exc)})
             expires_at = None
         return Token(
             value=value,

@@ -22,7 +22,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import TYPE_CHECKING, TextIO
 
 from tokensidecar.redact import fingerprint, safe_error
@@ -400,7 +400,8 @@ async def _revoke_past_overlap(
             if rotated_out_at is None:
                 progress.say(f"not revoking {shown}: when it was rotated out is unknown")
                 continue
-            overlap_left = (rotated_out_at + timedelta(seconds=policy.revoke_after) - now).total_seconds()
+            # Seconds, not datetime arithmetic: a stored rotated-at near year 9999 must not overflow.
+            overlap_left = (rotated_out_at - now).total_seconds() + policy.revoke_after
             if overlap_left > 0:
                 if not still_stored:
                     progress.say(

@@ -25,17 +25,20 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import logging
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from tokensidecar.config import ConfigError
 from tokensidecar.redact import fingerprint, remember
 from tokensidecar.rotate.targets import StoreConflict, StoredToken, Target, TargetError
-from tokensidecar.token import format_time, parse_time
+from tokensidecar.token import InvalidTime, format_time, parse_time
 
 if TYPE_CHECKING:
     from tokensidecar.config import Config
     from tokensidecar.token import Token
+
+log = logging.getLogger(__name__)
 
 __all__ = ["ANNOTATION_PREFIX", "PREVIOUS_KEY", "SecretTarget"]
 
@@ -47,7 +50,7 @@ FINGERPRINT = ANNOTATION_PREFIX + "fingerprint"
 PREVIOUS_FINGERPRINT = ANNOTATION_PREFIX + "previous-fingerprint"
 REVOKED_FINGERPRINT = ANNOTATION_PREFIX + "revoked-fingerprint"
 REVOKED_AT = ANNOTATION_PREFIX + "revoked-at"
-#: Where the replaced token stays during the overlap (CONTRACT §8).
+#: Where the replaced token stays during the overlap (docs/rotation.md).
 PREVIOUS_KEY = "previous"
 MERGE_PATCH = "application/merge-patch+json"
 
@@ -68,10 +71,15 @@ def _encode(value: str) -> str:
     return base64.b64encode(value.encode("utf-8")).decode("ascii")
 
 
-def _time(text: str | None) -> datetime | None:
+def _time(text: str | None, *, name: str) -> datetime | None:
+    """A stored time, or None when absent or unusable (``1e20``, garbage): the job then
+    treats it as unknown and rotates, which rewrites it, instead of failing every run."""
     try:
         return parse_time(text)
-    except ValueError:
+    except InvalidTime as exc:
+        log.warning(
+            "ignoring a stored time that is not usable", extra={"annotation": name, "reason": str(exc)}
+        )
         return None
 
 
@@ -160,7 +168,7 @@ class SecretTarget(Target):
         # The expiry annotation describes the token it was written with; a token put there
         # by hand (kubectl edit) without updating it would otherwise look fresh.
         written_for = annotations.get(FINGERPRINT)
-        expires_at = _time(annotations.get(EXPIRES_AT))
+        expires_at = _time(annotations.get(EXPIRES_AT), name=EXPIRES_AT)
         if current and written_for and written_for != fingerprint(current):
             expires_at = None
         return StoredToken(
@@ -169,7 +177,7 @@ class SecretTarget(Target):
             current=current,
             previous=previous,
             expires_at=expires_at,
-            rotated_at=_time(annotations.get(ROTATED_AT)),
+            rotated_at=_time(annotations.get(ROTATED_AT), name=ROTATED_AT),
             version=version,
             previous_revoked=bool(previous)
             and annotations.get(REVOKED_FINGERPRINT) == fingerprint(previous or ""),

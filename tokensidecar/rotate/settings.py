@@ -1,6 +1,6 @@
 """Settings of ``tokensidecar rotate``: where a fresh token comes from and where it goes.
 
-The job reuses the sidecar's names wherever the meaning is the same (CONTRACT §8): the
+The job reuses the sidecar's names wherever the meaning is the same (docs/rotation.md): the
 *target* is described by the settings a sidecar reads from (``TOKENSIDECAR_SECRET_NAME``,
 ``TOKENSIDECAR_VAULT_PATH``, ``TOKENSIDECAR_KEY``), so one ConfigMap can feed both. Only
 what is new to minting lives here, and a Vault *issuer* path gets its own name because it
@@ -11,6 +11,7 @@ light: no clients, only declarations and parsers.
 from __future__ import annotations
 
 import json
+import re
 
 from tokensidecar.config import (
     COMMON_SETTINGS,
@@ -25,7 +26,7 @@ from tokensidecar.config import (
     register,
 )
 
-__all__ = ["ISSUERS", "ROTATE_SETTINGS", "SETTINGS", "TARGETS", "parse_argv"]
+__all__ = ["ISSUERS", "ROTATE_SETTINGS", "SETTINGS", "TARGETS", "parse_argv", "parse_env_names"]
 
 ISSUERS = ("oidc-exchange", "enterprise-exchange", "vault", "command")
 TARGETS = ("kubernetes-secret", "vault")
@@ -43,6 +44,19 @@ def parse_argv(text: str) -> tuple[str, ...]:
     if not argv[0]:
         raise ValueError("the program name (first element) is empty")
     return tuple(argv)
+
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\*?")
+
+
+def parse_env_names(text: str) -> tuple[str, ...]:
+    """Comma-separated environment variable names (``NAME`` or ``PREFIX*``): names, never
+    values, so the setting itself holds no secret."""
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    for name in names:
+        if not _ENV_NAME.fullmatch(name):
+            raise ValueError(f"{name[:40]!r} is not an environment variable name (NAME or PREFIX*)")
+    return names
 
 
 ROTATE_SETTINGS = register(
@@ -73,9 +87,21 @@ ROTATE_SETTINGS = register(
         section="rotate",
     ),
     Setting(
+        "issuer_command_env",
+        "TOKENSIDECAR_ISSUER_COMMAND_ENV",
+        "Environment variables passed to --issuer-command, comma-separated (NAME or PREFIX*). The "
+        "command otherwise gets only PATH, HOME, LANG, LANGUAGE, LC_ALL, LC_CTYPE, TZ, SSL_CERT_FILE, "
+        "SSL_CERT_DIR, REQUESTS_CA_BUNDLE and CURL_CA_BUNDLE: not the job's credentials (VAULT_TOKEN, "
+        "TOKENSIDECAR_*) nor proxies (name HTTPS_PROXY, NO_PROXY here if it needs them).",
+        default="",
+        parse=parse_env_names,
+        metavar="NAMES",
+        section="rotate",
+    ),
+    Setting(
         "issuer_timeout",
         "TOKENSIDECAR_ISSUER_TIMEOUT",
-        "How long the issuer may take (the command is killed after it).",
+        "How long the issuer may take (the command and every process it started are killed after it).",
         default="60s",
         parse=parse_positive_duration,
         section="rotate",

@@ -16,18 +16,21 @@ KV v1 has neither versions nor check-and-set and is refused.
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 from typing import TYPE_CHECKING
 
 from tokensidecar.config import ConfigError
 from tokensidecar.redact import fingerprint
 from tokensidecar.rotate.targets import StoreConflict, StoredToken, Target, TargetError
-from tokensidecar.token import format_time, parse_time
+from tokensidecar.token import InvalidTime, format_time, parse_time
 
 if TYPE_CHECKING:
     from tokensidecar.config import Config
     from tokensidecar.token import Token
     from tokensidecar.vault import KvPath, KvSecret, VaultSession
+
+log = logging.getLogger(__name__)
 
 __all__ = ["VaultTarget"]
 
@@ -42,10 +45,17 @@ REVOKED_AT = "revoked_at"
 UNKNOWN = "unknown"
 
 
-def _time(text: str | None) -> datetime | None:
+def _time(text: str | None, *, name: str) -> datetime | None:
+    """A stored time, or None when absent or unusable (``1e20``, garbage): the job then
+    treats it as unknown and rotates, which rewrites it, instead of failing every run."""
+    if text == UNKNOWN:
+        return None
     try:
         return parse_time(text)
-    except ValueError:
+    except InvalidTime as exc:
+        log.warning(
+            "ignoring a stored time that is not usable", extra={"custom_metadata": name, "reason": str(exc)}
+        )
         return None
 
 
@@ -107,7 +117,7 @@ class VaultTarget(Target):
             revision=str(version),
             current=current,
             previous=previous,
-            expires_at=_time(custom.get(EXPIRES_AT)) if describes_current else None,
+            expires_at=_time(custom.get(EXPIRES_AT), name=EXPIRES_AT) if describes_current else None,
             rotated_at=latest.created_time if latest else None,
             version=version,
             previous_revoked=revoked,
