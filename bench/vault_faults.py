@@ -19,8 +19,9 @@ off) and a real OpenBao dev server:
   answers one byte every 2 s (``trickle``); once the sidecar's first call is stuck,
   SIGTERM is sent and the time until the process has exited is measured.
 
-``--sidecar-code DIR`` runs the sidecar from another checkout (PYTHONPATH), e.g. main
-before a fix, while the stand-ins stay this checkout's.
+``--sidecar-code DIR`` runs the sidecar from another checkout, e.g. main before a fix,
+while the stand-ins stay this checkout's: the sidecar gets ``PYTHONPATH=DIR`` and runs
+in DIR (``python -m`` puts the working directory first on ``sys.path``).
 
     .venv/bin/python bench/vault_faults.py [--window 30] [--only expired_outage,forbidden_polling,sigterm]
 """
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import os
 import signal
 import subprocess
 import tempfile
@@ -207,6 +209,8 @@ def main() -> None:
     parser.add_argument("--sidecar-code", default=None, help="PYTHONPATH for the sidecar process")
     args = parser.parse_args()
     only = set(args.only.split(","))
+    if args.sidecar_code:
+        os.chdir(args.sidecar_code)  # the sidecar's `python -m` imports from its cwd first
     results: dict[str, Any] = {"sidecar_code": args.sidecar_code or "this checkout"}
     with tempfile.TemporaryDirectory(prefix="bench-vault-faults-") as tmp:
         root = Path(tmp)

@@ -25,13 +25,6 @@ from tokensidecar.redact import fingerprint
 VERSION_LINE = re.compile(r"^tokensidecar \d+\.\d+\.\d+\n$")
 
 
-@pytest.fixture
-def tmp_path(shm_path: Path) -> Path:
-    """Token directories here are memory-backed, as the sidecar's volume is in a pod: the
-    publisher's warning about a disk-backed directory would be a second line on stderr."""
-    return shm_path
-
-
 @pytest.fixture(autouse=True)
 def _isolated(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """No TOKENSIDECAR_/VAULT_/HF_ variable of the outer shell leaks into a case, and the

@@ -207,7 +207,8 @@ def test_file_mode_setting(paths: tuple[Path, Path]) -> None:
 
 def test_expiring_jwt_makes_the_sidecar_unready_after_expiry(paths: tuple[Path, Path]) -> None:
     source_file, token_file = paths
-    exp = int(time.time()) + 3
+    # Long enough for a start on a loaded machine (imports alone can take seconds there).
+    exp = int(time.time()) + 8
     token = _jwt(exp)
     _write(source_file, token)
     with _sidecar(source_file, token_file) as sidecar:
@@ -217,7 +218,7 @@ def test_expiring_jwt_makes_the_sidecar_unready_after_expiry(paths: tuple[Path, 
         metadata = json.loads(token_file.with_name("token.json").read_text())
         assert _epoch(metadata["expires_at"]) == exp
         assert _epoch(sidecar.status()["expires_at"]) == exp
-        wait_for(lambda: sidecar.get("/readyz")[0] == 503, timeout=8)
+        wait_for(lambda: sidecar.get("/readyz")[0] == 503, timeout=15)
         assert time.time() >= exp
         assert "expired" in json.loads(sidecar.get("/readyz")[1])["reason"]
         assert sidecar.metric("tokensidecar_ready") == 0
