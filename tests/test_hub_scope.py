@@ -1,4 +1,6 @@
-"""``--verify=scope`` (CONTRACT §11): a token that can write anywhere but its model is refused.
+"""``--verify=scope``: a token that can write anywhere but its model is refused.
+
+The rule is documented in docs/kserve-huggingface.md, "Least privilege".
 
 Two layers. The pure rule (:mod:`tokensidecar.hub_scope`) on whoami-v2 answers in the shapes
 the Hub really sends, each shape cited where it is written down:

@@ -1,7 +1,8 @@
 """What a Hugging Face token may do, read from the Hub's own answers: ``--verify=scope``.
 
-CONTRACT §11 asks for least privilege: a token that can write to any repository other than
-the model it serves is refused, and a fine-grained token must have that model in its scope.
+Least privilege (docs/kserve-huggingface.md, "Least privilege"): a token that can write to
+any repository other than the model it serves is refused, and a fine-grained token must have
+that model in its scope.
 This module is the pure half of that check — a function from what the Hub said (the
 ``whoami-v2`` answer, the ``auth-check`` answers, what an exchange granted) and a model id
 to a :class:`TokenScope` (a summary safe to show in ``/status``, ``token.json`` and the
@@ -261,7 +262,7 @@ def scope_from_whoami(
 
 
 def judge(scope: TokenScope, *, model_id: str) -> ScopeVerdict:
-    """The ``--verify=scope`` rule (CONTRACT §11) for a token that already passed ``repo``."""
+    """The ``--verify=scope`` rule (docs/kserve-huggingface.md) for a token that already passed ``repo``."""
     others = [t for t in scope.write_targets if t != model_id]
     if scope.kind == "unknown":
         return ScopeVerdict(False, "the Hub's whoami-v2 answer does not say what this token may do", scope)

@@ -49,7 +49,7 @@ def _carried_over(path: Path) -> tuple[dict[str, float], float]:
 
 
 def _scope_gauges(registry: CollectorRegistry, *, labels: dict[str, str], outcome: Outcome) -> None:
-    """What the stored token may do, as the Hub said at verification (CONTRACT §11): one
+    """What the stored token may do, as the Hub said at verification (docs/rotation.md): one
     info-style series with its kind, role and write access, and its scoped entity count.
     Absent when the run verified nothing, so a dashboard never shows a stale scope as current."""
     scope = outcome.scope
