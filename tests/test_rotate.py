@@ -187,6 +187,38 @@ def test_token_failing_verification_is_never_stored(  # noqa: PLR0917 - fixtures
     assert secret_state(kube_api) == before and before[0]["token"] == good
 
 
+def test_a_minted_token_whose_write_fails_is_revoked_not_dropped(
+    kube_api: KubeApi, hub: HubStandIn, token_file: Path, secret_env: dict[str, str], capsys: Any
+) -> None:
+    first = issue(hub, token_file)
+    assert rotate(secret_env, capsys).code == 0
+    mine = issue(hub, token_file)
+    kube_api.fail_next(1, status=500, method="PATCH")
+    run = rotate({**secret_env, "TOKENSIDECAR_ISSUER_COMMAND_MINTS": "true"}, capsys)
+    assert run.code == 1 and "cannot store the new token" in run.err
+    # The job read the Secret again to be sure the write did not land, then revoked its token.
+    assert secret_state(kube_api)[0] == {"token": first}
+    assert f"revoked {fingerprint(mine)}, minted by this run and not stored: the write failed" in run.out
+    assert not hub.is_valid(mine) and hub.is_valid(first)
+
+
+def test_a_minted_token_the_hub_cannot_verify_is_revoked_or_reported(
+    kube_api: KubeApi, hub: HubStandIn, token_file: Path, secret_env: dict[str, str], capsys: Any
+) -> None:
+    issue(hub, token_file)
+    assert rotate(secret_env, capsys).code == 0
+    mine = issue(hub, token_file)
+    # The Hub is down for verification and for the three revocation attempts that follow.
+    hub.fail_next(4, status=503)
+    run = rotate({**secret_env, "TOKENSIDECAR_ISSUER_COMMAND_MINTS": "true"}, capsys)
+    assert run.code == 1 and "could not verify" in run.err
+    assert (
+        f"left {fingerprint(mine)} to expire: not stored (it failed verification) and revocation failed"
+        in (run.out)
+    )
+    assert "left_to_expire=1" in run.out and hub.is_valid(mine)
+
+
 def test_min_remaining_skips_while_the_stored_token_is_fresh(
     kube_api: KubeApi, hub: HubStandIn, token_file: Path, secret_env: dict[str, str], capsys: Any
 ) -> None:
