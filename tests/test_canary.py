@@ -1,7 +1,7 @@
 """Canary: a distinctive token flows through every sidecar path — success, an invalid value,
 source errors and Hub rejections that echo it, notify failures, shutdown — and must appear in
 none of: logs (JSON and text), /metrics, /status, /readyz, token.json, exception text, stderr,
-or the process's argv and environment (CONTRACT §9).
+or the process's argv and environment (docs/security.md).
 
 Two canaries: one shaped like a Hugging Face token (also caught by the shape patterns) and one
 with no known shape, which only ``remember()`` can hide — so a path that skips the registry

@@ -1,5 +1,5 @@
 """The command line as users meet it: ``--version``, ``--help``, one-line configuration errors
-with exit status 2, and ``once`` with the file source (CONTRACT §1).
+with exit status 2, and ``once`` with the file source (docs/configuration.md).
 
 Most cases run ``cli.main([...])`` in-process (fast, stderr captured by capsys); a few run
 the real ``python -m tokensidecar`` and the console script, to pin what a shell sees.
@@ -39,6 +39,13 @@ def _isolated(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     yield
     root.handlers[:] = handlers
     root.setLevel(level)
+
+
+@pytest.fixture
+def tmp_path(shm_path: Path) -> Path:
+    """Memory-backed like the sidecar's real token volume: on a disk-backed directory the
+    publisher rightly warns (a log line on stderr), which is not what these cases are about."""
+    return shm_path
 
 
 def _run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -142,8 +149,10 @@ BAD_CONFIG = [
     pytest.param(
         ["--source=vault"], {}, "VAULT_ADDR is required when --source=vault", id="vault-without-addr"
     ),
-    pytest.param(["--source=s3"], {}, "TOKENSIDECAR_SOURCE: 's3' is not one of", id="unknown-source"),
-    pytest.param([], {"TOKENSIDECAR_SOURCE": "s3"}, "TOKENSIDECAR_SOURCE: 's3'", id="unknown-source-env"),
+    pytest.param(["--source=s3"], {}, "error: --source: 's3' is not one of", id="unknown-source"),
+    pytest.param(
+        [], {"TOKENSIDECAR_SOURCE": "s3"}, "error: TOKENSIDECAR_SOURCE: 's3'", id="unknown-source-env"
+    ),
     pytest.param(
         ["--source=file"],
         {},
@@ -156,17 +165,22 @@ BAD_CONFIG = [
         "TOKENSIDECAR_SECRET_NAME is required when --source=kubernetes-secret",
         id="secret-without-name",
     ),
-    pytest.param(
-        ["--refresh-interval=5x"],
-        {},
-        "TOKENSIDECAR_REFRESH_INTERVAL: '5x' is not a duration",
-        id="bad-duration",
-    ),
-    pytest.param([], {"TOKENSIDECAR_MAX_BACKOFF": "0"}, "TOKENSIDECAR_MAX_BACKOFF", id="zero-backoff"),
     pytest.param([], {"TOKENSIDECAR_FILE_MODE": "rw-r-----"}, "TOKENSIDECAR_FILE_MODE", id="bad-file-mode"),
-    pytest.param(["--listen=8099"], {}, "TOKENSIDECAR_LISTEN", id="bad-listen"),
-    pytest.param(["--verify=maybe"], {}, "TOKENSIDECAR_VERIFY", id="bad-verify"),
-    pytest.param(["--log-format=xml"], {}, "TOKENSIDECAR_LOG_FORMAT", id="bad-log-format"),
+    pytest.param(["--file-mode=rw-r-----"], {}, "error: --file-mode: 'rw-r-----'", id="bad-file-mode-flag"),
+    pytest.param(["--verify=maybe"], {}, "error: --verify: 'maybe' is not one of", id="bad-verify"),
+    pytest.param(
+        [], {"TOKENSIDECAR_VERIFY": "maybe"}, "error: TOKENSIDECAR_VERIFY: 'maybe'", id="bad-verify-env"
+    ),
+    pytest.param(["--log-format=xml"], {}, "error: --log-format: 'xml'", id="bad-log-format"),
+    pytest.param(
+        ["--vault-skip-verify=maybe"],
+        {},
+        "error: --vault-skip-verify: 'maybe' is not a boolean",
+        id="bad-switch",
+    ),
+    pytest.param(
+        [], {"VAULT_SKIP_VERIFY": "maybe"}, "error: VAULT_SKIP_VERIFY: 'maybe'", id="bad-switch-env"
+    ),
     pytest.param(["--bogus"], {}, "unrecognized arguments: --bogus", id="unknown-flag"),
     pytest.param(
         ["--source=file", "--source-file=/nonexistent/token", "--notify-signal=SIGHUP"],
@@ -197,7 +211,7 @@ def test_bad_configuration_exits_2_with_one_line_naming_the_setting(
     with pytest.MonkeyPatch.context() as patch:
         for name, value in env.items():
             patch.setenv(name, value)
-        listen = [] if any(arg.startswith("--listen") for arg in args) else ["--listen=127.0.0.1:0"]
+        listen = ["--listen=127.0.0.1:0"] if command == "run" else []
         try:
             code = cli.main([command, *listen, *args])
         except SystemExit as exited:  # argparse's own errors
@@ -213,9 +227,165 @@ def test_bad_configuration_in_a_real_process_has_no_traceback(tmp_path: Path) ->
     result = _run_cli("run", env={"TOKENSIDECAR_SOURCE": "vault", "VAULT_ADDR": "http://127.0.0.1:1"})
     assert result.returncode == 2
     assert result.stderr == "error: TOKENSIDECAR_VAULT_PATH is required when --source=vault\n"
-    result = _run_cli("once", "--source=file", "--refresh-interval=1m30")
+    result = _run_cli("run", "--source=file", "--refresh-interval=1m30")
     assert result.returncode == 2
-    assert _one_error_line(result.stderr).startswith("error: TOKENSIDECAR_REFRESH_INTERVAL: ")
+    assert _one_error_line(result.stderr).startswith("error: --refresh-interval: '1m30' is not a duration")
+
+
+# Settings of run's refresh loop and probe port: `once` has none of them.
+RUN_ONLY = [
+    pytest.param(
+        ["--refresh-interval=5x"], {}, "error: --refresh-interval: '5x' is not a duration", id="duration"
+    ),
+    pytest.param(
+        [],
+        {"TOKENSIDECAR_REFRESH_INTERVAL": "5x"},
+        "error: TOKENSIDECAR_REFRESH_INTERVAL: '5x'",
+        id="duration-env",
+    ),
+    pytest.param(
+        [], {"TOKENSIDECAR_MAX_BACKOFF": "0"}, "error: TOKENSIDECAR_MAX_BACKOFF:", id="zero-backoff"
+    ),
+    pytest.param(["--listen=8099"], {}, "error: --listen: '8099' is not HOST:PORT", id="bad-listen"),
+]
+
+
+@pytest.mark.parametrize(("args", "env", "expected"), RUN_ONLY)
+def test_run_names_the_flag_or_variable_the_user_typed(
+    args: list[str], env: dict[str, str], expected: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in env.items():
+            patch.setenv(name, value)
+        assert cli.main(["run", *args]) == 2
+    assert expected in _one_error_line(capsys.readouterr().err)
+
+
+def test_once_help_offers_no_run_only_flag_and_once_ignores_their_environment(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["once", "--help"])
+    out = capsys.readouterr().out
+    for flag in ("--listen", "--refresh-interval", "--max-backoff"):
+        assert flag not in out, flag
+        with pytest.raises(SystemExit) as exited:
+            cli.main(["once", f"{flag}=1s"])
+        assert exited.value.code == 2
+        assert f"unrecognized arguments: {flag}" in _one_error_line(capsys.readouterr().err)
+    # An init container running `once` may share the sidecar's environment.
+    monkeypatch.setenv("TOKENSIDECAR_LISTEN", "not-an-address")
+    source = tmp_path / "source"
+    source.write_text("hf_oncesharedenviron1")
+    assert _once(f"--source-file={source}", f"--token-file={tmp_path / 'token'}") == 0
+
+
+def test_vault_skip_verify_is_a_switch_that_still_takes_a_value() -> None:
+    parse = cli.build_parser(cli.COMMANDS["run"]).parse_args
+    assert parse(["--vault-skip-verify"]).vault_skip_verify is True
+    assert parse(["--no-vault-skip-verify"]).vault_skip_verify is False
+    assert parse(["--vault-skip-verify=false"]).vault_skip_verify is False
+    assert parse(["--vault-skip-verify", "true"]).vault_skip_verify is True
+    assert parse([]).vault_skip_verify is None
+    command = cli.COMMANDS["run"]
+    assert command.resolve({"vault_skip_verify": True}).vault_skip_verify is True
+
+
+def test_durations_in_days_are_documented(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["rotate", "--help"])
+    assert "1d" in " ".join(capsys.readouterr().out.split())
+    assert "`1d`" in (Path(__file__).resolve().parent.parent / "docs" / "configuration.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("args", "env"),
+    [
+        pytest.param([], {"TOKENSIDECAR_VAULT_AUTH": "hf_pastedintothewrongplace01"}, id="env-choice"),
+        pytest.param(["--vault-auth=hf_pastedintothewrongplace01"], {}, id="flag-choice"),
+        pytest.param([], {"TOKENSIDECAR_REFRESH_INTERVAL": "hf_pastedintothewrongplace01"}, id="env-parse"),
+        pytest.param(["hf_pastedintothewrongplace01"], {}, id="stray-argument"),
+    ],
+)
+def test_configuration_errors_never_echo_a_token(
+    args: list[str], env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in env.items():
+            patch.setenv(name, value)
+        try:
+            code = cli.main(["run", *args])
+        except SystemExit as exited:
+            code = exited.code  # type: ignore[assignment]
+    assert code == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert "hf_pastedintothewrongplace01" not in line
+    assert "REDACTED" in line
+
+
+def test_text_logs_never_print_python_none(tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    source.write_text("hf_noexpiryknown00001")  # no expiry: expires_at has no value
+    result = _run_cli(
+        "once",
+        "--source=file",
+        f"--source-file={source}",
+        f"--token-file={tmp_path / 'token'}",
+        "--verify=none",
+        "--log-format=text",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "published a new token" in result.stderr
+    assert "None" not in result.stderr
+
+
+def test_an_unusable_token_directory_is_one_line_naming_the_setting(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")  # a file where the token directory should be: mkdir fails
+    source = tmp_path / "source"
+    source.write_text("hf_unwritabletokendir1")
+    token = blocker / "sub" / "token"
+    result = _run_cli(
+        "once", "--source=file", f"--source-file={source}", f"--token-file={token}", "--verify=none"
+    )
+    assert result.returncode == 1
+    line = _one_error_line(result.stderr)
+    assert line == f"error: --token-file={token}: cannot use its directory {blocker / 'sub'}: not a directory"
+    result = _run_cli(
+        "once",
+        env={
+            "TOKENSIDECAR_SOURCE": "file",
+            "TOKENSIDECAR_SOURCE_FILE": str(source),
+            "TOKENSIDECAR_TOKEN_FILE": str(token),
+            "TOKENSIDECAR_VERIFY": "none",
+        },
+    )
+    assert _one_error_line(result.stderr).startswith(f"error: TOKENSIDECAR_TOKEN_FILE={token}: ")
+
+
+def test_a_token_directory_without_write_permission_is_one_line(tmp_path: Path) -> None:
+    import os
+
+    source = tmp_path / "source"
+    source.write_text("hf_permissiondenied01")
+    if os.geteuid() == 0:
+        # root may write anywhere but sysfs, where mkdir is refused with EPERM (CI runs as root).
+        directory = Path("/sys/tokensidecar-test")
+    else:
+        readonly = tmp_path / "readonly"
+        readonly.mkdir()
+        readonly.chmod(0o555)
+        directory = readonly / "tokens"
+    token = directory / "token"
+    result = _run_cli(
+        "once", "--source=file", f"--source-file={source}", f"--token-file={token}", "--verify=none"
+    )
+    assert result.returncode == 1, result.stderr
+    line = _one_error_line(result.stderr)
+    assert line in {
+        f"error: --token-file={token}: cannot use its directory {directory}: permission denied",
+        f"error: --token-file={token}: cannot use its directory {directory}: operation not permitted",
+    }
 
 
 # -- once --------------------------------------------------------------------------------
@@ -349,3 +519,37 @@ def test_run_with_its_port_taken_fails_fast_with_one_line(tmp_path: Path) -> Non
     assert result.returncode == 1
     line = _one_error_line(result.stderr)
     assert "address already in use" in line
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "expected"),
+    [
+        pytest.param(
+            ["--vault-path=nomount"],
+            {"VAULT_ADDR": "http://127.0.0.1:1"},
+            "error: --vault-path: 'nomount' is not <mount>/<path>",
+            id="flag",
+        ),
+        pytest.param(
+            [],
+            {"VAULT_ADDR": "http://127.0.0.1:1", "TOKENSIDECAR_VAULT_PATH": "nomount"},
+            "error: TOKENSIDECAR_VAULT_PATH: 'nomount' is not <mount>/<path>",
+            id="env",
+        ),
+        pytest.param(
+            ["--vault-addr=ftp://vault", "--vault-path=secret/hf/a"],
+            {},
+            "error: --vault-addr: 'ftp://vault' is not an http:// or https:// URL",
+            id="checked-by-the-vault-client",
+        ),
+    ],
+)
+def test_errors_found_after_parsing_name_what_the_user_typed(
+    args: list[str], env: dict[str, str], expected: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The rooms check their settings by environment name; the door renames the one typed as a flag."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in env.items():
+            patch.setenv(name, value)
+        assert cli.main(["run", "--listen=127.0.0.1:0", "--source=vault", *args]) == 2
+    assert _one_error_line(capsys.readouterr().err).startswith(expected)

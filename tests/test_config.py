@@ -106,10 +106,25 @@ def test_bad_environment_value_names_the_variable() -> None:
     assert "'soon' is not a duration" in str(caught.value)
 
 
-def test_bad_flag_value_names_the_setting_too() -> None:
+def test_bad_flag_value_names_the_flag_the_user_typed() -> None:
     with pytest.raises(ConfigError) as caught:
-        resolve(sidecar_settings(), {"max_backoff": "soon"}, {})
+        resolve(sidecar_settings(), {"max_backoff": "soon"}, {"TOKENSIDECAR_MAX_BACKOFF": "5s"})
+    assert caught.value.setting == "--max-backoff"
+    with pytest.raises(ConfigError) as caught:
+        resolve(sidecar_settings(), {}, {"TOKENSIDECAR_MAX_BACKOFF": "soon"})
     assert caught.value.setting == "TOKENSIDECAR_MAX_BACKOFF"
+
+
+def test_config_labels_a_setting_the_way_it_was_given() -> None:
+    config = resolve(sidecar_settings(), {"vault_path": "secret/hf/a"}, {"VAULT_ADDR": "http://vault:8200"})
+    assert config.label("vault_path") == "--vault-path"
+    assert config.label("vault_addr") == "VAULT_ADDR"
+    assert config.label("vault_role") == "TOKENSIDECAR_VAULT_ROLE"  # not given: its env var
+
+
+def test_durations_accept_days() -> None:
+    assert parse_duration("1d") == 86400
+    assert parse_duration("1d12h") == 1.5 * 86400
 
 
 def test_choices_are_enforced_with_the_list_of_valid_values() -> None:

@@ -83,7 +83,7 @@ def test_whoami_is_called_once_per_new_token_not_per_read(hub: HubStandIn, tmp_p
 
 
 @pytest.mark.parametrize("policy", ["publish", "hold"])
-def test_hub_outage_policy(hub: HubStandIn, tmp_path: Path, policy: str) -> None:
+def test_hub_outage_never_displaces_a_verified_token(hub: HubStandIn, tmp_path: Path, policy: str) -> None:
     sidecar, source_file = _file_sidecar(hub, tmp_path, TOKENSIDECAR_VERIFY_ON_HUB_OUTAGE=policy)
     first, second = hub.issue_token(), hub.issue_token()
     _write(source_file, first)
@@ -91,18 +91,53 @@ def test_hub_outage_policy(hub: HubStandIn, tmp_path: Path, policy: str) -> None
         sidecar.wait_for_token(first)
         hub.fail_next(1000, status=503, path_prefix="/api/whoami-v2")
         _write(source_file, second)
-        if policy == "publish":
-            sidecar.wait_for_token(second)
-            assert _verify_count(sidecar, "hub_unavailable_published") == 1
-            assert sidecar.status()["verified"] is False
-        else:
-            wait_for(lambda: _verify_count(sidecar, "hub_unavailable_held") >= 1)
-            assert sidecar.token() == first
-            assert "unavailable" in sidecar.status()["last_error"]
-            hub.clear_faults()  # the Hub comes back: the held token goes out, verified
-            sidecar.wait_for_token(second, timeout=10)
-            wait_for(lambda: sidecar.status()["verified"] is True)
+        # Whatever the policy, the verified token stays while the Hub cannot judge the new one.
+        wait_for(lambda: _verify_count(sidecar, "hub_unavailable_held") >= 1)
+        assert sidecar.token() == first
+        status = sidecar.status()
+        assert status["fingerprint"] == _fp(first) and status["verified"] is True
+        assert "unavailable" in status["last_error"]
+        assert sidecar.get("/readyz")[0] == 200
+        assert _verify_count(sidecar, "hub_unavailable_published") == 0
+        hub.clear_faults()  # the Hub comes back: the held token goes out, verified
+        sidecar.wait_for_token(second, timeout=10)
+        wait_for(lambda: sidecar.status()["verified"] is True)
     assert second not in sidecar.logs
+
+
+def test_hub_outage_with_publish_policy_publishes_the_first_token_unverified(
+    hub: HubStandIn, tmp_path: Path
+) -> None:
+    sidecar, source_file = _file_sidecar(hub, tmp_path, TOKENSIDECAR_VERIFY_ON_HUB_OUTAGE="publish")
+    first = hub.issue_token()
+    _write(source_file, first)
+    hub.fail_next(1000, status=503, path_prefix="/api/whoami-v2")
+    with sidecar:
+        # Nothing valid is published yet: "publish" puts the token out unverified.
+        sidecar.wait_for_token(first)
+        assert _verify_count(sidecar, "hub_unavailable_published") == 1
+        assert sidecar.status()["verified"] is False  # the Hub is still down: nothing can verify it
+        assert sidecar.get("/readyz")[0] == 200
+        hub.clear_faults()
+        wait_for(lambda: sidecar.status()["verified"] is True, timeout=10)
+    assert first not in sidecar.logs
+
+
+def test_token_published_unverified_then_revoked_makes_the_sidecar_unready(
+    hub: HubStandIn, tmp_path: Path
+) -> None:
+    sidecar, source_file = _file_sidecar(hub, tmp_path, TOKENSIDECAR_VERIFY_ON_HUB_OUTAGE="publish")
+    first = hub.issue_token()
+    _write(source_file, first)
+    hub.fail_next(1000, status=503, path_prefix="/api/whoami-v2")
+    with sidecar:
+        sidecar.wait_for_token(first)
+        hub.revoke(first)
+        hub.clear_faults()  # the Hub answers again, and refuses the token it never vouched for
+        wait_for(lambda: sidecar.get("/readyz")[0] == 503, timeout=10)
+        assert "rejected by the Hub" in sidecar.get("/readyz")[1]
+        assert sidecar.metric("tokensidecar_ready") == 0
+    assert first not in sidecar.logs
 
 
 def test_exchanged_token_is_refreshed_from_expires_in(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import statistics
 import threading
@@ -107,6 +108,40 @@ async def test_fetch_reads_token_version_and_expiry_annotation(
     assert token.source == "kubernetes-secret"
     assert token.version == "v7"
     assert token.expires_at is not None and token.expires_at.isoformat() == "2031-01-02T03:04:05+00:00"
+
+
+def _fp(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()[:12]
+
+
+@pytest.mark.parametrize(
+    ("expires_at", "written_for", "expected"),
+    [
+        # kubectl edit put a new token under annotations the rotation job wrote for the old one
+        ("2020-01-01T00:00:00Z", _fp("hf_annotated_old_token"), None),
+        ("2031-01-01T00:00:00Z", _fp("hf_annotated_old_token"), None),
+        # written for this very token: trusted, even when it says the token has expired
+        ("2020-01-01T00:00:00Z", _fp("hf_annotated_new_token"), "2020-01-01T00:00:00+00:00"),
+        # no fingerprint: a future expiry is trusted, a past one cannot refuse the token
+        ("2031-01-01T00:00:00Z", None, "2031-01-01T00:00:00+00:00"),
+        ("2020-01-01T00:00:00Z", None, None),
+    ],
+)
+async def test_expiry_annotation_is_trusted_only_for_the_token_it_describes(
+    kube_api: KubeApi,
+    source: KubernetesSecretSource,
+    expires_at: str,
+    written_for: str | None,
+    expected: str | None,
+) -> None:
+    annotations = {"tokensidecar.io/expires-at": expires_at}
+    if written_for:
+        annotations["tokensidecar.io/fingerprint"] = written_for
+    kube_api.put_secret(NAME, {"token": "hf_annotated_new_token"}, annotations=annotations)
+
+    token = await source.fetch()
+
+    assert (token.expires_at.isoformat() if token.expires_at else None) == expected
 
 
 async def test_fetch_without_version_annotation_uses_resource_version(
@@ -411,7 +446,7 @@ async def test_canary_token_never_appears_in_errors_logs_or_reprs(
 
     formatter = JsonFormatter()
     seen += [formatter.format(record) for record in caplog.records]
-    assert any("malformed expiry annotation" in line for line in seen)
+    assert any("expires-at is not a time" in line for line in seen)
     for text in seen:
         assert CANARY not in text, text
 

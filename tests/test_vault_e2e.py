@@ -6,6 +6,7 @@ the JSON log lines, the way kubelet and an operator see the sidecar.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -182,3 +183,26 @@ def test_once_publishes_and_exits_or_fails_with_a_clear_line(openbao: DevServer,
     )
     assert no_path.returncode == 2
     assert "TOKENSIDECAR_VAULT_PATH is required when --source=vault" in no_path.stderr.decode()
+
+
+def test_stale_expiry_metadata_does_not_block_a_new_token(
+    restartable_openbao: DevServer, tmp_path: Path
+) -> None:
+    """A manual ``kv put`` of a new token under metadata the rotation job wrote for an
+    older, expired one: the new token is published, not refused as "already expired"."""
+    server = restartable_openbao
+    old, new = "hf_e2e_stale_meta_old", "hf_e2e_stale_meta_new"
+    server.put_kv(
+        PATH, {"token": old}, custom_metadata={"expires_at": "2020-01-01T00:00:00Z", "fingerprint": _fp(old)}
+    )
+    server.put_kv(PATH, {"token": new})
+    with vault_sidecar(server, tmp_path, **approle_files(server, tmp_path)) as process:
+        process.wait_for_token(new)
+        wait_for(lambda: process.get("/readyz")[0] == 200, timeout=5)
+        status = process.status()
+    assert status["consecutive_failures"] == 0 and status["expires_at"] is None
+    assert log_lines(process.logs, "custom_metadata.expires_at was written for another token; ignoring it")
+
+
+def _fp(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()[:12]

@@ -12,7 +12,14 @@ from collections.abc import AsyncIterator, Mapping
 
 import pytest
 
-from tests.fixtures.openbao import JwtIssuer, TokenReviewServer
+from tests.fixtures.openbao import (
+    CountingProxy,
+    JwtIssuer,
+    TokenReviewServer,
+    live_token_accessors,
+    seal,
+    unseal,
+)
 from tokensidecar.config import Config, ConfigError, resolve, sidecar_settings
 from tokensidecar.demo.openbao import DevServer
 from tokensidecar.vault import (
@@ -24,8 +31,8 @@ from tokensidecar.vault import (
 )
 
 
-def vault_config(openbao: DevServer, **env: str) -> Config:
-    return resolve(sidecar_settings(), {}, environ={"VAULT_ADDR": openbao.addr, **env})
+def vault_config(openbao: DevServer, *, addr: str | None = None, **env: str) -> Config:
+    return resolve(sidecar_settings(), {}, environ={"VAULT_ADDR": addr or openbao.addr, **env})
 
 
 def unique(prefix: str) -> str:
@@ -54,11 +61,15 @@ def approle_session(
     paths: tuple[str, ...],
     ttl: str = "1h",
     max_ttl: str = "24h",
+    addr: str | None = None,
+    **env: str,
 ) -> VaultSession:
     policy = openbao.read_policy_for(*paths)
     role_id, secret_id = openbao.create_approle(unique("role"), policies=[policy], ttl=ttl, max_ttl=max_ttl)
     config = vault_config(
         openbao,
+        addr=addr,
+        **env,
         TOKENSIDECAR_VAULT_AUTH="approle",
         TOKENSIDECAR_VAULT_ROLE_ID_FILE=write(tmp_path, "role-id", role_id),
         TOKENSIDECAR_VAULT_SECRET_ID_FILE=write(tmp_path, "secret-id", secret_id),
@@ -370,21 +381,26 @@ async def test_client_token_is_renewed_across_several_renewals(
     assert session.logins == 1
 
 
-async def test_token_reaching_max_ttl_is_replaced_by_a_fresh_login(
+async def test_token_reaching_max_ttl_is_replaced_by_a_fresh_login_and_revoked(
     openbao: DevServer, tmp_path: pathlib.Path, sessions: list[VaultSession]
 ) -> None:
     path = seed(openbao, {"token": "hf_max_ttl_value"})
-    session = approle_session(openbao, tmp_path, paths=(path,), ttl="2s", max_ttl="3s")
+    # Renewed at ~4 s, the token comes back cut to the 4 s left of its max_ttl: the session
+    # logs in again at once, and the old token, which Vault would keep until 8 s, is revoked.
+    session = approle_session(openbao, tmp_path, paths=(path,), ttl="6s", max_ttl="8s")
     sessions.append(session)
     await session.ensure_login()
     first = session.token_accessor
+    assert first is not None
 
-    deadline = time.monotonic() + 8
+    deadline = time.monotonic() + 10
     while session.logins < 2 and time.monotonic() < deadline:
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.1)
 
-    assert session.logins >= 2
+    assert session.logins == 2
     assert session.token_accessor != first
+    assert not openbao.token_alive(first)
+    assert session.revocations == 1
     assert (await session.read_kv(KvPath.parse(path))).data["token"] == "hf_max_ttl_value"
 
 
@@ -449,20 +465,97 @@ async def test_user_supplied_token_is_renewed_but_never_revoked(
     openbao.revoke_accessor(accessor)
 
 
-async def test_policy_denial_is_reported_after_one_relogin(
+async def test_policy_denial_is_reported_without_logging_in_again(
     openbao: DevServer, tmp_path: pathlib.Path, sessions: list[VaultSession]
 ) -> None:
     allowed = seed(openbao, {"token": "hf_allowed_value"})
     forbidden = seed(openbao, {"token": "hf_forbidden_value"})
     session = approle_session(openbao, tmp_path, paths=(allowed,))
     sessions.append(session)
+    await session.ensure_login()
+    tokens_before = live_token_accessors(openbao)
 
-    with pytest.raises(VaultPermissionDenied, match="permission denied") as denied:
-        await session.read_kv(KvPath.parse(forbidden))
+    for _ in range(5):  # a refresher polling a path the policy forbids
+        with pytest.raises(VaultPermissionDenied, match="permission denied") as denied:
+            await session.read_kv(KvPath.parse(forbidden))
+        assert denied.value.status == 403
+        assert "hf_forbidden_value" not in str(denied.value)
 
-    assert session.logins == 2  # one re-login to rule out a revoked token, then the verdict
-    assert denied.value.status == 403
-    assert "hf_forbidden_value" not in str(denied.value)
+    # The token looked itself up and was alive: a denial, not a dead token. No login,
+    # no new token in Vault's store.
+    assert session.logins == 1
+    assert live_token_accessors(openbao) == tokens_before
+    assert (await session.read_kv(KvPath.parse(allowed))).data["token"] == "hf_allowed_value"
+
+
+async def test_policy_denial_without_the_default_policy_logs_in_once_per_login(
+    openbao: DevServer, tmp_path: pathlib.Path, sessions: list[VaultSession]
+) -> None:
+    allowed = seed(openbao, {"token": "hf_allowed_no_default"})
+    forbidden = seed(openbao, {"token": "hf_forbidden_no_default"})
+    role = unique("role")
+    openbao.enable_auth("approle")
+    # Without the default policy a token cannot look itself up: only a fresh login tells
+    # a dead token from a denial, and that verdict holds until the next login.
+    openbao.admin.auth.approle.create_or_update_approle(
+        role_name=role, token_policies=[openbao.read_policy_for(allowed)], token_no_default_policy=True
+    )
+    role_id = openbao.admin.auth.approle.read_role_id(role_name=role)["data"]["role_id"]
+    secret_id = openbao.admin.auth.approle.generate_secret_id(role_name=role)["data"]["secret_id"]
+    session = VaultSession.from_config(
+        vault_config(
+            openbao,
+            TOKENSIDECAR_VAULT_AUTH="approle",
+            TOKENSIDECAR_VAULT_ROLE_ID_FILE=write(tmp_path, "role-id", role_id),
+            TOKENSIDECAR_VAULT_SECRET_ID_FILE=write(tmp_path, "secret-id", secret_id),
+        )
+    )
+    sessions.append(session)
+
+    for _ in range(5):
+        with pytest.raises(VaultPermissionDenied):
+            await session.read_kv(KvPath.parse(forbidden))
+
+    assert session.logins == 2
+    assert (await session.read_kv(KvPath.parse(allowed))).data["token"] == "hf_allowed_no_default"
+
+
+async def test_token_expired_during_an_outage_is_not_renewed_in_a_loop(
+    restartable_openbao: DevServer,
+    counting_proxy: CountingProxy,
+    tmp_path: pathlib.Path,
+    sessions: list[VaultSession],
+) -> None:
+    server = restartable_openbao
+    path = seed(server, {"token": "hf_outage_expiry_value"})
+    session = approle_session(
+        server, tmp_path, paths=(path,), ttl="3s", addr=counting_proxy.url, TOKENSIDECAR_MAX_BACKOFF="1s"
+    )
+    sessions.append(session)
+    await session.ensure_login()
+    accessor = session.token_accessor
+    logged_in_at = time.monotonic()
+
+    seal(server)  # every request now gets 503 "Vault is sealed"
+    # The renewal at ~2 s fails and is retried with backoff (capped at 1 s here) until
+    # the TTL has passed; then the token is gone and the session stops trying.
+    await asyncio.sleep(max(0.0, logged_in_at + 3.0 + 1.5 - time.monotonic()))
+    quiet_from = time.monotonic()
+    await asyncio.sleep(3.0)
+    assert counting_proxy.since(quiet_from) == []
+
+    # A request after the expiry logs in first (one attempt, refused while sealed) ...
+    asked = time.monotonic()
+    with pytest.raises(VaultError, match="503"):
+        await session.read_kv(KvPath.parse(path))
+    assert [(method, url) for _, method, url, _ in counting_proxy.since(asked)] == [
+        ("POST", "/v1/auth/approle/login")
+    ]
+    # ... and once Vault is back it logs in and reads, without revoking the expired token.
+    unseal(server)
+    assert (await session.read_kv(KvPath.parse(path))).data["token"] == "hf_outage_expiry_value"
+    assert session.logins == 2 and session.token_accessor != accessor
+    assert session.revocations == 0
 
 
 async def test_unreachable_vault_is_a_retryable_error(restartable_openbao: DevServer) -> None:

@@ -3,6 +3,7 @@ the data, how it fails, and that the token never shows up where it should not.""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import pathlib
@@ -154,6 +155,77 @@ async def test_policy_without_metadata_read_falls_back_to_reading_data(
     assert [r.message for r in caplog.records].count(
         "no read access to the secret's metadata; reading its data at every poll"
     ) == 1
+
+
+def _fp(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()[:12]
+
+
+async def test_stale_expires_at_written_for_the_previous_token_does_not_refuse_the_new_one(
+    openbao: DevServer, open_source: Callable[..., VaultSource], caplog: pytest.LogCaptureFixture
+) -> None:
+    path = f"secret/{unique('hf')}/model-a"
+    old, new = "hf_stale_meta_old_token", "hf_stale_meta_new_token"
+    # The rotation job wrote the data, then failed to write the metadata: what is left
+    # describes the previous token, which has expired.
+    openbao.put_kv(
+        path, {"token": old}, custom_metadata={"expires_at": "2020-01-01T00:00:00Z", "fingerprint": _fp(old)}
+    )
+    openbao.put_kv(path, {"token": new})
+    source = open_source(TOKENSIDECAR_VAULT_PATH=path)
+
+    with caplog.at_level(logging.WARNING, logger="tokensidecar.sources.vault"):
+        token = await source.fetch()
+        again = await source.fetch()  # served from the metadata check: the same verdict
+
+    assert (token.value, token.expires_at, token.is_expired()) == (new, None, False)
+    assert again.expires_at is None
+    warnings = [r.message for r in caplog.records if "written for another token" in r.message]
+    assert len(warnings) == 1  # logged once, not at every poll
+    assert new not in caplog.text and old not in caplog.text
+
+    # The metadata catches up: now it describes this token and is trusted, also when it
+    # arrives after the data (seen through the metadata check alone).
+    mount, rest = path.split("/", 1)
+    openbao.admin.secrets.kv.v2.update_metadata(
+        path=rest,
+        mount_point=mount,
+        custom_metadata={"expires_at": "2031-05-06T07:08:09Z", "fingerprint": _fp(new)},
+    )
+    assert (await source.fetch()).expires_at == datetime(2031, 5, 6, 7, 8, 9, tzinfo=UTC)
+
+
+async def test_expires_at_with_this_tokens_fingerprint_is_trusted_even_when_past(
+    openbao: DevServer, open_source: Callable[..., VaultSource]
+) -> None:
+    path = f"secret/{unique('hf')}/model-a"
+    value = "hf_really_expired_token"
+    openbao.put_kv(
+        path,
+        {"token": value},
+        custom_metadata={"expires_at": "2020-01-01T00:00:00Z", "fingerprint": _fp(value)},
+    )
+
+    token = await open_source(TOKENSIDECAR_VAULT_PATH=path).fetch()
+
+    assert token.expires_at == datetime(2020, 1, 1, tzinfo=UTC) and token.is_expired()
+
+
+@pytest.mark.parametrize(
+    ("expires_at", "expected"),
+    [
+        ("2031-01-01T00:00:00Z", datetime(2031, 1, 1, tzinfo=UTC)),  # future, unattributed: trusted
+        ("2020-01-01T00:00:00Z", None),  # past, unattributed: cannot refuse a token on its word
+        ("unknown", None),  # what the rotation job writes when it does not know
+    ],
+)
+async def test_expires_at_without_a_fingerprint(
+    openbao: DevServer, open_source: Callable[..., VaultSource], expires_at: str, expected: datetime | None
+) -> None:
+    path = f"secret/{unique('hf')}/model-a"
+    openbao.put_kv(path, {"token": "hf_unattributed_expiry"}, custom_metadata={"expires_at": expires_at})
+
+    assert (await open_source(TOKENSIDECAR_VAULT_PATH=path).fetch()).expires_at == expected
 
 
 async def test_kv_v1_source_reads_data_every_time(

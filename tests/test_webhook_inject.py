@@ -4,6 +4,7 @@ against the Kubernetes schemas (kubernetes-validate, offline, strict)."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 from typing import Any
 
 import jsonpatch
@@ -203,13 +204,13 @@ def test_kserve_predictor_pod_gets_native_sidecar_first_and_token_file_everywher
     assert env["TOKENSIDECAR_VERIFY"] == "whoami"
     # No fsGroup: readers run under unknown IDs, so the file is world-readable inside the pod.
     assert env["TOKENSIDECAR_FILE_MODE"] == "0444"
-    # Vault kubernetes auth reuses the pod's own service-account mount (API audience).
-    assert {
-        "name": "kube-api-access-7xk2p",
-        "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount",
-        "readOnly": True,
-    } in sidecar["volumeMounts"]
-    assert {"name": TOKEN_VOLUME, "mountPath": TOKEN_DIR} in sidecar["volumeMounts"]
+    # Vault kubernetes auth gets a projected token with the dedicated audience, never the
+    # pod's own service-account token (API audience).
+    assert env["TOKENSIDECAR_VAULT_JWT_FILE"] == "/var/run/secrets/tokensidecar/token"
+    assert sidecar["volumeMounts"] == [
+        {"name": TOKEN_VOLUME, "mountPath": TOKEN_DIR},
+        {"name": SA_TOKEN_VOLUME, "mountPath": "/var/run/secrets/tokensidecar", "readOnly": True},
+    ]
 
     volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
     assert volumes[TOKEN_VOLUME] == {
@@ -217,6 +218,9 @@ def test_kserve_predictor_pod_gets_native_sidecar_first_and_token_file_everywher
         "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"},
     }
     assert KUBE_API_VOLUME not in volumes
+    assert volumes[SA_TOKEN_VOLUME]["projected"]["sources"] == [
+        {"serviceAccountToken": {"audience": "vault", "expirationSeconds": 3600, "path": "token"}}
+    ]
     assert_reads_token_file(container(pod, "storage-initializer"))
     assert_reads_token_file(container(pod, "kserve-container"))
     kserve_env = env_of(container(pod, "kserve-container"))
@@ -253,7 +257,7 @@ def test_pod_without_volumes_or_env_gets_them_created() -> None:
     }
     result = injected(pod)
     assert_reads_token_file(container(result, "app"))
-    assert [v["name"] for v in result["spec"]["volumes"]] == [TOKEN_VOLUME, KUBE_API_VOLUME]
+    assert [v["name"] for v in result["spec"]["volumes"]] == [TOKEN_VOLUME, SA_TOKEN_VOLUME]
 
 
 def test_subpath_mounts_are_kept_and_the_token_volume_is_mounted_beside_them() -> None:
@@ -318,7 +322,7 @@ def test_kubernetes_secret_source_without_automounted_token_gets_its_own_api_acc
     pod["spec"]["automountServiceAccountToken"] = False
     pod["spec"]["containers"][0]["volumeMounts"] = pod["spec"]["containers"][0]["volumeMounts"][:2]
     pod["spec"]["volumes"] = pod["spec"]["volumes"][:2]
-    result = injected(pod)
+    result = injected(pod, dataclasses.replace(SETTINGS, allowed_secret_namespaces=("hf-tokens",)))
     sidecar = container(result, "tokensidecar")
     assert env_of(sidecar)["TOKENSIDECAR_SECRET_NAMESPACE"] == "hf-tokens"
     assert {
@@ -395,7 +399,10 @@ def test_vault_jwt_auth_gets_a_projected_token_for_vault() -> None:
                 "tokensidecar.io/vault-addr": "http://openbao.vault:8200",
                 "tokensidecar.io/vault-kv-version": "1",
             }
-        )
+        ),
+        dataclasses.replace(
+            SETTINGS, allowed_vault_addrs=("http://openbao.vault:8200",), allow_insecure_vault=True
+        ),
     )
     env = env_of(container(pod, "tokensidecar"))
     assert env["VAULT_ADDR"] == "http://openbao.vault:8200"
@@ -462,7 +469,7 @@ def test_fs_group_keeps_the_default_group_readable_mode() -> None:
 
 def test_legacy_sidecar_is_an_init_container_running_once_and_a_container_running_run() -> None:
     settings = InjectionSettings(
-        image="ghcr.io/tokensidecar/tokensidecar:0.1.0", vault_addr="http://v:8200", legacy_sidecar=True
+        image="ghcr.io/tokensidecar/tokensidecar:0.1.0", vault_addr="https://v:8200", legacy_sidecar=True
     )
     pod = injected(kserve_predictor_pod(), settings)
     init = pod["spec"]["initContainers"]
@@ -668,3 +675,150 @@ def test_injected_environment_is_a_valid_sidecar_configuration(annotations: dict
             assert config.listen == ("0.0.0.0", 8099)
             assert config.source == annotations.get("tokensidecar.io/source", "vault")
             assert config.hf_endpoint == "http://hub.local:8080"
+
+
+def test_a_container_whose_name_is_not_a_string_does_not_break_injection() -> None:
+    """Found by the mutation fault suite: a list as a container's name made a set of the
+    names unhashable, so the review answered an internal error instead of a patch."""
+    pod = kserve_predictor_pod(VAULT_ANNOTATIONS)
+    pod["spec"]["containers"].append({"name": ["not", "a", "string"], "image": "x"})
+    patch = inject(pod, settings=SETTINGS)
+    patched = jsonpatch.apply_patch(pod, patch)
+    assert patched["spec"]["initContainers"][0]["name"] == "tokensidecar"
+
+
+@pytest.mark.timeout(60)
+def test_a_pod_with_100000_env_entries_is_compared_in_linear_time() -> None:
+    # 3 MiB of env entries fits in one API request; comparing each entry with each other
+    # (what an earlier version did when the lengths matched) held the event loop for
+    # minutes. The entries already carry HF_TOKEN_PATH, so the lengths match.
+    pod = kserve_predictor_pod()
+    env = container(pod, "kserve-container")["env"]
+    env[:] = [entry for entry in env if entry["name"] not in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")]
+    env.extend({"name": f"V{n:06d}", "value": "x"} for n in range(100_000))
+    env.append({"name": "HF_TOKEN_PATH", "value": "/somewhere/else"})
+    patched = apply(copy.deepcopy(pod), inject(pod, settings=SETTINGS))
+    assert env_of(container(patched, "kserve-container"))["HF_TOKEN_PATH"] == TOKEN_PATH
+    assert len(container(patched, "kserve-container")["env"]) == len(env)
+    assert inject(patched, settings=SETTINGS) == []  # converged: the same comparison, equal
+
+
+# --- what annotations may choose (docs/security.md) ------------------------------------------------
+
+CONFINED = dataclasses.replace(
+    SETTINGS,
+    allowed_vault_addrs=("https://vault.team-a:8200",),
+    allowed_images=("registry.local/tokensidecar:*",),
+    allowed_secret_namespaces=("hf-tokens",),
+)
+SECRET_ANNOTATIONS = {
+    "tokensidecar.io/inject": "true",
+    "tokensidecar.io/source": "kubernetes-secret",
+    "tokensidecar.io/secret-name": "hf-rotating",
+}
+
+CONFINEMENT_CASES = [
+    ({**VAULT_ANNOTATIONS, "tokensidecar.io/vault-addr": "https://vault.evil.example"}, "vault-addr"),
+    # Addresses compare as origins, never as prefixes or with a user part.
+    (
+        {**VAULT_ANNOTATIONS, "tokensidecar.io/vault-addr": "https://vault.team-a:8200.evil.example"},
+        "vault-addr",
+    ),
+    (
+        {**VAULT_ANNOTATIONS, "tokensidecar.io/vault-addr": "https://vault.team-a:8200@evil.example"},
+        "vault-addr",
+    ),
+    ({**VAULT_ANNOTATIONS, "tokensidecar.io/vault-addr": "https://vault.team-a:8200/v1/x"}, "vault-addr"),
+    ({**VAULT_ANNOTATIONS, "tokensidecar.io/vault-addr": "http://vault.team-a:8200"}, "vault-addr"),
+    ({**VAULT_ANNOTATIONS, "tokensidecar.io/image": "docker.io/attacker/tokensidecar:0.1.0"}, "image"),
+    ({**VAULT_ANNOTATIONS, "tokensidecar.io/image": "registry.local/tokensidecar-evil:1"}, "image"),
+    ({**SECRET_ANNOTATIONS, "tokensidecar.io/secret-namespace": "kube-system"}, "secret-namespace"),
+]
+
+
+@pytest.mark.parametrize(
+    ("annotations", "subject"),
+    CONFINEMENT_CASES,
+    ids=[f"{n}-{s}" for n, (_, s) in enumerate(CONFINEMENT_CASES)],
+)
+def test_annotations_outside_the_allowed_sets_are_denied_naming_the_annotation(
+    annotations: dict[str, str], subject: str
+) -> None:
+    with pytest.raises(InvalidInjection) as caught:
+        inject(kserve_predictor_pod(annotations), settings=CONFINED)
+    assert caught.value.subject == f"tokensidecar.io/{subject}"
+
+
+@pytest.mark.parametrize(
+    "annotations",
+    [
+        {**VAULT_ANNOTATIONS, "tokensidecar.io/vault-addr": "HTTPS://Vault.Team-A:8200/"},
+        {**VAULT_ANNOTATIONS, "tokensidecar.io/vault-addr": "https://vault.vault:8200"},  # the default
+        {**VAULT_ANNOTATIONS, "tokensidecar.io/image": "registry.local/tokensidecar:0.2.0"},
+        {**VAULT_ANNOTATIONS, "tokensidecar.io/image": SETTINGS.image},
+        {**SECRET_ANNOTATIONS, "tokensidecar.io/secret-namespace": "hf-tokens"},
+        {**SECRET_ANNOTATIONS, "tokensidecar.io/secret-namespace": "models"},  # the pod's own
+    ],
+    ids=[
+        "listed-vault",
+        "default-vault",
+        "image-pattern",
+        "default-image",
+        "listed-namespace",
+        "own-namespace",
+    ],
+)
+def test_annotations_inside_the_allowed_sets_are_injected(annotations: dict[str, str]) -> None:
+    assert injected(kserve_predictor_pod(annotations), CONFINED)["metadata"]["annotations"][STATUS_ANNOTATION]
+
+
+def test_the_defaults_allow_only_the_webhooks_own_choices() -> None:
+    for chosen, subject in [
+        ({**VAULT_ANNOTATIONS, "tokensidecar.io/vault-addr": "https://vault.team-a:8200"}, "vault-addr"),
+        ({**VAULT_ANNOTATIONS, "tokensidecar.io/image": "registry.local/tokensidecar:0.1.0"}, "image"),
+        ({**SECRET_ANNOTATIONS, "tokensidecar.io/secret-namespace": "hf-tokens"}, "secret-namespace"),
+    ]:
+        with pytest.raises(InvalidInjection) as caught:
+            inject(kserve_predictor_pod(chosen), settings=SETTINGS)
+        assert caught.value.subject == f"tokensidecar.io/{subject}"
+
+
+def test_a_secret_namespace_is_checked_against_the_reviews_namespace_when_the_pod_names_none() -> None:
+    pod = kserve_predictor_pod({**SECRET_ANNOTATIONS, "tokensidecar.io/secret-namespace": "team-b"})
+    del pod["metadata"]["namespace"]
+    assert inject(pod, settings=SETTINGS, namespace="team-b")
+    with pytest.raises(InvalidInjection):
+        inject(pod, settings=SETTINGS, namespace="team-a")
+    wildcard = dataclasses.replace(SETTINGS, allowed_secret_namespaces=("*",))
+    assert inject(pod, settings=wildcard, namespace="team-a")
+
+
+def test_plain_http_vault_needs_allow_insecure_vault() -> None:
+    pod = kserve_predictor_pod(
+        {**VAULT_ANNOTATIONS, "tokensidecar.io/vault-addr": "http://vault.team-a:8200"}
+    )
+    insecure = dataclasses.replace(
+        CONFINED, allowed_vault_addrs=("http://vault.team-a:8200",), allow_insecure_vault=True
+    )
+    assert (
+        env_of(container(injected(pod, insecure), "tokensidecar"))["VAULT_ADDR"] == "http://vault.team-a:8200"
+    )
+    from tokensidecar.config import ConfigError
+
+    with pytest.raises(ConfigError, match="TOKENSIDECAR_INJECT_VAULT_ADDR"):
+        InjectionSettings(image=SETTINGS.image, vault_addr="http://vault:8200")
+    with pytest.raises(ConfigError, match="TOKENSIDECAR_ALLOWED_VAULT_ADDRS"):
+        InjectionSettings(image=SETTINGS.image, allowed_vault_addrs=("http://vault:8200",))
+
+
+def test_vault_kubernetes_auth_sends_a_token_with_the_webhooks_vault_audience() -> None:
+    settings = dataclasses.replace(SETTINGS, vault_token_audience="vault.corp.example")
+    pod = injected(kserve_predictor_pod(), settings)
+    volume = next(v for v in pod["spec"]["volumes"] if v["name"] == SA_TOKEN_VOLUME)
+    assert volume["projected"]["sources"][0]["serviceAccountToken"]["audience"] == "vault.corp.example"
+    sidecar = container(pod, "tokensidecar")
+    assert env_of(sidecar)["TOKENSIDECAR_VAULT_JWT_FILE"] == "/var/run/secrets/tokensidecar/token"
+    # The pod's own service-account token (API audience) is not mounted into the sidecar.
+    assert all(
+        m["mountPath"] != "/var/run/secrets/kubernetes.io/serviceaccount" for m in sidecar["volumeMounts"]
+    )

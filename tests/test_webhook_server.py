@@ -36,7 +36,7 @@ from tokensidecar.webhook import certs
 from tokensidecar.webhook.inject import KNOWN_ANNOTATIONS, InjectionSettings
 from tokensidecar.webhook.metrics import WebhookMetrics
 from tokensidecar.webhook.review import decode_patch
-from tokensidecar.webhook.server import CertificateReloader, build_app
+from tokensidecar.webhook.server import CertificateReloader, ReviewBudget, build_app
 
 SERVICE_HOST = "tokensidecar-webhook.tokensidecar-system.svc"
 INJECTION = InjectionSettings(
@@ -613,8 +613,30 @@ def read_listening_port(
             },
             "TOKENSIDECAR_TLS_CERT_FILE",
         ),
+        (
+            {
+                "TOKENSIDECAR_INJECT_VAULT_ADDR": "http://vault:8200",
+                "TOKENSIDECAR_TLS_CERT_FILE": "/nonexistent/tls.crt",
+                "TOKENSIDECAR_TLS_KEY_FILE": "/nonexistent/tls.key",
+            },
+            "TOKENSIDECAR_INJECT_VAULT_ADDR: 'http://vault:8200' is plain http://",
+        ),
+        (
+            {"TOKENSIDECAR_ALLOWED_SECRET_NAMESPACES": "team-a,Team_B"},
+            "TOKENSIDECAR_ALLOWED_SECRET_NAMESPACES",
+        ),
+        ({"TOKENSIDECAR_ALLOWED_VAULT_ADDRS": "https://vault/v1/secret"}, "TOKENSIDECAR_ALLOWED_VAULT_ADDRS"),
     ],
-    ids=["no-certificates", "both-modes", "bad-on-invalid", "bad-quantity", "missing-files"],
+    ids=[
+        "no-certificates",
+        "both-modes",
+        "bad-on-invalid",
+        "bad-quantity",
+        "missing-files",
+        "http-vault",
+        "bad-namespace",
+        "vault-with-path",
+    ],
 )
 def test_bad_configuration_exits_2_with_one_line(extra: dict[str, str], message: str) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENSIDECAR_")}
@@ -630,3 +652,104 @@ def test_bad_configuration_exits_2_with_one_line(extra: dict[str, str], message:
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
+
+
+# --- the review budget ------------------------------------------------------------------------
+
+
+async def test_review_budget_grants_in_arrival_order_within_its_capacity() -> None:
+    budget = ReviewBudget(100)
+    order: list[str] = []
+    release = {name: asyncio.Event() for name in ("small-1", "large", "small-2", "small-3")}
+
+    async def review_of(name: str, size: int) -> None:
+        async with budget.reserve(size):
+            order.append(name)
+            await release[name].wait()
+
+    tasks = [asyncio.create_task(review_of("small-1", 40))]
+    await asyncio.sleep(0)
+    tasks.append(asyncio.create_task(review_of("large", 500)))  # more than the budget: runs alone
+    await asyncio.sleep(0)
+    tasks.append(asyncio.create_task(review_of("small-2", 10)))  # fits, but arrived after "large"
+    cancelled = asyncio.create_task(review_of("small-3", 10))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert order == ["small-1"] and budget.available == 60
+    cancelled.cancel()  # a client that gives up while waiting leaves no trace
+    release["small-1"].set()
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert order == ["small-1", "large"] and budget.available == 0
+    release["large"].set()
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert order == ["small-1", "large", "small-2"]
+    release["small-2"].set()
+    await asyncio.gather(*tasks)
+    assert budget.available == 100 and cancelled.cancelled()
+
+
+def test_the_webhook_command_denies_annotations_outside_what_it_allows(
+    tls_files: tuple[pathlib.Path, pathlib.Path, pathlib.Path],
+) -> None:
+    cert_file, key_file, ca_file = tls_files
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENSIDECAR_")}
+    env.update(
+        TOKENSIDECAR_WEBHOOK_LISTEN="127.0.0.1:0",
+        TOKENSIDECAR_TLS_CERT_FILE=str(cert_file),
+        TOKENSIDECAR_TLS_KEY_FILE=str(key_file),
+        TOKENSIDECAR_INJECT_VAULT_ADDR="https://vault.vault:8200",
+        TOKENSIDECAR_ALLOWED_VAULT_ADDRS="https://vault.team-a:8200",
+        TOKENSIDECAR_ALLOWED_IMAGES="registry.local/tokensidecar:*",
+        TOKENSIDECAR_ALLOWED_SECRET_NAMESPACES="hf-tokens",
+        TOKENSIDECAR_VAULT_TOKEN_AUDIENCE="vault.corp.example",
+    )
+    secret = {
+        "tokensidecar.io/inject": "true",
+        "tokensidecar.io/source": "kubernetes-secret",
+        "tokensidecar.io/secret-name": "hf",
+    }
+    denied = {
+        "vault-addr": {**VAULT_ANNOTATIONS, "tokensidecar.io/vault-addr": "https://vault.evil.example"},
+        "image": {**VAULT_ANNOTATIONS, "tokensidecar.io/image": "docker.io/attacker/sidecar:1"},
+        "secret-namespace": {**secret, "tokensidecar.io/secret-namespace": "kube-system"},
+    }
+    allowed = [
+        {**VAULT_ANNOTATIONS, "tokensidecar.io/vault-addr": "https://vault.team-a:8200"},
+        {**VAULT_ANNOTATIONS, "tokensidecar.io/image": "registry.local/tokensidecar:0.2.0"},
+        {**secret, "tokensidecar.io/secret-namespace": "hf-tokens"},
+    ]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tokensidecar", "webhook"], env=env, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        port = read_listening_port(process)
+        url = f"https://127.0.0.1:{port}/mutate"
+        with client(ca_file) as session:
+            for subject, annotations in denied.items():
+                reply = session.post(
+                    url, json=admission_review(kserve_predictor_pod(annotations)), timeout=10
+                )
+                response = reply.json()["response"]
+                assert reply.status_code == 200 and response["allowed"] is False, response
+                assert response["status"]["message"].startswith(f"tokensidecar: tokensidecar.io/{subject}: ")
+            for annotations in allowed:
+                reply = session.post(
+                    url, json=admission_review(kserve_predictor_pod(annotations)), timeout=10
+                )
+                assert reply.json()["response"]["allowed"] is True and decode_patch(reply.json())
+            # The dedicated audience reaches the injected pod.
+            reply = session.post(url, json=admission_review(kserve_predictor_pod()), timeout=10)
+            volumes = [op["value"] for op in decode_patch(reply.json()) if op["path"] == "/spec/volumes/-"]
+            audiences = [
+                source["serviceAccountToken"]["audience"]
+                for volume in volumes
+                for source in volume.get("projected", {}).get("sources", [])
+            ]
+            assert audiences == ["vault.corp.example"]
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=10)
+        assert process.stderr is not None
+        process.stderr.close()

@@ -12,7 +12,7 @@ import random
 
 __all__ = ["Backoff", "jittered"]
 
-# ±10% on every scheduled refresh (CONTRACT §4), so sidecars started together drift apart.
+# ±10% on every scheduled refresh (docs/behaviour.md, refreshing), so sidecars started together drift apart.
 SCHEDULE_JITTER = 0.10
 
 

@@ -3,10 +3,12 @@
 Each command names the module that declares its settings and the module that runs it.
 Only the chosen command's modules are imported, so ``tokensidecar run --source vault``
 never loads the Kubernetes client and ``--help`` stays fast. Every :class:`Setting`
-becomes a flag and an environment variable; flags win (CONTRACT §1).
+becomes a flag and an environment variable; flags win (docs/configuration.md).
 
 Misconfiguration ends the program with status 2 and a single line on stderr naming the
-setting — never a traceback, which could carry a value from the environment.
+setting as the user gave it (the flag, or the environment variable) — never a traceback,
+which could carry a value from the environment. Every line printed here goes through
+:func:`tokensidecar.redact.redact`: a token pasted into the wrong setting is not echoed.
 """
 
 from __future__ import annotations
@@ -14,14 +16,16 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
+import pathlib
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from tokensidecar import __version__
-from tokensidecar.config import Config, ConfigError, Setting, resolve
-from tokensidecar.redact import safe_error
+from tokensidecar.config import DURATION_FORMS, Config, ConfigError, Setting, parse_bool, resolve
+from tokensidecar.redact import redact, safe_error
 
 __all__ = ["COMMANDS", "Command", "build_parser", "main"]
 
@@ -35,10 +39,26 @@ class Command:
     description: str
     settings_module: str  # module with a SETTINGS tuple (light: no heavy imports)
     entry: str  # "module:function" taking a Config, returning the exit code
+    #: Settings of that module this command has no use for: not offered as flags, not read
+    #: from the environment (an init container may share a sidecar's env), kept at their
+    #: defaults so the wiring code can still read them.
+    unused: frozenset[str] = frozenset()
 
-    def settings(self) -> tuple[Setting, ...]:
+    def all_settings(self) -> tuple[Setting, ...]:
         settings: tuple[Setting, ...] = importlib.import_module(self.settings_module).SETTINGS
         return settings
+
+    def settings(self) -> tuple[Setting, ...]:
+        """The settings this command takes: its flags, its environment, its reference table."""
+        return tuple(setting for setting in self.all_settings() if setting.name not in self.unused)
+
+    def resolve(self, flags: dict[str, Any]) -> Config:
+        config = resolve(self.settings(), flags)
+        unused = [setting for setting in self.all_settings() if setting.name in self.unused]
+        defaults = resolve(unused, {}, {})
+        return Config(
+            values={**defaults.values, **config.values}, explicit=config.explicit, given_as=config.given_as
+        )
 
     def entry_point(self) -> Callable[[Config], int]:
         module_name, _, function = self.entry.partition(":")
@@ -65,6 +85,8 @@ COMMANDS = {
             "one-line reason when it is not.",
             "tokensidecar.sidecar",
             "tokensidecar.sidecar:main_once",
+            # The refresh schedule and the probe port belong to `run`'s loop.
+            unused=frozenset({"refresh_interval", "max_backoff", "listen"}),
         ),
         Command(
             "webhook",
@@ -101,7 +123,53 @@ class _Parser(argparse.ArgumentParser):
     """argparse that reports a bad flag as one line and exit 2, like bad settings."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_CONFIG, f"error: {message} (see '{self.prog} --help')\n")
+        # "unrecognized arguments: hf_…" would echo a token typed in the wrong place.
+        self.exit(EXIT_CONFIG, redact(f"error: {message} (see '{self.prog} --help')") + "\n")
+
+
+class _Switch(argparse.Action):
+    """``--x`` sets true, ``--no-x`` false; with ``takes_value``, ``--x=false`` works too."""
+
+    def __init__(self, option_strings: list[str], dest: str, *, takes_value: bool = False, **kwargs: Any):
+        negated = [f"--no-{flag[2:]}" for flag in option_strings if flag.startswith("--")]
+        super().__init__(
+            [*option_strings, *negated],
+            dest,
+            nargs="?" if takes_value else 0,
+            metavar="true|false" if takes_value else None,
+            **kwargs,
+        )
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        negated = bool(option_string and option_string.startswith("--no-"))
+        if values in (None, []):
+            setattr(namespace, self.dest, not negated)
+            return
+        if negated:
+            parser.error(f"{option_string} takes no value")
+        try:
+            setattr(namespace, self.dest, parse_bool(str(values)))
+        except ValueError as exc:
+            parser.error(f"{option_string}: {exc}")
+
+    def format_usage(self) -> str:
+        return " | ".join(self.option_strings)
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Shows a switch that takes a value as ``--x [true|false], --no-x``."""
+
+    def _format_action_invocation(self, action: argparse.Action) -> str:
+        if isinstance(action, _Switch) and action.nargs == "?":
+            positive, *negated = action.option_strings
+            return ", ".join([f"{positive} [{action.metavar}]", *negated])
+        return super()._format_action_invocation(action)
 
 
 def _describe(setting: Setting) -> str:
@@ -120,8 +188,9 @@ def build_parser(command: Command) -> argparse.ArgumentParser:
     parser = _Parser(
         prog=f"tokensidecar {command.name}",
         description=command.description,
+        formatter_class=_HelpFormatter,
         epilog="Every flag can also be set by the environment variable shown; flags win. "
-        "Durations accept 500ms, 30s, 5m, 1h, 1m30s or bare seconds.",
+        f"Durations accept {DURATION_FORMS}.",
         # No prefix matching: "--vault-token X" must fail, not set --vault-token-file to X
         # (and a flag added later must not change what an existing abbreviation means).
         allow_abbrev=False,
@@ -137,7 +206,8 @@ def build_parser(command: Command) -> argparse.ArgumentParser:
             group.add_argument(
                 setting.cli_flag,
                 dest=setting.name,
-                action=argparse.BooleanOptionalAction,
+                action=_Switch,
+                takes_value=setting.switch_takes_value,
                 default=None,
                 help=_describe(setting),
             )
@@ -174,22 +244,64 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_CONFIG
     command = COMMANDS[args[0]]
     namespace = build_parser(command).parse_args(args[1:])
+    config: Config | None = None
     try:
-        config = resolve(command.settings(), vars(namespace))
+        config = command.resolve(vars(namespace))
         from tokensidecar import logs
 
         logs.configure(fmt=config.log_format, level=config.log_level)
         return command.entry_point()(config)
     except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(redact(f"error: {_as_given(exc, command=command, config=config)}"), file=sys.stderr)
         return EXIT_CONFIG
     except KeyboardInterrupt:
         return 130
+    except OSError as exc:
+        logging.getLogger("tokensidecar").debug("fatal error", exc_info=True)
+        print(redact(f"error: {_describe_os_error(exc, config=config)}"), file=sys.stderr)
+        return 1
     except Exception as exc:
         # Last resort: one redacted line, no traceback (it could carry values).
         logging.getLogger("tokensidecar").debug("fatal error", exc_info=True)
         print(f"error: {safe_error(exc)}", file=sys.stderr)
         return 1
+
+
+def _as_given(exc: ConfigError, *, command: Command, config: Config | None) -> str:
+    """The error with its setting named the way the user gave it.
+
+    The rooms validate their settings by their environment names
+    (``TOKENSIDECAR_VAULT_PATH: ...``); when the value came from ``--vault-path``, that is
+    the name the user typed and the one to show.
+    """
+    if config is None or not exc.setting:
+        return str(exc)
+    for setting in command.settings():
+        if setting.env == exc.setting:
+            return f"{config.label(setting.name)}: {exc.problem}"
+    return str(exc)
+
+
+def _describe_os_error(exc: OSError, *, config: Config | None) -> str:
+    """One line for a file the program cannot use, naming the setting that chose the path.
+
+    ``PermissionError: [Errno 13] Permission denied: '/var/run/tokensidecar'`` says neither
+    which setting picked that path nor what to change; this says both.
+    """
+    reason = (exc.strerror or type(exc).__name__).lower()
+    if exc.filename is None:
+        return safe_error(exc)
+    failed = pathlib.Path(os.fsdecode(exc.filename))
+    if config is not None:
+        for name, value in config.values.items():
+            if not isinstance(value, str | pathlib.Path) or not str(value):
+                continue
+            chosen = pathlib.Path(value)
+            if failed == chosen:
+                return f"{config.label(name)}={chosen}: {reason}"
+            if failed in chosen.parents and failed != pathlib.Path("."):
+                return f"{config.label(name)}={chosen}: cannot use its directory {failed}: {reason}"
+    return f"cannot use {failed}: {reason}"
 
 
 if __name__ == "__main__":  # pragma: no cover

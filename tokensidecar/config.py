@@ -7,10 +7,12 @@ argparse flags, the docs reference is generated from them, and :func:`resolve` g
 every command the same precedence: flag, then environment, then default.
 
 Values are parsed and checked here so that a misconfiguration is reported once, as one
-line that names the setting (``error: TOKENSIDECAR_REFRESH_INTERVAL: ...``), before any
-work starts. Secret *values* are never settings: only paths to files that hold them
-(``VAULT_TOKEN`` is the one standard exception, and it is read from the environment only,
-never from argv, where every local user could see it).
+line that names the setting the way the user gave it — the flag when it came from a flag
+(``error: --refresh-interval: ...``), the environment variable when it came from the
+environment (``error: TOKENSIDECAR_REFRESH_INTERVAL: ...``) — before any work starts.
+Secret *values* are never settings: only paths to files that hold them (``VAULT_TOKEN`` is
+the one standard exception, and it is read from the environment only, never from argv,
+where every local user could see it).
 """
 
 from __future__ import annotations
@@ -48,8 +50,11 @@ _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
+DURATION_FORMS = "500ms, 30s, 5m, 1h, 1d, 1m30s or bare seconds"
+
+
 def parse_duration(text: str) -> float:
-    """``500ms``, ``30s``, ``5m``, ``1h``, ``1m30s`` or a bare number of seconds → seconds."""
+    """``500ms``, ``30s``, ``5m``, ``1h``, ``1d``, ``1m30s`` or a bare number of seconds → seconds."""
     raw = text.strip()
     if not raw:
         raise ValueError("empty duration")
@@ -63,7 +68,7 @@ def parse_duration(text: str) -> float:
             seconds += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
             pos = match.end()
         if pos != len(raw) or pos == 0:
-            raise ValueError(f"{raw!r} is not a duration (use e.g. 500ms, 30s, 5m, 1h, 1m30s)") from None
+            raise ValueError(f"{raw!r} is not a duration (use e.g. {DURATION_FORMS})") from None
     if not math.isfinite(seconds):  # float() accepts "nan" and "inf"
         raise ValueError(f"{raw!r} is not a finite duration")
     if seconds < 0:
@@ -124,18 +129,23 @@ class Setting:
     section: str = "general"
     flag_only: bool = False
     env_only: bool = False
+    #: A switch (``is_bool``) whose flag also takes an explicit value, ``--x=false``: kept
+    #: where an older release documented the flag with a value.
+    switch_takes_value: bool = False
 
     @property
     def cli_flag(self) -> str:
         return self.flag or "--" + self.name.replace("_", "-")
 
-    def convert(self, raw: str) -> Any:
+    def convert(self, raw: str, *, given_as: str | None = None) -> Any:
+        """Parse ``raw``; a bad value is a ConfigError naming ``given_as`` (default: the env var)."""
+        label = given_as or self.env
         if self.choices and raw not in self.choices:
-            raise ConfigError(self.env, f"{raw!r} is not one of {', '.join(self.choices)}")
+            raise ConfigError(label, f"{raw!r} is not one of {', '.join(self.choices)}")
         try:
             return self.parse(raw)
         except (ValueError, TypeError) as exc:
-            raise ConfigError(self.env, str(exc)) from None
+            raise ConfigError(label, str(exc)) from None
 
 
 @dataclass
@@ -144,6 +154,9 @@ class Config:
 
     values: dict[str, Any] = field(default_factory=dict)
     explicit: frozenset[str] = frozenset()
+    #: How the user gave each explicit setting: its flag (``--vault-path``) or its
+    #: environment variable (``TOKENSIDECAR_VAULT_PATH``).
+    given_as: Mapping[str, str] = field(default_factory=dict)
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -154,6 +167,14 @@ class Config:
     def is_set(self, name: str) -> bool:
         """True when the user gave the setting (flag or environment), not just the default."""
         return name in self.explicit
+
+    def label(self, name: str) -> str:
+        """The name to put in an error about a setting: what the user typed, else its env var."""
+        given = self.given_as.get(name)
+        if given:
+            return given
+        setting = _BY_NAME.get(name)
+        return setting.env if setting else name
 
     def require(self, name: str, *, when: str) -> Any:
         value = self.values.get(name)
@@ -172,22 +193,27 @@ def resolve(
     """Flag (not None) wins over environment, which wins over the declared default."""
     env = os.environ if environ is None else environ
     values: dict[str, Any] = {}
-    explicit: set[str] = set()
+    given_as: dict[str, str] = {}
     for setting in settings:
         flag_value = flags.get(setting.name)
         if flag_value is not None and not setting.env_only:
-            explicit.add(setting.name)
-            values[setting.name] = flag_value if setting.is_bool else setting.convert(str(flag_value))
+            given_as[setting.name] = setting.cli_flag
+            # A switch gives True/False; a switch that takes a value gives the text typed.
+            values[setting.name] = (
+                flag_value
+                if isinstance(flag_value, bool)
+                else setting.convert(str(flag_value), given_as=setting.cli_flag)
+            )
             continue
         raw = None if setting.flag_only else env.get(setting.env)
         if raw is not None and raw != "":
-            explicit.add(setting.name)
-            values[setting.name] = setting.convert(raw)
+            given_as[setting.name] = setting.env
+            values[setting.name] = setting.convert(raw, given_as=setting.env)
         elif setting.default is not None:
             values[setting.name] = setting.convert(setting.default)
         else:
             values[setting.name] = False if setting.is_bool else None
-    return Config(values=values, explicit=frozenset(explicit))
+    return Config(values=values, explicit=frozenset(given_as), given_as=given_as)
 
 
 _BY_NAME: dict[str, Setting] = {}
@@ -252,8 +278,10 @@ HUB_SETTINGS = register(
     Setting(
         "verify_on_hub_outage",
         "TOKENSIDECAR_VERIFY_ON_HUB_OUTAGE",
-        "When the Hub cannot be reached (connection error, 5xx, 429): publish the token "
-        "unverified, or hold it until the Hub answers. A rejection (401/403) always holds.",
+        "When the Hub cannot be reached (connection error, 5xx, 429) and no valid token is "
+        "published yet (none, or the published one expired): publish the new token unverified, "
+        "or hold it until the Hub answers. A verified, unexpired token is never displaced by an "
+        "unverified one, and a rejection (401/403) always holds.",
         default="publish",
         choices=("publish", "hold"),
         section="hub",
@@ -295,6 +323,9 @@ VAULT_SETTINGS = register(
         "Do not verify Vault's TLS certificate (testing only).",
         default="false",
         parse=parse_bool,
+        is_bool=True,
+        # 0.1.0's --help showed `--vault-skip-verify VAULT_SKIP_VERIFY`: a value still works.
+        switch_takes_value=True,
         section="vault",
     ),
     Setting(

@@ -41,9 +41,12 @@ __all__ = [
 
 NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
-# (connect, read) seconds for ordinary requests. A local API server answers in
-# milliseconds; a connect that takes 5 s means it is unreachable, not slow.
-REQUEST_TIMEOUT = (5.0, 30.0)
+# (connect, read) seconds for ordinary requests (not watches, which set their own). An
+# API server answers a GET or PATCH of one object in milliseconds; a connect that takes
+# 5 s means it is unreachable, and a reply that has not started after 10 s will not come
+# (the same read timeout as the Vault client's). Shutdown does not wait for either: the
+# sidecar abandons calls still running at SIGTERM (tokensidecar/sidecar.py).
+REQUEST_TIMEOUT = (5.0, 10.0)
 
 
 def api_client(*, kubeconfig: str | None) -> ApiClient:

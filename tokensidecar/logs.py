@@ -78,7 +78,9 @@ class JsonFormatter(logging.Formatter):
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         stamp = datetime.fromtimestamp(record.created, UTC).strftime("%H:%M:%S")
-        fields = " ".join(f"{k}={_clean(v)}" for k, v in _extras(record).items())
+        # A field with no value (expires_at of a token without a known expiry) is left out:
+        # "expires_at=None" is Python talking, not the log.
+        fields = " ".join(f"{k}={_clean(v)}" for k, v in _extras(record).items() if v is not None)
         line = f"{stamp} {record.levelname.lower():7} {redact(record.getMessage())}"
         if fields:
             line += f" {fields}"

@@ -1,4 +1,4 @@
-"""Prometheus metrics of the sidecar. Names are part of the public contract (CONTRACT §6).
+"""Prometheus metrics of the sidecar. Names are part of the public contract (docs/metrics.md).
 
 Each sidecar instance owns its own :class:`~prometheus_client.CollectorRegistry`, so
 several can live in one process (tests, the fleet benchmark) without clashing, and the

@@ -1,4 +1,4 @@
-"""Telling the model server that a new token is on disk (optional; CONTRACT §4).
+"""Telling the model server that a new token is on disk (optional; docs/behaviour.md).
 
 Most predictors need nothing — huggingface_hub re-reads ``HF_TOKEN_PATH`` on every Hub
 request. Servers that cache the token at start can be sent a signal (found by process

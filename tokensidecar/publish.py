@@ -73,7 +73,8 @@ class PublishError(Exception):
 class Publisher:
     def __init__(self, *, token_path: str | os.PathLike[str], mode: int = 0o440) -> None:
         self.token_path = Path(token_path)
-        # CONTRACT §3: "token.json" beside "token" (generally "<name>.json" beside "<name>").
+        # docs/behaviour.md (the token file): "token.json" beside "token"
+        # (generally "<name>.json" beside "<name>").
         self.metadata_path = self.token_path.with_name(self.token_path.name + ".json")
         self.mode = mode
         self._published_value: str | None = None

@@ -98,10 +98,12 @@ def configuration_reference(commands: dict[str, tuple[Setting, ...]] | None = No
         "",
         "Every setting is both a flag and an environment variable; a flag wins over the",
         "environment, which wins over the default. Durations accept `500ms`, `30s`, `5m`, `1h`,",
-        "combinations such as `1m30s`, and bare numbers of seconds. Booleans accept",
-        "`true`/`false` (also `1`/`0`, `yes`/`no`). Bad configuration exits with status 2 and",
-        "one line naming the setting. Secrets are never settings: only paths to files that",
-        "hold them (`VAULT_TOKEN` is the one standard exception, read from the environment only).",
+        "`1d`, combinations such as `1m30s`, and bare numbers of seconds. Booleans accept",
+        "`true`/`false` (also `1`/`0`, `yes`/`no`); a boolean flag is a switch (`--self-signed`,",
+        "`--no-self-signed`). Bad configuration exits with status 2 and one line naming the",
+        "setting as it was given (the flag, or the environment variable). Secrets are never",
+        "settings: only paths to files that hold them (`VAULT_TOKEN` is the one standard",
+        "exception, read from the environment only).",
         "",
     ]
     # Commands that take the same settings (run and once) share one table.

@@ -5,7 +5,7 @@ watch, goes through the same steps: validate → (if new) verify at the Hub → 
 notify. Whatever fails, the last good token stays published, the failure is counted
 and reported, and the loop retries with full-jitter backoff.
 
-Scheduling (CONTRACT §4):
+Scheduling (docs/behaviour.md, refreshing):
 
 * polled sources are fetched every ``refresh_interval``, or at 2/3 of the token's
   remaining lifetime when that is sooner, with ±10% jitter;
@@ -13,6 +13,15 @@ Scheduling (CONTRACT §4):
   a failure (to retry) — no polling;
 * after a failure the next attempt comes after ``Backoff`` (1 s doubling to
   ``max_backoff``, full jitter).
+
+A Hub outage never displaces a verified token (docs/behaviour.md). When the Hub cannot judge a
+new candidate (5xx, 429, timeout), the candidate is published unverified only under the
+``publish`` outage policy *and* only when no valid token is published (none yet, or the
+published one has expired); otherwise the published token stays and the candidate is
+fetched and verified again on the next attempt. A token that went out unverified and that
+the Hub later rejects is replaced by the last verified token while that one is still valid;
+when there is none, the rejected token stays on disk (there is nothing better to serve) but
+readiness says it was rejected.
 
 The Hub rate-limits ``whoami``, so a token is verified once, when its fingerprint is new,
 never on every poll.
@@ -74,6 +83,14 @@ class RefreshState:
     consecutive_failures: int = 0
     next_refresh_at: datetime | None = None
     started_at: datetime = field(default_factory=utcnow)
+    #: Set when the published token went out unverified and the Hub has since rejected it
+    #: with no verified token left to fall back to: the reason, redacted.
+    published_rejected: str | None = None
+
+    def has_valid_token(self, now: datetime | None = None) -> bool:
+        """A token is published, unexpired and not rejected by the Hub."""
+        good = self.last_good
+        return good is not None and not good.is_expired(now) and self.published_rejected is None
 
     def readiness(self, now: datetime | None = None) -> tuple[bool, str]:
         if self.last_good is None:
@@ -81,6 +98,8 @@ class RefreshState:
             if self.last_error:
                 reason += f"; last error: {self.last_error}"
             return False, reason
+        if self.published_rejected is not None:
+            return False, f"the published token was rejected by the Hub: {self.published_rejected}"
         if self.last_good.is_expired(now):
             return False, f"published token expired at {format_time(self.last_good.expiry())}"
         return True, "token published"
@@ -160,6 +179,7 @@ class Refresher:
             raise RefreshFailed(str(exc)) from None
         previous = self.state.last_good
         self.state.last_good = token
+        self.state.published_rejected = None
         is_new = previous is None or previous.fingerprint != token.fingerprint
         if is_new:
             self.metrics.rotations.labels(result="success").inc()
@@ -187,25 +207,71 @@ class Refresher:
         verified_before = self._verified
         if verified_before is not None and token.fingerprint == verified_before.fingerprint:
             # Already accepted by the Hub: keep its verdict and the expiry it gave.
-            return replace(token, expires_at=token.expires_at or verified_before.expires_at, verified=True)
+            again = replace(token, expires_at=token.expires_at or verified_before.expires_at, verified=True)
+            self._verified = again
+            return again
         try:
             verified = await self.verifier.verify(token)
         except TokenRejected as exc:
             self.metrics.verify.labels(result="rejected").inc()
-            raise RefreshFailed(f"the Hub rejected the new token: {exc}") from None
+            message = f"the Hub rejected the new token: {exc}"
+            if self._is_published_unverified(token):
+                await self._withdraw_rejected(redact(str(exc)))
+            raise RefreshFailed(message) from None
         except HubUnavailable as exc:
-            if self.on_hub_outage == "hold":
-                self.metrics.verify.labels(result="hub_unavailable_held").inc()
-                raise RefreshFailed(f"the Hub is unavailable, holding the new token: {exc}") from None
-            self.metrics.verify.labels(result="hub_unavailable_published").inc()
-            log.warning(
-                "the Hub is unavailable; publishing the new token unverified",
-                extra={"fingerprint": token.fingerprint, "error": str(exc)},
-            )
-            return token
+            if self.on_hub_outage == "publish" and not self.state.has_valid_token():
+                self.metrics.verify.labels(result="hub_unavailable_published").inc()
+                log.warning(
+                    "the Hub is unavailable and no valid token is published; "
+                    "publishing the new token unverified",
+                    extra={"fingerprint": token.fingerprint, "error": redact(str(exc))},
+                )
+                return token
+            self.metrics.verify.labels(result="hub_unavailable_held").inc()
+            if self._is_published_unverified(token):
+                # The token on disk is this one, still waiting for a verdict: it stays.
+                raise RefreshFailed(
+                    f"the Hub is unavailable, the published token is still unverified: {exc}"
+                ) from None
+            raise RefreshFailed(
+                f"the Hub is unavailable, holding the new token until it can be verified: {exc}"
+            ) from None
         self.metrics.verify.labels(result="ok").inc()
         self._verified = verified
         return verified
+
+    def _is_published_unverified(self, token: Token) -> bool:
+        published = self.state.last_good
+        return published is not None and not published.verified and published.fingerprint == token.fingerprint
+
+    async def _withdraw_rejected(self, reason: str) -> None:
+        """The published token went out unverified and the Hub has now rejected it: put the
+        last verified token back while it is valid; otherwise say so in readiness."""
+        fallback = self._verified
+        if fallback is not None and not fallback.is_expired():
+            try:
+                await asyncio.to_thread(self.publisher.publish, fallback)
+            except PublishError as exc:
+                log.warning("could not restore the last verified token", extra={"error": str(exc)})
+            else:
+                rejected = self.state.last_good
+                self.state.last_good = fallback
+                self.state.published_rejected = None
+                log.warning(
+                    "the Hub rejected the token published unverified; restored the last verified token",
+                    extra={
+                        "fingerprint": fallback.fingerprint,
+                        "rejected_fingerprint": rejected.fingerprint if rejected else None,
+                    },
+                )
+                if self.notifier is not None:
+                    await self.notifier.notify(fallback.metadata())
+                return
+        self.state.published_rejected = reason
+        log.error(
+            "the Hub rejected the token published unverified and no verified token is left to restore",
+            extra={"fingerprint": self.state.last_good.fingerprint if self.state.last_good else None},
+        )
 
     # -- bookkeeping -------------------------------------------------------------------
 
@@ -301,14 +367,17 @@ class Refresher:
             log.exception("unexpected error during refresh")
             return self._record_failure(safe_error(exc))
         self._record_success()
-        if self.source.watchable and self._is_settled():
+        if not self._is_settled():
+            # Out unverified during a Hub outage: ask the Hub again on the backoff schedule.
+            return min(self.next_poll_delay(), self.backoff.next_delay())
+        if self.source.watchable:
             return None  # the watch brings the next change
         return self.next_poll_delay()
 
     def _is_settled(self) -> bool:
         """Nothing to come back for: no verifier, or the Hub has vouched for the token.
         A token published unverified during a Hub outage is fetched (and so verified)
-        again on the poll schedule, even from a watched source."""
+        again on the backoff schedule, even from a watched source."""
         token = self.state.last_good
         return self.verifier is None or (token is not None and token.verified)
 

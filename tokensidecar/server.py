@@ -1,4 +1,4 @@
-"""The sidecar's HTTP surface: probes, metrics and status (CONTRACT §5).
+"""The sidecar's HTTP surface: probes, metrics and status (docs/behaviour.md, HTTP endpoints).
 
 Small on purpose — it only reads the refresher's state. ``/readyz`` is what the native
 sidecar's startupProbe polls, so later init containers (KServe's storage-initializer)

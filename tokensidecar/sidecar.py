@@ -1,16 +1,36 @@
 """Wiring of ``tokensidecar run`` and ``tokensidecar once``: source → refresher → publisher,
-plus the HTTP surface. No logic of its own lives here; each room has its module.
+plus the HTTP surface, and a shutdown that keeps its promise.
+
+No refresh logic lives here; each room has its module. What does live here is how the
+process ends: docs/behaviour.md promises to be gone within 5 s of SIGTERM whatever the upstreams
+do. The blocking clients (hvac, the Kubernetes client) run in threads through
+:func:`asyncio.to_thread`; a call stuck on an upstream that accepted the connection and
+never answers (or trickles a byte every few seconds, which no read timeout catches) would
+hold a worker of the default ``ThreadPoolExecutor``, and both ``asyncio.run`` and the
+interpreter's exit join those workers. So ``run`` gives the loop a
+:class:`DaemonThreadExecutor`: one daemon thread per call, never joined. Cancelling the
+await abandons the call; its thread dies with the process. Every shutdown step then gets
+what is left of one budget counted from the signal, not a fixed timeout of its own. When
+calls are still stuck at the end, the process leaves with ``os._exit`` after flushing the
+logs: finalizing the interpreter while a daemon thread sits in a C-level socket read can
+abort it (SIGABRT, seen here with the Kubernetes client against a trickling server), and
+there is nothing left to clean up — the token file stays by design.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
+import os
 import signal
 import socket
 import sys
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from tokensidecar import __version__
 from tokensidecar.config import Config, sidecar_settings
@@ -27,9 +47,16 @@ log = logging.getLogger(__name__)
 
 SETTINGS = sidecar_settings()
 
+T = TypeVar("T")
+
 # Kubernetes waits terminationGracePeriodSeconds (30 s by default) after SIGTERM; we
-# promise to be gone within 5 s (CONTRACT §4), leaving time to revoke a Vault login.
+# promise to be gone within 5 s (docs/behaviour.md). This is the budget from the signal to the
+# end of the event loop, which leaves a second for the interpreter to exit. Within it:
+# stopping the refresh loop (at most 1 s), closing the source, i.e. revoking a Vault
+# login (what is left but 0.5 s), stopping the HTTP server (the last 0.5 s).
 SHUTDOWN_SECONDS = 4.0
+REFRESH_STOP_SECONDS = 1.0
+HTTP_STOP_SECONDS = 0.5
 
 # Publish first, serve second: importing aiohttp (which builds TLS contexts at import)
 # takes ~0.2 s, and a token on disk matters more than a probe port a moment earlier —
@@ -71,6 +98,52 @@ class Sidecar:
                 await self.verifier.aclose()
 
 
+class DaemonThreadExecutor(concurrent.futures.ThreadPoolExecutor):
+    """Runs each call in a new daemon thread, and never waits for one on shutdown.
+
+    A ``ThreadPoolExecutor`` in type only (``loop.set_default_executor`` accepts nothing
+    else); none of its pool machinery is used. A thread per call costs ~0.1 ms, nothing
+    next to a Vault or API request, and a sidecar makes a few per minute.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(max_workers=1, thread_name_prefix="tokensidecar-call")
+        self._lock = threading.Lock()
+        self._running = 0
+
+    @property
+    def busy(self) -> int:
+        """How many calls are still running (abandoned ones included)."""
+        with self._lock:
+            return self._running
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> concurrent.futures.Future[T]:
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+        def call() -> None:
+            try:
+                if not future.set_running_or_notify_cancel():
+                    return
+                try:
+                    result = fn(*args, **kwargs)
+                except BaseException as exc:
+                    future.set_exception(exc)
+                else:
+                    future.set_result(result)
+            finally:
+                with self._lock:
+                    self._running -= 1
+
+        with self._lock:
+            self._running += 1
+        name = f"tokensidecar-call-{getattr(fn, '__name__', 'fn')}"
+        threading.Thread(target=call, name=name, daemon=True).start()
+        return future
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Nothing to join: a call still running is abandoned with its daemon thread."""
+
+
 def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     listener = socket.socket(family, socket.SOCK_STREAM)
@@ -87,21 +160,35 @@ def _bind(host: str, port: int) -> socket.socket:
     return listener
 
 
-async def _run(config: Config) -> int:
+async def _run(config: Config, *, executor: DaemonThreadExecutor) -> int:
+    loop = asyncio.get_running_loop()
+    loop.set_default_executor(executor)
     sidecar = Sidecar.from_config(config)
     refresher = sidecar.refresher
     await asyncio.to_thread(refresher.publisher.prepare)
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
+    stopped_at: list[float] = []
+
+    def on_signal() -> None:
+        if not stop.is_set():
+            stopped_at.append(loop.time())
+            stop.set()
+
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signum, on_signal)
 
     # Bind the probe port before anything else, so a taken port fails the start at once.
     host, port = config.listen
     listener = _bind(host, port)
     loop_task = asyncio.create_task(refresher.run(), name="refresh-loop")
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(refresher.first_attempt.wait(), timeout=FIRST_TOKEN_HEAD_START_SECONDS)
+    stop_task = asyncio.create_task(stop.wait())
+    first_attempt = asyncio.create_task(refresher.first_attempt.wait())
+    await asyncio.wait(
+        {first_attempt, stop_task},
+        timeout=FIRST_TOKEN_HEAD_START_SECONDS,
+        return_when=asyncio.FIRST_COMPLETED,
+    )
+    first_attempt.cancel()
 
     from aiohttp import web
 
@@ -109,7 +196,7 @@ async def _run(config: Config) -> int:
 
     runner = web.AppRunner(build_app(refresher=refresher, loop_task=loop_task), access_log=None)
     await runner.setup()
-    await web.SockSite(runner, listener, shutdown_timeout=1.0).start()
+    await web.SockSite(runner, listener, shutdown_timeout=HTTP_STOP_SECONDS).start()
     bound = listener.getsockname()[1]
     log.info(
         "tokensidecar started",
@@ -121,7 +208,6 @@ async def _run(config: Config) -> int:
             "verify": config.verify,
         },
     )
-    stop_task = asyncio.create_task(stop.wait())
     try:
         await asyncio.wait({loop_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
     finally:
@@ -129,17 +215,33 @@ async def _run(config: Config) -> int:
             log.error("refresh loop died", exc_info=loop_task.exception())
             # Keep serving /healthz=500 until the kubelet restarts us.
             await stop.wait()
+        deadline = (stopped_at[0] if stopped_at else loop.time()) + SHUTDOWN_SECONDS
         log.info("shutting down")
-        loop_task.cancel()
         stop_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await asyncio.wait_for(loop_task, timeout=1.0)
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(sidecar.aclose(), timeout=SHUTDOWN_SECONDS - 1.5)
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(runner.cleanup(), timeout=1.0)
+        await _shutdown(loop_task, sidecar=sidecar, runner=runner, deadline=deadline)
     log.info("stopped")
     return 0
+
+
+async def _shutdown(loop_task: asyncio.Task[None], *, sidecar: Sidecar, runner: Any, deadline: float) -> None:
+    """Stop the refresh loop, close the source (revoke a Vault login), stop serving —
+    each within what is left of the budget. Upstream calls still running are abandoned."""
+    loop = asyncio.get_running_loop()
+
+    def left(cap: float, *, keep: float = 0.0) -> float:
+        return max(0.0, min(cap, deadline - keep - loop.time()))
+
+    loop_task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, TimeoutError, Exception):
+        await asyncio.wait_for(loop_task, timeout=left(REFRESH_STOP_SECONDS, keep=HTTP_STOP_SECONDS))
+    try:
+        await asyncio.wait_for(sidecar.aclose(), timeout=left(SHUTDOWN_SECONDS, keep=HTTP_STOP_SECONDS))
+    except TimeoutError:
+        log.warning("closing the source took too long; abandoned (a Vault login ends at its TTL)")
+    except Exception:
+        log.debug("closing the source failed", exc_info=True)
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(runner.cleanup(), timeout=max(left(HTTP_STOP_SECONDS), 0.1))
 
 
 async def _once(config: Config) -> int:
@@ -160,7 +262,17 @@ async def _once(config: Config) -> int:
 
 
 def main_run(config: Config) -> int:
-    return asyncio.run(_run(config))
+    executor = DaemonThreadExecutor()
+    code = asyncio.run(_run(config, executor=executor))
+    if executor.busy:
+        # Calls abandoned at shutdown are still stuck upstream: leave without finalizing
+        # the interpreter under them (see the module docstring).
+        logging.shutdown()
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 def main_once(config: Config) -> int:

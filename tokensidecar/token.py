@@ -139,7 +139,8 @@ def jwt_expiry(value: str) -> datetime | None:
 def validate(value: str) -> str:
     """Return the token stripped of surrounding whitespace, or raise :class:`InvalidToken`.
 
-    Rules (CONTRACT §3): non-empty, no whitespace inside, printable ASCII, at most 4 KiB.
+    Rules (docs/behaviour.md, the token file): non-empty, no whitespace inside, printable
+    ASCII, at most 4 KiB.
     """
     token = value.strip()
     if not token:

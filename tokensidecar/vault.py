@@ -8,18 +8,33 @@ revoke. The behaviour follows Vault Agent's auto-auth:
 * The client token is renewed at about 2/3 of its TTL, with jitter, in an asyncio task
   started on first use. When Vault refuses the renewal, or the renewal comes back
   truncated by the token's ``max_ttl``, the session logs in again instead.
-* A 403 on a request means the token is gone (revoked server-side, expired while Vault
-  was down, or a dev server restarted): the session logs in again and retries the
-  request once. A second 403 is a real permission problem and is reported as such.
-* A token obtained by logging in is revoked in :meth:`VaultSession.aclose`; a token the
-  user supplied (``VAULT_TOKEN``, a token file) is renewed if renewable, never revoked:
-  it is not ours to end.
+* A failed renewal (Vault down, sealed, 5xx) is retried after the project's one
+  :class:`~tokensidecar.backoff.Backoff` (full jitter, 1 s doubling to
+  ``TOKENSIDECAR_MAX_BACKOFF``) — never after a fraction of what is left of the TTL, which
+  near expiry would retry several times a second. Once the TTL has passed, the token is
+  gone and renewing it is pointless: the renewal task stops, and the next request logs in
+  first. Requests come from the refresher, which backs off on its own, so a sidecar whose
+  token expired during an outage sends one login attempt per refresher attempt — and a
+  fleet coming back after the outage logs in spread out by that jitter, not in step.
+* Vault answers 403 both for a policy that does not allow a path and for a token that no
+  longer exists. On a 403 the session asks Vault about its own token (``lookup-self``,
+  which the ``default`` policy allows): alive means a real permission denial, reported
+  without logging in. Otherwise it logs in again and retries the request once; a second
+  403 is a denial too, and it is remembered for that login, so polling a forbidden path
+  does not mint a token per poll.
+* Every client token the session obtained by logging in is revoked when it is replaced
+  (re-login after a refused renewal, at ``max_ttl``, after a 403) unless it is known to be
+  gone already, and in :meth:`VaultSession.aclose`. A token the user supplied
+  (``VAULT_TOKEN``, a token file) is renewed if renewable, never revoked: it is not ours
+  to end.
 
 hvac is synchronous (requests), so every call runs in :func:`asyncio.to_thread`. The
 trade-off: one worker thread per in-flight call, which for a sidecar doing one read per
 refresh interval is nothing, and in exchange we use the maintained client rather than a
-hand-written HTTP layer. Login credentials (JWT, AppRole secret_id, token file) are read
-from their files again at every login, because kubelet rotates projected tokens.
+hand-written HTTP layer. Every call has an explicit (connect, read) timeout; a caller
+that must not wait even that long (shutdown) cancels the await and abandons the thread.
+Login credentials (JWT, AppRole secret_id, token file) are read from their files again at
+every login, because kubelet rotates projected tokens.
 
 Every credential read here is registered with :func:`tokensidecar.redact.remember`, and
 every hvac/requests error becomes a :class:`VaultError` with a redacted message.
@@ -37,6 +52,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from tokensidecar.backoff import Backoff
 from tokensidecar.config import ConfigError
 from tokensidecar.redact import redact, remember, safe_error
 from tokensidecar.sources import SourceError
@@ -66,12 +82,13 @@ T = TypeVar("T")
 # renew at about 2/3), moved by up to ±10% so a fleet of sidecars does not renew in step.
 RENEW_AT = 2 / 3
 RENEW_JITTER = 0.1
-# After a failed renewal (Vault unreachable), try again after this many seconds at most,
-# and never later than a third of what is left of the token's life.
-RENEW_RETRY_MAX = 30.0
-# requests' timeout for each Vault call: long enough for a busy Vault, short enough that
-# an unreachable one does not stall a refresh for minutes.
-REQUEST_TIMEOUT = 10.0
+# Ceiling of the backoff after failed renewals when the caller does not give one
+# (TOKENSIDECAR_MAX_BACKOFF's default).
+MAX_BACKOFF = 60.0
+# requests' (connect, read) timeout for each Vault call: long enough for a busy Vault,
+# short enough that an unreachable one does not stall a refresh for minutes. A connect
+# that takes seconds on a cluster network means the address is wrong or Vault is down.
+REQUEST_TIMEOUT = (5.0, 10.0)
 
 
 class VaultError(SourceError):
@@ -166,6 +183,10 @@ class _ClientToken:
     granted_ttl: float
     learned_at: float
 
+    def expired(self, now: float) -> bool:
+        """True once the TTL has passed without a renewal: Vault has dropped the token."""
+        return self.ttl > 0 and now - self.learned_at >= self.ttl
+
 
 def _read_secret_file(path: str, *, setting: str) -> str:
     try:
@@ -188,23 +209,29 @@ class VaultSession:
         login: VaultLogin,
         namespace: str | None = None,
         verify: bool | str = True,
-        timeout: float = REQUEST_TIMEOUT,
+        timeout: tuple[float, float] = REQUEST_TIMEOUT,
+        max_backoff: float = MAX_BACKOFF,
     ) -> None:
         self.addr = addr.rstrip("/")
         self.login_method = login
         self.namespace = namespace
         self._verify = verify
         self._timeout = timeout
+        self._max_backoff = max_backoff
         self._client: hvac.Client | None = None
         self._token: _ClientToken | None = None
         #: Bumped at each login, so concurrent 403s cause one re-login, not several.
         self._generation = 0
         self._login_lock: asyncio.Lock | None = None
         self._renewal: asyncio.Task[None] | None = None
+        #: Requests (by what they do) that got a 403 with a token proven alive or fresh:
+        #: a policy denial, answered without asking Vault again until the next login.
+        self._denied: dict[str, int] = {}
         self._closed = False
         #: Counters for logs, tests and benchmarks.
         self.logins = 0
         self.renewals = 0
+        self.revocations = 0
 
     # -- construction -------------------------------------------------------------------
 
@@ -244,7 +271,14 @@ class VaultSession:
             if not pathlib.Path(config.vault_cacert).is_file():
                 raise ConfigError("VAULT_CACERT", f"{config.vault_cacert} is not a readable file")
             verify = config.vault_cacert
-        return cls(addr=addr, login=login, namespace=config.vault_namespace or None, verify=verify)
+        return cls(
+            addr=addr,
+            login=login,
+            namespace=config.vault_namespace or None,
+            verify=verify,
+            # The rotation job has no TOKENSIDECAR_MAX_BACKOFF; it runs once and exits.
+            max_backoff=float(getattr(config, "max_backoff", None) or MAX_BACKOFF),
+        )
 
     # -- public API ---------------------------------------------------------------------
 
@@ -354,8 +388,9 @@ class VaultSession:
         )
 
     async def ensure_login(self) -> None:
-        """Log in now if not logged in yet (reads call this themselves)."""
-        if self._client is None or self._token is None:
+        """Log in now if not logged in yet, or if the token's TTL has passed (reads call
+        this themselves)."""
+        if self._client is None or self._token is None or self._token.expired(_monotonic()):
             await self._login(seen_generation=self._generation)
 
     async def aclose(self) -> None:
@@ -372,7 +407,7 @@ class VaultSession:
         self._client, self._token = None, None
         if client is None:
             return
-        if token is not None and not self.login_method.user_supplied:
+        if token is not None and not self.login_method.user_supplied and not token.expired(_monotonic()):
             try:
                 await asyncio.to_thread(client.auth.token.revoke_self)
                 log.info("vault token revoked", extra={"accessor": token.accessor})
@@ -383,7 +418,7 @@ class VaultSession:
     # -- calls, login and renewal ---------------------------------------------------------
 
     async def _call(self, request: Callable[[hvac.Client], T], *, what: str, path: KvPath | None = None) -> T:
-        """Run one hvac request in a thread; on 403 log in again and retry once."""
+        """Run one hvac request in a thread; on 403 tell a denial from a dead token."""
         if self._closed:
             raise VaultError(f"cannot {what}: the Vault session is closed", retryable=False)
         await self.ensure_login()
@@ -395,17 +430,43 @@ class VaultSession:
             except Exception as exc:
                 import hvac.exceptions
 
-                if isinstance(exc, hvac.exceptions.Forbidden) and attempt == 1:
-                    # Vault answers 403 "permission denied" both for a policy that does not
-                    # allow the path and for a token that no longer exists. Only a fresh
-                    # login tells them apart.
-                    log.info("vault answered 403; logging in again", extra={"path": str(path or "")})
-                    await self._login(seen_generation=generation)
-                    continue
-                raise _vault_error(exc, what=what, path=path) from None
+                if not isinstance(exc, hvac.exceptions.Forbidden):
+                    raise _vault_error(exc, what=what, path=path) from None
+                denied = _vault_error(exc, what=what, path=path)
+                if attempt == 2 or self._denied.get(what) == generation:
+                    # 403 with a token fresh from a login: the policy does not allow it.
+                    self._denied[what] = generation
+                    raise denied from None
+                alive = await self._token_alive(client)
+                if alive:
+                    self._denied[what] = generation
+                    raise denied from None
+                # Gone (revoked server-side, expired while Vault was down, a dev server
+                # restarted) — or a token without the default policy, which cannot look
+                # itself up: log in again and retry once.
+                log.info("vault answered 403; logging in again", extra={"path": str(path or "")})
+                await self._login(seen_generation=generation)
         raise AssertionError("unreachable")
 
-    async def _login(self, *, seen_generation: int) -> None:
+    async def _token_alive(self, client: hvac.Client) -> bool | None:
+        """Ask Vault about the client's own token: True when it exists; None when Vault
+        says 403 (gone, or without the ``default`` policy that allows the lookup). Other
+        failures raise."""
+        import hvac.exceptions
+
+        try:
+            await asyncio.to_thread(client.auth.token.lookup_self)
+        except hvac.exceptions.Forbidden:
+            return None
+        except Exception as exc:
+            raise _vault_error(exc, what="look up the Vault client token") from None
+        return True
+
+    async def _login(self, *, seen_generation: int, superseded_alive: bool = True) -> None:
+        """Obtain a new client token; revoke the one it replaces when it may be alive.
+
+        ``superseded_alive``: False when the caller knows the current token is gone.
+        """
         if self._login_lock is None:
             self._login_lock = asyncio.Lock()
         async with self._login_lock:
@@ -413,9 +474,13 @@ class VaultSession:
                 return  # another caller logged in while we waited
             if self._client is None:
                 self._client = await asyncio.to_thread(self._new_client)
-            token = await self._obtain_token(self._client)
+            client = self._client
+            assert client is not None
+            superseded, superseded_value = self._token, client.token
+            token = await self._obtain_token(client)
             self._token = token
             self._generation += 1
+            self._denied.clear()
             self.logins += 1
             log.info(
                 "vault login",
@@ -429,6 +494,44 @@ class VaultSession:
             )
             if self._renewal is None or self._renewal.done():
                 self._renewal = asyncio.create_task(self._keep_token_fresh(), name="vault-token-renewal")
+            if (
+                superseded is not None
+                and superseded_value
+                and superseded_alive
+                and not self.login_method.user_supplied
+                and not superseded.expired(_monotonic())
+            ):
+                await self._revoke_superseded(superseded_value, accessor=superseded.accessor)
+
+    async def _revoke_superseded(self, value: str, *, accessor: str | None) -> None:
+        """Revoke a token this session obtained and no longer uses (best effort: it
+        still ends at its TTL). It revokes itself, so no extra policy is needed."""
+        import hvac
+
+        client = self._client
+        assert client is not None
+
+        def revoke() -> None:
+            # A second client on the same connection pool, holding the superseded token.
+            hvac.Client(
+                url=self.addr,
+                token=value,
+                namespace=self.namespace,
+                verify=self._verify,
+                timeout=self._timeout,
+                session=client.session,
+            ).auth.token.revoke_self()
+
+        try:
+            await asyncio.to_thread(revoke)
+        except Exception as exc:
+            log.info(
+                "could not revoke the superseded vault token; it ends at its TTL",
+                extra={"accessor": accessor, "error": safe_error(exc)},
+            )
+            return
+        self.revocations += 1
+        log.info("superseded vault token revoked", extra={"accessor": accessor})
 
     def _new_client(self) -> hvac.Client:
         import hvac
@@ -511,7 +614,13 @@ class VaultSession:
         )
 
     async def _keep_token_fresh(self) -> None:
-        """Renew (or replace) the client token at ~2/3 of its TTL until the session closes."""
+        """Renew (or replace) the client token at ~2/3 of its TTL until the session closes.
+
+        After a failure, the next try follows :class:`Backoff`. Once the TTL has passed
+        the token cannot be renewed any more: the task ends, and the next request logs
+        in (which starts a new renewal task).
+        """
+        backoff = Backoff(base=1.0, cap=self._max_backoff)
         failures = 0
         while not self._closed:
             token = self._token
@@ -523,10 +632,14 @@ class VaultSession:
                     extra={"ttl_seconds": token.ttl, "accessor": token.accessor},
                 )
                 return
-            remaining = token.ttl - (_monotonic() - token.learned_at)
             if failures:
-                delay = min(RENEW_RETRY_MAX, 2.0 ** (failures - 1), max(remaining / 3, 0.5))
-                delay *= random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not cryptography
+                if token.expired(_monotonic()):
+                    log.warning(
+                        "the vault token expired before it could be renewed; logging in at the next request",
+                        extra={"accessor": token.accessor, "consecutive_failures": failures},
+                    )
+                    return
+                delay = backoff.next_delay()
             else:
                 delay = token.ttl * RENEW_AT * random.uniform(1 - RENEW_JITTER, 1 + RENEW_JITTER)  # noqa: S311
                 delay -= _monotonic() - token.learned_at
@@ -541,15 +654,14 @@ class VaultSession:
                 )
             else:
                 failures = 0
+                backoff.reset()
 
     async def _renew_or_login(self, *, seen_generation: int) -> None:
         token, client = self._token, self._client
         if token is None or client is None:
             return
         by_login = not self.login_method.user_supplied
-        if by_login and (not token.renewable or token.ttl < token.granted_ttl - 1):
-            # Not renewable, or the last renewal was truncated by max_ttl: renewing
-            # again cannot outlive max_ttl, a fresh login can.
+        if by_login and not token.renewable:
             await self._login(seen_generation=seen_generation)
             return
         import hvac.exceptions
@@ -557,9 +669,11 @@ class VaultSession:
         try:
             response = await asyncio.to_thread(client.auth.token.renew_self)
         except (hvac.exceptions.Forbidden, hvac.exceptions.InvalidRequest) as exc:
-            # Refused: the token was revoked, expired, or reached its max_ttl.
+            # Refused: 403, the token was revoked or expired (nothing left to revoke);
+            # 400, it cannot be renewed (any more) but may live on until its TTL.
             log.info("vault refused to renew the token; logging in again", extra={"error": safe_error(exc)})
-            await self._login(seen_generation=seen_generation)
+            gone = isinstance(exc, hvac.exceptions.Forbidden)
+            await self._login(seen_generation=seen_generation, superseded_alive=not gone)
             return
         except Exception as exc:
             raise _vault_error(exc, what="renew the Vault token") from None
@@ -569,6 +683,11 @@ class VaultSession:
         token.renewable = bool(auth.get("renewable", token.renewable))
         self.renewals += 1
         log.debug("vault token renewed", extra={"ttl_seconds": ttl, "accessor": token.accessor})
+        if by_login and ttl < token.granted_ttl - 1:
+            # Cut short by max_ttl: renewing again cannot outlive it, a fresh login can.
+            # Log in now, while this token is still valid, and revoke it.
+            log.info("vault token reached its max_ttl; logging in again", extra={"accessor": token.accessor})
+            await self._login(seen_generation=seen_generation)
 
 
 def _monotonic() -> float:

@@ -1,4 +1,5 @@
-"""Fault injection: the sidecar, the publisher and the webhook under failures (CONTRACT §3-4, §9).
+"""Fault injection: the sidecar, the publisher and the webhook under failures
+(docs/behaviour.md, docs/security.md).
 
 Each module breaks one real dependency the way production breaks it — OpenBao killed and
 restarted, watch streams cut and 410 storms from the API server, a Hub that answers 429

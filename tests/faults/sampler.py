@@ -14,7 +14,7 @@ class FileSampler:
 
     ``seen`` lists every value read in order. Before the first token is published a missing
     file is expected and not recorded; after it, a missing file is recorded as ``None``,
-    because CONTRACT §3 promises the file never goes missing or empty once published.
+    because docs/behaviour.md (the token file) promises the file never goes missing or empty once published.
     """
 
     def __init__(self, path: Path, *, interval: float = 0.001) -> None:

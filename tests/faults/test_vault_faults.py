@@ -1,4 +1,6 @@
-"""OpenBao killed (SIGKILL) and restarted again and again under a running ``tokensidecar run``.
+"""OpenBao killed, sealed or refusing, under a running ``tokensidecar run``.
+
+Killed (SIGKILL) and restarted again and again:
 
 A dev server keeps everything in memory, so every restart is the worst kind of Vault
 outage: the sidecar's client token, the AppRole credentials and the secret are all gone
@@ -7,6 +9,11 @@ few milliseconds: it must always hold the last good token (never empty, missing 
 unknown), the process must stay up and healthy, and once Vault is back and seeded the new
 token must arrive within the backoff bound (``TOKENSIDECAR_MAX_BACKOFF`` plus one login
 and one read).
+
+Sealed past the client token's TTL (a real ``503 Vault is sealed``), the sidecar must back
+off, not renew a dead token several times a second; polling a path its policy forbids, it
+must not mint a Vault token per poll. Both are counted at a proxy in front of OpenBao
+(``tests/fixtures/openbao.py``) and with the root token's view of the token store.
 """
 
 from __future__ import annotations
@@ -14,11 +21,14 @@ from __future__ import annotations
 import os
 import random
 import signal
+import subprocess
 import time
 from pathlib import Path
 
 from tests.faults.sampler import FileSampler
+from tests.fixtures.openbao import CountingProxy, live_token_accessors, seal, unseal
 from tests.sidecar_process import SidecarProcess, wait_for
+from tests.test_sidecar_e2e import SIGTERM_DEADLINE_S
 from tests.test_vault_e2e import PATH, approle_files
 from tokensidecar.demo.openbao import DevServer
 
@@ -93,3 +103,116 @@ def test_openbao_killed_and_restarted_repeatedly_keeps_last_good_and_recovers_wi
     for text in (sidecar.logs, metrics, status_text):
         assert CANARY not in text
         assert server.root_token not in text
+
+
+def _approle(server: DevServer, directory: Path, *, allowed: str, ttl: str) -> dict[str, str]:
+    policy = server.read_policy_for(allowed)
+    role_id, secret_id = server.create_approle("faults", policies=[policy], ttl=ttl, max_ttl="1h")
+    (directory / "role-id").write_text(role_id)
+    (directory / "secret-id").write_text(secret_id)
+    return {
+        "TOKENSIDECAR_VAULT_AUTH": "approle",
+        "TOKENSIDECAR_VAULT_ROLE_ID_FILE": str(directory / "role-id"),
+        "TOKENSIDECAR_VAULT_SECRET_ID_FILE": str(directory / "secret-id"),
+    }
+
+
+def _through(proxy: CountingProxy, tmp_path: Path, **env: str) -> SidecarProcess:
+    (tmp_path / "out").mkdir()
+    return SidecarProcess(
+        token_file=tmp_path / "out" / "token",
+        env={"TOKENSIDECAR_SOURCE": "vault", "VAULT_ADDR": proxy.url, "TOKENSIDECAR_VAULT_PATH": PATH, **env},
+    )
+
+
+def test_client_token_expiring_while_vault_is_sealed_backs_off_instead_of_spinning(
+    restartable_openbao: DevServer, counting_proxy: CountingProxy, tmp_path: Path
+) -> None:
+    server, max_backoff = restartable_openbao, 4.0
+    server.put_kv(PATH, {"token": "hf_faults_sealed_before"})
+    sidecar = _through(
+        counting_proxy,
+        tmp_path,
+        TOKENSIDECAR_REFRESH_INTERVAL="1s",
+        TOKENSIDECAR_MAX_BACKOFF=f"{max_backoff:g}s",
+        **_approle(server, tmp_path, allowed=PATH, ttl="3s"),
+    )
+    with sidecar:
+        sidecar.wait_for_token("hf_faults_sealed_before")
+        seal(server)
+        sealed_at = time.monotonic()
+        # The token (3 s TTL, renewed at most 3 s before the seal) has expired by
+        # sealed_at + 3 s; a renewal already scheduled then may still go out, within one
+        # capped backoff. From then on only the refresher's own attempts may reach Vault.
+        time.sleep(3.0 + max_backoff + 0.5)
+        window_start, window = time.monotonic(), 8.0
+        time.sleep(window)
+        during = counting_proxy.since(window_start)
+        assert time.monotonic() - sealed_at < 30
+        assert sidecar.get("/healthz")[0] == 200
+        assert sidecar.token() == "hf_faults_sealed_before"
+
+        unseal(server)
+        server.put_kv(PATH, {"token": "hf_faults_sealed_after"})
+        recovered = sidecar.wait_for_token("hf_faults_sealed_after", timeout=3 * max_backoff + 10)
+    requests = [(method, path) for _, method, path, _ in during]
+    print(
+        f"sealed past the TTL: {len(requests)} requests in {window:g} s; back {recovered:.1f} s after unseal"
+    )
+    # Nothing renews a token that is gone: each request is one refresher attempt, which
+    # logs in first (refused while sealed). Before: ~2.7 renew-self per second, for ever.
+    assert ("POST", "/v1/auth/token/renew-self") not in requests, requests
+    assert set(requests) <= {("POST", "/v1/auth/approle/login")}, requests
+    # Full-jitter backoff capped at 4 s averages ~2.2 s between attempts once capped.
+    assert len(requests) <= 10, requests
+    assert sidecar.process is not None and sidecar.process.returncode == 0
+
+
+def test_polling_a_path_the_policy_forbids_adds_no_vault_tokens(
+    restartable_openbao: DevServer, counting_proxy: CountingProxy, tmp_path: Path
+) -> None:
+    server = restartable_openbao
+    server.put_kv(PATH, {"token": "hf_faults_forbidden"})
+    sidecar = _through(
+        counting_proxy,
+        tmp_path,
+        TOKENSIDECAR_REFRESH_INTERVAL="1s",
+        TOKENSIDECAR_MAX_BACKOFF="1s",
+        **_approle(server, tmp_path, allowed="secret/hf/some-other-model", ttl="1h"),
+    )
+    before = live_token_accessors(server)
+    with sidecar:
+        wait_for(lambda: sidecar.status()["consecutive_failures"] >= 5, timeout=20)
+        during = live_token_accessors(server) - before
+        failures = sidecar.status()
+    logins = [entry for entry in counting_proxy.requests if entry[2] == "/v1/auth/approle/login"]
+    print(f"forbidden path: {len(during)} live tokens added after {failures['consecutive_failures']} polls")
+    assert "permission denied" in (failures["last_error"] or "")
+    assert len(logins) == 1  # one login; every poll after it is answered as a denial
+    assert len(during) == 1  # the sidecar's own token, nothing per poll
+    assert live_token_accessors(server) == before  # and that one is revoked on SIGTERM
+    assert "hf_faults_forbidden" not in sidecar.logs
+
+
+def test_sigterm_while_vault_hangs_gives_up_revoking_within_the_budget(
+    restartable_openbao: DevServer, counting_proxy: CountingProxy, tmp_path: Path
+) -> None:
+    server = restartable_openbao
+    server.put_kv(PATH, {"token": "hf_faults_hung_revoke"})
+    sidecar = _through(counting_proxy, tmp_path, **_approle(server, tmp_path, allowed=PATH, ttl="1h"))
+    with sidecar:
+        sidecar.wait_for_token("hf_faults_hung_revoke")
+        assert sidecar.process is not None
+        counting_proxy.stalling = True  # Vault now accepts and never answers
+        sent = time.monotonic()
+        sidecar.process.send_signal(signal.SIGTERM)
+        try:
+            code = sidecar.process.wait(timeout=SIGTERM_DEADLINE_S)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"still running {SIGTERM_DEADLINE_S:g} s after SIGTERM") from None
+        took = time.monotonic() - sent
+    print(f"SIGTERM with the revocation hanging: exit after {took:.2f} s")
+    assert code == 0
+    # The revocation was tried, hung, and was abandoned: the login token ends at its TTL.
+    assert ("POST", "/v1/auth/token/revoke-self", 0) in [(m, p, s) for _, m, p, s in counting_proxy.requests]
+    assert "closing the source took too long" in sidecar.logs

@@ -24,6 +24,7 @@ import pathlib
 import socket
 import ssl
 import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -32,11 +33,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.faults import webhook_flood
+from tests.faults.webhook_flood import MIB
 from tests.test_webhook_inject import VAULT_ANNOTATIONS, kserve_predictor_pod
 from tests.test_webhook_server import INJECTION, KeepAliveClient, RunningWebhook, admission_review, write_pair
 from tokensidecar.webhook import certs
 from tokensidecar.webhook.inject import KNOWN_ANNOTATIONS
 from tokensidecar.webhook.review import decode_patch, review
+from tokensidecar.webhook.settings import MAX_REVIEW_BYTES
 
 CANARY = "hf_CANARYfaultsWebhookPod97531"
 SIDECAR = "tokensidecar"
@@ -131,8 +135,14 @@ HTTPS_SAMPLE: list[bytes] = []
 RESULTS = {"reviews": 0, "injected": 0, "denied": 0, "skipped": 0}
 
 
+# uuids() draws from a shared true-random source, which hypothesis reports as a flaky
+# strategy when it replays an example: draw the 128 bits ourselves.
+_uids = st.integers(0, 2**128 - 1).map(lambda n: str(uuid.UUID(int=n)))
+
+
+@pytest.mark.timeout(900)  # 10,000 reviews: about a minute alone, several on a busy machine
 @settings(max_examples=10_000, deadline=None, suppress_health_check=list(HealthCheck), database=None)
-@given(pod=mutated_pods(), uid=st.uuids().map(str), operation=st.sampled_from(["CREATE", "CREATE", "UPDATE"]))
+@given(pod=mutated_pods(), uid=_uids, operation=st.sampled_from(["CREATE", "CREATE", "UPDATE"]))
 def test_10000_mutated_reviews_get_well_formed_replies_and_applicable_patches(
     pod: Any, uid: str, operation: str
 ) -> None:
@@ -258,3 +268,54 @@ def test_slow_clients_do_not_block_other_admissions(
         assert after.post(json.dumps(admission_review(kserve_predictor_pod())).encode())[0] == 200
     finally:
         after.close()
+
+
+# --- memory under a flood of large reviews ---------------------------------------------------
+
+# The Deployment's memory limit (manifests/base/webhook/deployment.yaml): past it the
+# kubelet kills the webhook, and with failurePolicy: Fail no annotated pod is admitted.
+MEMORY_LIMIT_BYTES = 192 * MIB
+FLOOD = 16
+
+
+def _assert_alive(server: webhook_flood.WebhookProcess) -> None:
+    assert server.alive(), "".join(server.stderr_lines[-5:])
+    status, reply = KeepAliveClient(port=server.port, ca_file=server.ca_file).post(
+        json.dumps(admission_review(kserve_predictor_pod(), uid="after-the-flood")).encode()
+    )
+    assert status == 200 and reply["response"]["uid"] == "after-the-flood"
+    assert reply["response"]["patchType"] == "JSONPatch"
+
+
+def test_a_flood_of_reviews_larger_than_the_api_server_can_send_is_refused_unread(
+    tmp_path: pathlib.Path,
+) -> None:
+    # 3.5 MiB is past what the API server sends (3 MiB per object, MAX_REVIEW_BYTES):
+    # each gets a JSON 413 before its body is read, and memory stays at the baseline.
+    with webhook_flood.webhook_process(tmp_path) as server:
+        bodies = [webhook_flood.flood_review(size=int(3.5 * MIB), uid=f"flood-{n}") for n in range(FLOOD)]
+        replies = webhook_flood.flood(server, bodies)
+        peak = server.peak_rss_bytes()
+        assert [reply.status for reply in replies] == [413] * FLOOD, replies
+        assert all("larger than" in reply.body["error"] for reply in replies)
+        _assert_alive(server)
+    print(f"peak RSS under {FLOOD} x 3.5 MiB: {peak / MIB:.1f} MiB")
+    assert peak < MEMORY_LIMIT_BYTES, f"peak RSS {peak / MIB:.1f} MiB"
+
+
+def test_a_flood_of_the_largest_reviews_is_answered_within_the_memory_limit(tmp_path: pathlib.Path) -> None:
+    # Bodies of exactly the largest size accepted, in the costliest shape to parse: each
+    # is read, parsed, injected and answered, and the budget makes them take turns.
+    with webhook_flood.webhook_process(tmp_path) as server:
+        bodies = [webhook_flood.flood_review(size=MAX_REVIEW_BYTES, uid=f"flood-{n}") for n in range(FLOOD)]
+        assert all(len(body) == MAX_REVIEW_BYTES for body in bodies)
+        replies = webhook_flood.flood(server, bodies)
+        peak = server.peak_rss_bytes()
+        for number, reply in enumerate(replies):
+            assert reply.status == 200, reply
+            assert reply.body["response"]["uid"] == f"flood-{number}"
+            assert reply.body["response"]["allowed"] is True
+            assert reply.body["response"]["patchType"] == "JSONPatch"
+        _assert_alive(server)
+    print(f"peak RSS under {FLOOD} x {MAX_REVIEW_BYTES / MIB:.3f} MiB: {peak / MIB:.1f} MiB")
+    assert peak < MEMORY_LIMIT_BYTES, f"peak RSS {peak / MIB:.1f} MiB"

@@ -52,7 +52,7 @@ FINGERPRINT = ANNOTATION_PREFIX + "fingerprint"
 PREVIOUS_FINGERPRINT = ANNOTATION_PREFIX + "previous-fingerprint"
 REVOKED_FINGERPRINT = ANNOTATION_PREFIX + "revoked-fingerprint"
 REVOKED_AT = ANNOTATION_PREFIX + "revoked-at"
-#: Where the replaced token stays during the overlap (CONTRACT §8).
+#: Where the replaced token stays during the overlap (docs/rotation.md).
 PREVIOUS_KEY = "previous"
 MERGE_PATCH = "application/merge-patch+json"
 

@@ -1,6 +1,6 @@
 """Settings of ``tokensidecar rotate``: where a fresh token comes from and where it goes.
 
-The job reuses the sidecar's names wherever the meaning is the same (CONTRACT §8): the
+The job reuses the sidecar's names wherever the meaning is the same (docs/rotation.md): the
 *target* is described by the settings a sidecar reads from (``TOKENSIDECAR_SECRET_NAME``,
 ``TOKENSIDECAR_VAULT_PATH``, ``TOKENSIDECAR_KEY``), so one ConfigMap can feed both. Only
 what is new to minting lives here, and a Vault *issuer* path gets its own name because it

@@ -1,7 +1,7 @@
 """Targets: where the rotation job stores a token for the sidecars to read.
 
 A target is read and written with optimistic concurrency, because the job is "safe to run
-twice at once" (CONTRACT §8): :meth:`Target.read` returns what is stored together with
+twice at once" (docs/rotation.md): :meth:`Target.read` returns what is stored together with
 the revision it was read at (a Secret's ``resourceVersion``, a KV v2 version), and
 :meth:`Target.store` writes only if nothing changed since — otherwise it raises
 :class:`StoreConflict` and the job reads again (retrying, or standing down when another

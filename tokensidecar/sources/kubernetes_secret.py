@@ -19,6 +19,12 @@ shuts its socket down, which unblocks the thread at once; cancelling the refresh
 therefore stops the watch promptly instead of after the next event or server timeout.
 Events are parsed as plain JSON rather than client models: it is faster (the propagation
 goal is well under 50 ms) and it keeps the base64 data in one place.
+
+The ``tokensidecar.io/expires-at`` annotation is trusted only when
+``tokensidecar.io/fingerprint`` (what the rotation job writes beside it) names the token
+in the data, or, with no fingerprint, when it is in the future: annotations can be edited
+apart from the data, and an expiry left over from an older token must not refuse a new
+one (the full rule is in :mod:`tokensidecar.sources.expiry`).
 """
 
 from __future__ import annotations
@@ -32,7 +38,6 @@ import logging
 import random
 import threading
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from tokensidecar import kube
@@ -40,17 +45,20 @@ from tokensidecar.backoff import Backoff
 from tokensidecar.config import Config, ConfigError
 from tokensidecar.redact import remember
 from tokensidecar.sources import Source, SourceError
-from tokensidecar.token import Token, parse_time
+from tokensidecar.sources.expiry import StoredExpiry
+from tokensidecar.token import Token
 
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient
 
-__all__ = ["EXPIRES_AT_ANNOTATION", "VERSION_ANNOTATION", "KubernetesSecretSource"]
+__all__ = ["EXPIRES_AT_ANNOTATION", "FINGERPRINT_ANNOTATION", "VERSION_ANNOTATION", "KubernetesSecretSource"]
 
 log = logging.getLogger(__name__)
 
 VERSION_ANNOTATION = "tokensidecar.io/version"
 EXPIRES_AT_ANNOTATION = "tokensidecar.io/expires-at"
+#: The fingerprint of the token the expiry annotation describes.
+FINGERPRINT_ANNOTATION = "tokensidecar.io/fingerprint"
 
 # The API server ends a watch after timeoutSeconds; client-go picks 5-10 min at random so
 # that a fleet of watchers does not reconnect in lock-step. The read timeout is longer:
@@ -86,6 +94,9 @@ class KubernetesSecretSource(Source):
         self.namespace = namespace
         self.key = key
         self._core = kube.core_v1(api)
+        self._stored_expiry = StoredExpiry(
+            where=self.ref, field=f"annotation {EXPIRES_AT_ANNOTATION}", log=log
+        )
 
     @classmethod
     def from_config(cls, config: Config) -> KubernetesSecretSource:
@@ -125,19 +136,12 @@ class KubernetesSecretSource(Source):
             value=value,
             source=self.kind,
             version=annotations.get(VERSION_ANNOTATION) or meta.get("resourceVersion"),
-            expires_at=self._expires_at(annotations.get(EXPIRES_AT_ANNOTATION)),
+            expires_at=self._stored_expiry.for_token(
+                value,
+                expires_at=annotations.get(EXPIRES_AT_ANNOTATION),
+                written_for=annotations.get(FINGERPRINT_ANNOTATION),
+            ),
         )
-
-    def _expires_at(self, annotation: str | None) -> datetime | None:
-        try:
-            return parse_time(annotation)
-        except (ValueError, OverflowError):
-            # A bad annotation does not make the token bad: expiry falls back to the token's own.
-            log.warning(
-                "ignoring a malformed expiry annotation",
-                extra={"secret": self.ref, "annotation": EXPIRES_AT_ANNOTATION, "value": annotation},
-            )
-            return None
 
     def _read(self) -> dict[str, Any]:
         response: Any = self._core.read_namespaced_secret(

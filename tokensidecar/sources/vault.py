@@ -11,6 +11,11 @@ first, then metadata) is still seen. When the policy does not allow reading meta
 the source says so once and reads the data at every poll instead. KV v1 has no
 versions: every poll reads the data.
 
+``custom_metadata.expires_at`` is trusted only when ``custom_metadata.fingerprint`` (what
+the rotation job writes beside it) names the token read, or, with no fingerprint, when it
+is in the future: an expiry left over from an older token must not refuse a new one (the
+full rule is in :mod:`tokensidecar.sources.expiry`).
+
 Login, token renewal, re-login and revocation belong to :class:`~tokensidecar.vault.VaultSession`.
 """
 
@@ -23,19 +28,22 @@ from typing import TYPE_CHECKING, ClassVar
 
 from tokensidecar.config import ConfigError
 from tokensidecar.sources import Source, SourceError
-from tokensidecar.token import Token, parse_time
+from tokensidecar.sources.expiry import StoredExpiry
+from tokensidecar.token import Token
 from tokensidecar.vault import KvPath, KvSecret, VaultPermissionDenied, VaultSession
 
 if TYPE_CHECKING:
     from tokensidecar.config import Config
 
-__all__ = ["EXPIRES_AT_METADATA_KEY", "VaultSource"]
+__all__ = ["EXPIRES_AT_METADATA_KEY", "FINGERPRINT_METADATA_KEY", "VaultSource"]
 
 log = logging.getLogger(__name__)
 
 #: KV v2 ``custom_metadata`` key holding the token's expiry (RFC 3339 or epoch seconds),
-#: written by ``tokensidecar rotate`` (CONTRACT §2, §8).
+#: written by ``tokensidecar rotate`` (docs/behaviour.md, docs/rotation.md).
 EXPIRES_AT_METADATA_KEY = "expires_at"
+#: ``custom_metadata`` key holding the fingerprint of the token ``expires_at`` describes.
+FINGERPRINT_METADATA_KEY = "fingerprint"
 
 
 class VaultSource(Source):
@@ -52,6 +60,9 @@ class VaultSource(Source):
         #: it tells a new secret that restarted at version 1 from the one we have.
         self._last_created: datetime | None = None
         self._metadata_allowed = kv_version == 2
+        self._stored_expiry = StoredExpiry(
+            where=str(path), field=f"custom_metadata.{EXPIRES_AT_METADATA_KEY}", log=log
+        )
 
     @classmethod
     def from_config(cls, config: Config) -> VaultSource:
@@ -89,7 +100,7 @@ class VaultSource(Source):
                     and metadata.current_version_created_time == self._last_created
                 )
                 if unchanged:
-                    expires_at = self._expiry(metadata.custom_metadata)
+                    expires_at = self._expiry(metadata.custom_metadata, token_value=self._last.value)
                     if expires_at != self._last.expires_at:
                         self._last = self._last.with_expiry(expires_at)
                     return self._last
@@ -112,18 +123,12 @@ class VaultSource(Source):
             value=value,
             source=self.kind,
             version=str(secret.version) if secret.version is not None else None,
-            expires_at=self._expiry(secret.custom_metadata),
+            expires_at=self._expiry(secret.custom_metadata, token_value=value),
         )
 
-    def _expiry(self, custom_metadata: Mapping[str, str]) -> datetime | None:
-        raw = custom_metadata.get(EXPIRES_AT_METADATA_KEY)
-        if not raw:
-            return None
-        try:
-            return parse_time(raw)
-        except (ValueError, OverflowError, OSError):
-            log.warning(
-                "custom_metadata.expires_at is not a time; ignoring it",
-                extra={"path": str(self.path), "expires_at": str(raw)[:64]},
-            )
-            return None
+    def _expiry(self, custom_metadata: Mapping[str, str], *, token_value: str) -> datetime | None:
+        return self._stored_expiry.for_token(
+            token_value,
+            expires_at=custom_metadata.get(EXPIRES_AT_METADATA_KEY),
+            written_for=custom_metadata.get(FINGERPRINT_METADATA_KEY),
+        )

@@ -18,12 +18,15 @@ existing containers come first, at their original indices, and the sidecar is in
 
 from __future__ import annotations
 
+import json
 import re
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from tokensidecar.config import SOURCES, VERIFY_MODES, Config, parse_positive_duration
+from tokensidecar.config import SOURCES, VERIFY_MODES, Config, ConfigError, parse_positive_duration
+from tokensidecar.webhook.confine import image_allowed, normalize_vault_addr
 from tokensidecar.webhook.quantity import check_quantity, parse_quantity
 
 __all__ = [
@@ -152,6 +155,28 @@ class InjectionSettings:
     vault_token_audience: str = "vault"
     oidc_token_audience: str = "https://huggingface.co"
     token_lifetime_seconds: int = 3600
+    # What annotations may choose (tokensidecar.webhook.confine); empty = the defaults only.
+    allowed_vault_addrs: tuple[str, ...] = ()
+    allow_insecure_vault: bool = False
+    allowed_images: tuple[str, ...] = ()
+    allowed_secret_namespaces: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.vault_addr is not None:
+            try:
+                normalize_vault_addr(self.vault_addr)
+            except ValueError as exc:
+                raise ConfigError("TOKENSIDECAR_INJECT_VAULT_ADDR", str(exc)) from None
+        if not self.allow_insecure_vault:
+            for env, addresses in (
+                ("TOKENSIDECAR_INJECT_VAULT_ADDR", (self.vault_addr or "",)),
+                ("TOKENSIDECAR_ALLOWED_VAULT_ADDRS", self.allowed_vault_addrs),
+            ):
+                for address in addresses:
+                    if address.lower().startswith("http://"):
+                        raise ConfigError(
+                            env, f"{address!r} is plain http:// (set --allow-insecure-vault to allow it)"
+                        )
 
     @classmethod
     def from_config(cls, config: Config) -> InjectionSettings:
@@ -169,6 +194,10 @@ class InjectionSettings:
             vault_token_audience=config.vault_token_audience,
             oidc_token_audience=config.oidc_token_audience,
             token_lifetime_seconds=config.token_lifetime_seconds,
+            allowed_vault_addrs=config.allowed_vault_addrs or (),
+            allow_insecure_vault=bool(config.allow_insecure_vault),
+            allowed_images=config.allowed_images or (),
+            allowed_secret_namespaces=config.allowed_secret_namespaces or (),
         )
 
 
@@ -187,21 +216,33 @@ class _Plan:
 
 
 def wants_injection(pod: Mapping[str, Any]) -> bool:
-    """True when the pod carries ``tokensidecar.io/inject: "true"``."""
-    annotations = _annotations(pod)
-    value = annotations.get(INJECT_ANNOTATION)
-    return isinstance(value, str) and value.strip().lower() == "true"
+    """True when the pod carries ``tokensidecar.io/inject: "true"`` (ASCII case aside).
+
+    Exactly what the ``matchConditions`` expression of the MutatingWebhookConfiguration
+    asks (``...['tokensidecar.io/inject'].lowerAscii() == 'true'``), so the webhook never
+    decides differently from the API server that chose to call it: no whitespace is
+    stripped (``" true"`` is never sent here), and only ASCII letters change case (CEL's
+    ``lowerAscii``, unlike ``str.lower``).
+    """
+    value = _annotations(pod).get(INJECT_ANNOTATION)
+    return isinstance(value, str) and value.translate(_ASCII_LOWER) == "true"
 
 
-def inject(pod: Mapping[str, Any], *, settings: InjectionSettings) -> list[dict[str, Any]]:
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def inject(
+    pod: Mapping[str, Any], *, settings: InjectionSettings, namespace: str | None = None
+) -> list[dict[str, Any]]:
     """The RFC 6902 patch that makes ``pod`` an injected pod; ``[]`` when it already is one
-    or does not ask for injection. Raises :class:`InvalidInjection` for bad annotations."""
+    or does not ask for injection. Raises :class:`InvalidInjection` for bad annotations.
+    ``namespace`` (the review's) stands in when the pod itself names none."""
     if not wants_injection(pod):
         return []
     spec = pod.get("spec")
     if not isinstance(spec, Mapping):
         raise InvalidInjection("spec", "the pod has no spec")
-    plan = _read_annotations(pod, settings=settings)
+    plan = _read_annotations(pod, settings=settings, namespace=_pod_namespace(pod) or namespace)
     patch: list[dict[str, Any]] = []
     patch += _status_patch(pod)
     patch += _volume_patch(spec, plan=plan, settings=settings)
@@ -219,7 +260,13 @@ def _annotations(pod: Mapping[str, Any]) -> Mapping[str, Any]:
     return annotations if isinstance(annotations, Mapping) else {}
 
 
-def _read_annotations(pod: Mapping[str, Any], *, settings: InjectionSettings) -> _Plan:
+def _pod_namespace(pod: Mapping[str, Any]) -> str | None:
+    metadata = pod.get("metadata")
+    namespace = metadata.get("namespace") if isinstance(metadata, Mapping) else None
+    return namespace if isinstance(namespace, str) and namespace else None
+
+
+def _read_annotations(pod: Mapping[str, Any], *, settings: InjectionSettings, namespace: str | None) -> _Plan:
     ours: dict[str, str] = {}
     for key, value in _annotations(pod).items():
         if not isinstance(key, str) or not key.startswith(ANNOTATION_PREFIX):
@@ -259,8 +306,8 @@ def _read_annotations(pod: Mapping[str, Any], *, settings: InjectionSettings) ->
             raise InvalidInjection(
                 name("vault-addr"), "is required: the webhook has no default (--inject-vault-addr)"
             )
-        if not vault_addr.startswith(("http://", "https://")):
-            raise InvalidInjection(name("vault-addr"), f"{vault_addr!r} is not an http(s) URL")
+        if "vault-addr" in ours:
+            _confine_vault_addr(vault_addr, settings=settings, subject=name("vault-addr"))
         vault_path = required("vault-path", "the KV secret as <mount>/<path>, e.g. secret/hf/model-a")
         mount, _, rest = vault_path.strip("/").partition("/")
         if not mount or not rest:
@@ -285,17 +332,12 @@ def _read_annotations(pod: Mapping[str, Any], *, settings: InjectionSettings) ->
             if ours["vault-kv-version"] not in ("1", "2"):
                 raise InvalidInjection(name("vault-kv-version"), "must be 1 or 2")
             env.append({"name": "TOKENSIDECAR_VAULT_KV_VERSION", "value": ours["vault-kv-version"]})
-        if auth == "jwt":
-            plan.sa_token_audience = ours.get("token-audience") or settings.vault_token_audience
-        elif ours.get("token-audience"):
-            plan.sa_token_audience = ours["token-audience"]
-        else:
-            # Vault's kubernetes auth sends the JWT to a TokenReview; a role without an
-            # audience reviews it against the API server's own audience, which only the
-            # pod's standard service-account token carries.
-            plan.needs_kube_api = True
-        if plan.sa_token_audience:
-            env.append({"name": "TOKENSIDECAR_VAULT_JWT_FILE", "value": SA_TOKEN_PATH})
+        # A projected token with a dedicated audience for both methods: Vault (its
+        # kubernetes auth through a TokenReview with the role's audience) accepts it, and
+        # anyone who reads it there cannot replay it against the API server, which the
+        # pod's own service-account token would allow.
+        plan.sa_token_audience = ours.get("token-audience") or settings.vault_token_audience
+        env.append({"name": "TOKENSIDECAR_VAULT_JWT_FILE", "value": SA_TOKEN_PATH})
     elif source == "kubernetes-secret":
         secret_name = required("secret-name", "the Secret holding the token")
         if not _DNS_SUBDOMAIN.match(secret_name):
@@ -305,6 +347,9 @@ def _read_annotations(pod: Mapping[str, Any], *, settings: InjectionSettings) ->
         if secret_namespace:
             if not _DNS_LABEL.match(secret_namespace):
                 raise InvalidInjection(name("secret-namespace"), f"{secret_namespace!r} is not a namespace")
+            _confine_secret_namespace(
+                secret_namespace, namespace=namespace, settings=settings, subject=name("secret-namespace")
+            )
             env.append({"name": "TOKENSIDECAR_SECRET_NAMESPACE", "value": secret_namespace})
         else:
             # The downward API names the namespace even when no service-account files are mounted.
@@ -372,6 +417,12 @@ def _read_annotations(pod: Mapping[str, Any], *, settings: InjectionSettings) ->
     image = ours.get("image", settings.image)
     if not _IMAGE.match(image):
         raise InvalidInjection(name("image"), f"{image!r} is not an image reference")
+    if not image_allowed(image, default=settings.image, patterns=settings.allowed_images):
+        raise InvalidInjection(
+            name("image"),
+            f"{image!r} is not an allowed image (the default {settings.image!r} or "
+            f"--allowed-images: {', '.join(settings.allowed_images) or 'none'})",
+        )
     plan.image = image
 
     plan.resources = _resources(ours, settings=settings)
@@ -387,6 +438,43 @@ def _read_annotations(pod: Mapping[str, Any], *, settings: InjectionSettings) ->
                 raise InvalidInjection(name("containers"), f"{container_name!r} is the sidecar itself")
         plan.targets = frozenset(names)
     return plan
+
+
+def _confine_vault_addr(address: str, *, settings: InjectionSettings, subject: str) -> None:
+    """An annotation's Vault address: the default or a listed one, https unless allowed."""
+    try:
+        chosen = normalize_vault_addr(address)
+    except ValueError as exc:
+        raise InvalidInjection(subject, str(exc)) from None
+    if chosen.startswith("http://") and not settings.allow_insecure_vault:
+        raise InvalidInjection(
+            subject, f"{address!r} is plain http:// (the webhook requires https for Vault)"
+        )
+    allowed = set(settings.allowed_vault_addrs)
+    if settings.vault_addr:
+        allowed.add(normalize_vault_addr(settings.vault_addr))
+    if chosen not in allowed:
+        raise InvalidInjection(
+            subject,
+            f"{address!r} is not an allowed Vault address "
+            f"(--inject-vault-addr or --allowed-vault-addrs: {', '.join(sorted(allowed)) or 'none'})",
+        )
+
+
+def _confine_secret_namespace(
+    secret_namespace: str, *, namespace: str | None, settings: InjectionSettings, subject: str
+) -> None:
+    """A Secret outside the pod's own namespace only where --allowed-secret-namespaces says."""
+    if secret_namespace == namespace:
+        return
+    allowed = settings.allowed_secret_namespaces
+    if "*" in allowed or secret_namespace in allowed:
+        return
+    raise InvalidInjection(
+        subject,
+        f"{secret_namespace!r} is not the pod's namespace ({namespace or 'unknown'}) "
+        f"nor in --allowed-secret-namespaces ({', '.join(allowed) or 'none'})",
+    )
 
 
 def _resources(ours: Mapping[str, str], *, settings: InjectionSettings) -> dict[str, dict[str, str]]:
@@ -533,13 +621,11 @@ def _kube_api_mount(spec: Mapping[str, Any]) -> dict[str, Any] | None:
 
 
 def _sidecar_present(spec: Mapping[str, Any]) -> bool:
-    names = {
-        c.get("name")
+    return any(
+        isinstance(c, Mapping) and c.get("name") == SIDECAR_NAME
         for key in ("containers", "initContainers")
         for c in _list(spec, key)
-        if isinstance(c, Mapping)
-    }
-    return SIDECAR_NAME in names
+    )
 
 
 def _target_patch(spec: Mapping[str, Any], *, plan: _Plan) -> list[dict[str, Any]]:
@@ -605,9 +691,15 @@ def _env_patch(container: Mapping[str, Any], *, base: tuple[str, str, int]) -> l
 def _same_env(current: Sequence[Any], wanted: Sequence[Any]) -> bool:
     # Order is irrelevant to the result except for $(VAR) references, which never point
     # at the token variables; compare as multisets of entries so a converged pod is left alone.
+    # Counted by canonical JSON, in linear time: a pod may carry 100,000 env entries
+    # (3 MiB), and comparing each with each would hold the event loop for minutes.
     if len(current) != len(wanted):
         return False
-    return all(entry in current for entry in wanted) and all(entry in wanted for entry in current)
+    return Counter(map(_canonical, current)) == Counter(map(_canonical, wanted))
+
+
+def _canonical(entry: Any) -> str:
+    return json.dumps(entry, sort_keys=True, separators=(",", ":"))
 
 
 def _sidecar_patch(

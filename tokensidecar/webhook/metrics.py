@@ -1,4 +1,4 @@
-"""Prometheus metrics of the webhook (names fixed by CONTRACT §6).
+"""Prometheus metrics of the webhook (names fixed: docs/metrics.md).
 
 The webhook owns its registry, like each sidecar does, so tests can run several in one
 process and the exposition holds only the webhook's series plus the process collector.

@@ -111,7 +111,11 @@ def _decide(
         raise InvalidInjection("request.object", "the review carries no pod")
     if not wants_injection(pod):
         return _allow(uid=uid, patch=[])
-    return _allow(uid=uid, patch=inject(pod, settings=settings))
+    namespace = request.get("namespace")
+    return _allow(
+        uid=uid,
+        patch=inject(pod, settings=settings, namespace=namespace if isinstance(namespace, str) else None),
+    )
 
 
 def _response(uid: str, **fields: Any) -> dict[str, Any]:

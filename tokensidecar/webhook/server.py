@@ -10,8 +10,17 @@ functions. What lives here is what a long-running TLS server in a cluster needs:
   use the new pair, open connections finish on the old one, nothing restarts. A pair
   that does not load (half-written, key/cert mismatch) is logged and retried; the old
   one keeps serving.
-* **Hostile input.** The body size is capped, and ``review`` never raises: bad bodies
-  get 400, bad pods a well-formed denial, so the API server never sees a 500 from input.
+* **Hostile input.** The body size is capped at what the API server can send, and
+  ``review`` never raises: bad bodies get 400, bad pods a well-formed denial, so the API
+  server never sees a 500 from input.
+* **Memory under a flood.** Parsing a review costs many times its size (a 3 MiB pod of
+  small env entries becomes some 30 MiB of dicts and strings, then a patch, its base64 and
+  the reply), and aiohttp would otherwise buffer every body that arrives at once. A
+  :class:`ReviewBudget` admits bodies into read-and-parse in arrival order while their
+  total size stays within ``--max-inflight-bytes``; a review past it waits without
+  reading, so its bytes stay in the kernel's socket buffer (aiohttp pauses a transport
+  whose unread payload passes 128 KiB). Small reviews — nearly all of them — still run
+  side by side; large ones take turns.
 * **A clean stop.** SIGTERM closes the listener, lets in-flight reviews finish (the API
   server's timeout is a few seconds), and removes the self-signed key files.
 """
@@ -25,6 +34,8 @@ import os
 import signal
 import ssl
 import time
+from collections import deque
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,8 +49,9 @@ from tokensidecar.redact import safe_error
 from tokensidecar.webhook.inject import InjectionSettings
 from tokensidecar.webhook.metrics import WebhookMetrics
 from tokensidecar.webhook.review import review
+from tokensidecar.webhook.settings import MAX_REVIEW_BYTES
 
-__all__ = ["CertificateReloader", "build_app", "main", "serve"]
+__all__ = ["CertificateReloader", "ReviewBudget", "build_app", "main", "serve"]
 
 log = logging.getLogger(__name__)
 
@@ -127,23 +139,87 @@ class CertificateReloader:
             self.reload_if_changed()
 
 
+class ReviewBudget:
+    """At most ``capacity`` bytes of review bodies being read and parsed at once.
+
+    Granted strictly in arrival order, so a large review is never starved by a stream of
+    small ones. A review larger than the whole budget is charged the whole budget: it
+    runs alone.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.available = capacity
+        self._waiting: deque[tuple[int, asyncio.Future[None]]] = deque()
+
+    @contextlib.asynccontextmanager
+    async def reserve(self, size: int) -> AsyncIterator[None]:
+        size = max(1, min(size, self.capacity))
+        if self._waiting or size > self.available:
+            turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiting.append((size, turn))
+            try:
+                await turn
+            except asyncio.CancelledError:
+                if turn.done() and not turn.cancelled():
+                    self._release(size)  # granted, then the client went away
+                else:
+                    self._grant()  # it may have been the head of the queue
+                raise
+        else:
+            self.available -= size
+        try:
+            yield
+        finally:
+            self._release(size)
+
+    def _release(self, size: int) -> None:
+        self.available += size
+        self._grant()
+
+    def _grant(self) -> None:
+        while self._waiting:
+            size, turn = self._waiting[0]
+            if turn.cancelled():
+                self._waiting.popleft()
+                continue
+            if size > self.available:
+                return
+            self._waiting.popleft()
+            self.available -= size
+            turn.set_result(None)
+
+
 def build_app(
     *,
     settings: InjectionSettings,
     metrics: WebhookMetrics,
     on_invalid: str = "deny",
-    max_body_bytes: int = 4 * 1024 * 1024,
+    max_body_bytes: int = MAX_REVIEW_BYTES,
+    max_inflight_bytes: int = MAX_REVIEW_BYTES,
 ) -> web.Application:
     """The webhook's routes: ``POST /mutate``, ``GET /healthz``, ``GET /metrics``."""
+    budget = ReviewBudget(max_inflight_bytes)
+
+    def too_large() -> web.Response:
+        metrics.admissions.labels(result="error").inc()
+        return web.json_response({"error": f"the body is larger than {max_body_bytes} bytes"}, status=413)
 
     async def mutate(request: web.Request) -> web.Response:
         started = time.perf_counter()
-        try:
-            body = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            metrics.admissions.labels(result="error").inc()
-            return web.json_response({"error": f"the body is larger than {max_body_bytes} bytes"}, status=413)
-        outcome = review(body, settings=settings, on_invalid=on_invalid)
+        declared = request.content_length
+        if declared is not None and declared > max_body_bytes:
+            return too_large()  # refused before a byte of it is read
+        async with budget.reserve(max_body_bytes if declared is None else declared):
+            try:
+                body = await request.read()
+            except web.HTTPRequestEntityTooLarge:
+                return too_large()
+            outcome = review(body, settings=settings, on_invalid=on_invalid)
+            del body
+            # Encoded inside the budget too: a large pod's patch, base64 and reply are
+            # part of what parsing it costs.
+            reply = web.json_response(outcome.body, status=outcome.status)
         metrics.admissions.labels(result=outcome.result).inc()
         metrics.duration.observe(time.perf_counter() - started)
         response = outcome.body.get("response") or {}
@@ -156,7 +232,7 @@ def build_app(
             )
         elif outcome.result == "injected":
             log.info("pod injected", extra={"uid": response.get("uid")})
-        return web.json_response(outcome.body, status=outcome.status)
+        return reply
 
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
@@ -271,6 +347,7 @@ async def serve(config: Config, *, ready: asyncio.Future[int] | None = None) -> 
             metrics=metrics,
             on_invalid=config.on_invalid,
             max_body_bytes=config.max_body_bytes,
+            max_inflight_bytes=config.max_inflight_bytes,
         )
         runner = web.AppRunner(
             app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE_SECONDS

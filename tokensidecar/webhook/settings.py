@@ -21,9 +21,19 @@ from tokensidecar.config import (
     parse_listen,
     register,
 )
+from tokensidecar.webhook.confine import parse_image_patterns, parse_namespaces, parse_vault_addrs
 from tokensidecar.webhook.quantity import check_quantity
 
-__all__ = ["SETTINGS", "WEBHOOK_SETTINGS", "parse_positive_int"]
+__all__ = ["MAX_REVIEW_BYTES", "SETTINGS", "WEBHOOK_SETTINGS", "parse_positive_int"]
+
+# The API server reads at most 3 MiB of a request body that creates an object
+# (MaxRequestBodyBytes in k8s.io/apiserver/pkg/server/config.go: "1.5MB is the recommended
+# client request size ... the etcd server should accept ... we allow 2x as the largest
+# request body size to be accepted and decoded in a write request"). The pod in a review
+# is that object after defaulting, wrapped in a few KiB of AdmissionReview (uid, kinds,
+# userInfo, options): 128 KiB of headroom covers both. The webhook only reviews CREATE,
+# so there is no oldObject beside it.
+MAX_REVIEW_BYTES = 3 * 1024 * 1024 + 128 * 1024
 
 
 def parse_positive_int(text: str) -> int:
@@ -132,9 +142,20 @@ WEBHOOK_SETTINGS = register(
     Setting(
         "max_body_bytes",
         "TOKENSIDECAR_WEBHOOK_MAX_BODY_BYTES",
-        "Largest AdmissionReview accepted (the API server caps objects at about 1.5 MiB; "
-        "a review carries the object twice on UPDATE).",
-        default=str(4 * 1024 * 1024),
+        "Largest AdmissionReview accepted; a larger one is answered 413 unread. The default "
+        "is the API server's request limit for an object (3 MiB) plus 128 KiB for the "
+        "review around it and the fields defaulting adds.",
+        default=str(MAX_REVIEW_BYTES),
+        parse=parse_positive_int,
+        section="webhook",
+    ),
+    Setting(
+        "max_inflight_bytes",
+        "TOKENSIDECAR_WEBHOOK_MAX_INFLIGHT_BYTES",
+        "Total size of the AdmissionReviews read and parsed at once; a review past it waits "
+        "its turn (in arrival order) with its bytes left in the socket. Parsing costs many "
+        "times a body's size: this bounds the webhook's memory under a flood of large pods.",
+        default=str(MAX_REVIEW_BYTES),
         parse=parse_positive_int,
         section="webhook",
     ),
@@ -210,9 +231,48 @@ WEBHOOK_SETTINGS = register(
     Setting(
         "vault_token_audience",
         "TOKENSIDECAR_VAULT_TOKEN_AUDIENCE",
-        "Audience of the projected service-account token injected for Vault kubernetes/jwt auth "
-        "(must match the Vault role's audience).",
+        "Audience of the projected service-account token injected for Vault kubernetes and jwt "
+        "auth: the Vault role's audience (bound_audiences for jwt) must match. The pod's own "
+        "token, whose audience is the API server, is never what the sidecar sends to Vault.",
         default="vault",
+        section="injection",
+    ),
+    # What a pod's annotations may choose (docs/security.md). Anything outside is denied,
+    # naming the annotation.
+    Setting(
+        "allowed_vault_addrs",
+        "TOKENSIDECAR_ALLOWED_VAULT_ADDRS",
+        "Vault addresses that annotation tokensidecar.io/vault-addr may choose, comma-separated "
+        "scheme://host[:port] (default: only --inject-vault-addr). The pod's service-account "
+        "token goes there.",
+        parse=parse_vault_addrs,
+        section="injection",
+    ),
+    Setting(
+        "allow_insecure_vault",
+        "TOKENSIDECAR_ALLOW_INSECURE_VAULT",
+        "Allow plain http:// Vault addresses (the service-account token and the Hugging Face "
+        "token would cross the network unencrypted).",
+        default="false",
+        parse=parse_bool,
+        is_bool=True,
+        section="injection",
+    ),
+    Setting(
+        "allowed_images",
+        "TOKENSIDECAR_ALLOWED_IMAGES",
+        "Images that annotation tokensidecar.io/image may choose, comma-separated; * matches "
+        "any run of characters (e.g. ghcr.io/tokensidecar/tokensidecar:*). Default: only "
+        "--sidecar-image. The sidecar holds the token.",
+        parse=parse_image_patterns,
+        section="injection",
+    ),
+    Setting(
+        "allowed_secret_namespaces",
+        "TOKENSIDECAR_ALLOWED_SECRET_NAMESPACES",
+        "Namespaces besides the pod's own whose Secrets annotation tokensidecar.io/secret-namespace "
+        "may name, comma-separated; * for any (default: the pod's own namespace only).",
+        parse=parse_namespaces,
         section="injection",
     ),
     Setting(
