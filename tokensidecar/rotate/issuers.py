@@ -114,6 +114,10 @@ class Issuer(abc.ABC):
     """Obtain one fresh token."""
 
     kind: ClassVar[str]
+    #: Whether each token is a new credential minted for this run, which the job may revoke
+    #: when it does not store it (a dry run, a concurrent run that rotated first, a failed
+    #: write). False for issuers that copy a token someone else holds and still uses.
+    mints: bool = False
 
     @abc.abstractmethod
     async def issue(self) -> Token:
@@ -146,15 +150,25 @@ class CommandIssuer(Issuer):
 
     kind = "command"
 
-    def __init__(self, *, argv: tuple[str, ...], timeout: float, pass_env: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, *, argv: tuple[str, ...], timeout: float, pass_env: tuple[str, ...] = (), mints: bool = False
+    ) -> None:
         self.argv = argv
         self.timeout = timeout
         self.pass_env = pass_env
+        # The program may mint (mint-hf-token) or copy a token held elsewhere; only the
+        # operator knows, and revoking a copied token would cut off everyone using it.
+        self.mints = mints
 
     @classmethod
     def from_config(cls, config: Config) -> CommandIssuer:
         argv: tuple[str, ...] = config.require("issuer_command", when="--issuer=command")
-        return cls(argv=argv, timeout=config.issuer_timeout, pass_env=tuple(config.issuer_command_env or ()))
+        return cls(
+            argv=argv,
+            timeout=config.issuer_timeout,
+            pass_env=tuple(config.issuer_command_env or ()),
+            mints=bool(config.issuer_command_mints),
+        )
 
     async def issue(self) -> Token:
         program = self.argv[0]
@@ -361,6 +375,7 @@ class OidcExchangeIssuer(Issuer):
     it cannot read private repositories)."""
 
     kind = "oidc-exchange"
+    mints = True
 
     def __init__(self, *, endpoint: str, resource: str, subject_token_file: str) -> None:
         self.endpoint = endpoint
@@ -401,6 +416,7 @@ class EnterpriseExchangeIssuer(Issuer):
     app's (8 h by default); ``TOKENSIDECAR_ENTERPRISE_SCOPE`` narrows the app's scopes."""
 
     kind = "enterprise-exchange"
+    mints = True
 
     def __init__(
         self,

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 __all__ = ["RESULTS", "write_metrics_file"]
 
-RESULTS = ("rotated", "skipped", "unchanged", "dry_run", "failed")
+RESULTS = ("rotated", "skipped", "unchanged", "superseded", "dry_run", "failed")
 
 _RUNS = "tokensidecar_rotate_runs_total"
 _LAST_SUCCESS = "tokensidecar_rotate_last_success_timestamp_seconds"
@@ -99,7 +99,7 @@ def write_metrics_file(path: str, *, outcome: Outcome, now: float | None = None)
         runs_total.labels(**labels, result=result).set(value)
     Gauge(
         "tokensidecar_rotate_success",
-        "1 when the last run succeeded (rotated, skipped, unchanged or dry run).",
+        "1 when the last run succeeded (rotated, skipped, unchanged, superseded or dry run).",
         label_names,
         registry=registry,
     ).labels(**labels).set(1 if outcome.succeeded else 0)
@@ -127,12 +127,14 @@ def write_metrics_file(path: str, *, outcome: Outcome, now: float | None = None)
     ).labels(**labels).set(outcome.version if outcome.version is not None else math.nan)
     revocations = Gauge(
         "tokensidecar_rotate_revocations",
-        "Revocations attempted by the last run, by result.",
+        "Tokens the last run revoked, failed to revoke, or left to expire (neither stored nor revoked).",
         [*label_names, "result"],
         registry=registry,
     )
     revocations.labels(**labels, result="revoked").set(len(outcome.revoked))
     revocations.labels(**labels, result="failed").set(outcome.revoke_failures)
+    # Valid tokens this run neither stored nor revoked (the log names each one).
+    revocations.labels(**labels, result="left_to_expire").set(len(outcome.left_to_expire))
     Gauge(
         "tokensidecar_rotate_conflicts",
         "Conditional writes of the last run refused because another writer got there first.",
