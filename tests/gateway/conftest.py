@@ -208,21 +208,23 @@ def cluster(kube_api: KubeApi, cluster_issuer: JwtIssuer) -> ServiceAccountToken
 
 
 @dataclass
-class ProjectedToken:
-    """A kubelet-managed projected token volume: ``<dir>/token`` → ``..data/token``."""
+class KubeletVolume:
+    """A kubelet-managed volume (projected token, ConfigMap, Secret): ``<dir>/<name>`` →
+    ``..data/<name>``, updated by kubelet's AtomicWriter (pkg/volume/util/atomic_writer.go)."""
 
     directory: pathlib.Path
+    name: str = "token"
 
     @property
     def path(self) -> pathlib.Path:
-        return self.directory / "token"
+        return self.directory / self.name
 
     def write(self, token: str) -> None:
-        """Swap in a new token the way kubelet's AtomicWriter does."""
+        """Swap in new content the way kubelet's AtomicWriter does."""
         stamp = f"..{time.strftime('%Y_%m_%d_%H_%M_%S')}.{secrets.token_hex(4)}"
         version = self.directory / stamp
         version.mkdir()
-        (version / "token").write_text(token)
+        (version / self.name).write_text(token)
         link = self.directory / "..data_tmp"
         link.unlink(missing_ok=True)
         link.symlink_to(stamp)
@@ -231,14 +233,23 @@ class ProjectedToken:
         )
         os.rename(link, self.directory / "..data")
         if not self.path.is_symlink():
-            self.path.symlink_to("..data/token")
+            self.path.symlink_to(f"..data/{self.name}")
         if previous is not None:
-            (self.directory / previous / "token").unlink()
+            (self.directory / previous / self.name).unlink()
             (self.directory / previous).rmdir()
 
 
 @pytest.fixture
-def projected_token(tmp_path: pathlib.Path) -> Iterator[ProjectedToken]:
+def projected_token(tmp_path: pathlib.Path) -> Iterator[KubeletVolume]:
+    """A projected service-account token volume; ``.path`` is what HF_TOKEN_PATH names."""
     directory = tmp_path / "projected-identity"
     directory.mkdir()
-    yield ProjectedToken(directory=directory)
+    yield KubeletVolume(directory=directory, name="token")
+
+
+@pytest.fixture
+def policy_volume(tmp_path: pathlib.Path) -> Iterator[KubeletVolume]:
+    """A ConfigMap volume holding ``policy.yaml``; ``.path`` is TOKENSIDECAR_GATEWAY_POLICY."""
+    directory = tmp_path / "policy-configmap"
+    directory.mkdir()
+    yield KubeletVolume(directory=directory, name="policy.yaml")
