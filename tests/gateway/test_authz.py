@@ -1,0 +1,235 @@
+"""The Gatekeeper with its real parts: TokenReviews at the fake API server, a policy file."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+
+from tests.fixtures.kube import KubeApi
+from tests.gateway.conftest import GATEWAY_AUDIENCE, KubeletVolume, ServiceAccountTokens
+from tokensidecar.gateway.authz import AUDIT_LOGGER, AuditLog, Gatekeeper, Verdict, bearer_token
+from tokensidecar.gateway.identity import Identity, TokenReviewer
+from tokensidecar.gateway.policy import PolicyFile
+from tokensidecar.logs import JsonFormatter
+
+POLICY = """
+rules:
+  - subjects: [{namespace: team-a, serviceAccount: llama-*}]
+    repos: [acme/llama-*]
+    revisions: [main]
+  - subjects: [{namespace: team-b}]
+    repos: [partner/*]
+    credential: partner
+"""
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def audit_lines() -> Iterator[list[dict[str, Any]]]:
+    """The audit logger's lines, parsed (the production JSON formatter)."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger(AUDIT_LOGGER)
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+
+    class Lines(list[dict[str, Any]]):
+        def refresh(self) -> Lines:
+            self[:] = [json.loads(line) for line in stream.getvalue().splitlines()]
+            return self
+
+    lines = Lines()
+    yield lines
+    logger.removeHandler(handler)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def registry() -> CollectorRegistry:
+    return CollectorRegistry()
+
+
+@pytest.fixture
+async def gatekeeper(
+    kube_api: KubeApi,
+    cluster: ServiceAccountTokens,
+    policy_volume: KubeletVolume,
+    registry: CollectorRegistry,
+    clock: Clock,
+) -> AsyncIterator[Gatekeeper]:
+    policy_volume.write(POLICY)
+    reviewer = TokenReviewer(audience=GATEWAY_AUDIENCE, kube=kube_api.api_client(), registry=registry)
+    policy = PolicyFile(policy_volume.path, credentials={"default", "partner"}, registry=registry)
+    keeper = Gatekeeper(reviewer=reviewer, policy=policy, registry=registry, audit=AuditLog(clock=clock))
+    try:
+        yield keeper
+    finally:
+        await reviewer.aclose()
+
+
+def bearer(token: str) -> str:
+    return f"Bearer {token}"
+
+
+async def test_the_four_outcomes(
+    gatekeeper: Gatekeeper, cluster: ServiceAccountTokens, kube_api: KubeApi, registry: CollectorRegistry
+) -> None:
+    llama = cluster.issue(namespace="team-a", service_account="llama-server")
+    partner = cluster.issue(namespace="team-b", service_account="default")
+
+    allowed = await gatekeeper.check(authorization=bearer(llama), repo="acme/llama-3", revision="main")
+    assert allowed.outcome == "allowed"
+    assert allowed.identity is not None and allowed.identity.subject == "team-a/llama-server"
+    assert allowed.decision is not None and (allowed.decision.rule, allowed.decision.credential) == (
+        0,
+        "default",
+    )
+
+    via_partner = await gatekeeper.check(authorization=bearer(partner), repo="partner/m", revision="v1")
+    assert via_partner.decision is not None and via_partner.decision.credential == "partner"
+
+    denied = await gatekeeper.check(authorization=bearer(partner), repo="acme/llama-3", revision="main")
+    assert denied.outcome == "denied"
+    assert denied.decision is not None and denied.decision.reason == "no rule matches"
+
+    for authorization in (None, "", "Basic dXNlcjpwYXNz", "Bearer", "Bearer   ", bearer("not-a-token")):
+        refused = await gatekeeper.check(authorization=authorization, repo="acme/llama-3", revision="main")
+        assert refused == Verdict(outcome="unauthenticated", identity=None, decision=None)
+    vault_audience = cluster.issue(namespace="team-a", service_account="llama-server", audience="vault")
+    wrong = await gatekeeper.check(authorization=bearer(vault_audience), repo="acme/llama-3", revision="main")
+    assert wrong.outcome == "unauthenticated"
+
+    kube_api.stop()
+    unknown = cluster.issue(namespace="team-a", service_account="llama-other")
+    down = await gatekeeper.check(authorization=bearer(unknown), repo="acme/llama-3", revision="main")
+    assert down == Verdict(outcome="unavailable", identity=None, decision=None)
+    # A workload reviewed before the outage keeps working until its token expires.
+    again = await gatekeeper.check(authorization=bearer(llama), repo="acme/llama-3", revision="main")
+    assert again.outcome == "allowed"
+
+    exposition = generate_latest(registry).decode()
+    for result, count in (("allowed", 3), ("denied", 1), ("unauthenticated", 7), ("unavailable", 1)):
+        assert f'tokensidecar_gateway_authz_total{{result="{result}"}} {count}.0' in exposition
+
+
+async def test_revisions_known_as_and_pinned(gatekeeper: Gatekeeper, cluster: ServiceAccountTokens) -> None:
+    token = bearer(cluster.issue(namespace="team-a", service_account="llama-server"))
+    at_commit = await gatekeeper.check(authorization=token, repo="acme/llama-3", revision=COMMIT)
+    assert at_commit.outcome == "denied"
+    assert at_commit.decision is not None and at_commit.decision.reason == "revision not allowed"
+    resolved_from_main = await gatekeeper.check(
+        authorization=token, repo="acme/llama-3", revision=COMMIT, known_as=frozenset({"main"})
+    )
+    assert resolved_from_main.outcome == "allowed"
+
+
+async def test_a_reloaded_policy_applies_to_the_next_request(
+    gatekeeper: Gatekeeper, cluster: ServiceAccountTokens, policy_volume: KubeletVolume
+) -> None:
+    token = bearer(cluster.issue(namespace="team-c", service_account="default"))
+    assert (await gatekeeper.check(authorization=token, repo="acme/x", revision="main")).outcome == "denied"
+    policy_volume.write(POLICY + "  - subjects: [{namespace: team-c}]\n    repos: [acme/*]\n")
+    assert gatekeeper.policy.check()
+    assert (await gatekeeper.check(authorization=token, repo="acme/x", revision="main")).outcome == "allowed"
+    policy_volume.write("rules: [{subjects: [{namespace: team-c}], repos: acme/x}]")  # invalid: kept
+    assert not gatekeeper.policy.check()
+    assert (await gatekeeper.check(authorization=token, repo="acme/x", revision="main")).outcome == "allowed"
+
+
+async def test_audit_lines_are_rate_bounded_and_count_what_they_suppress(
+    gatekeeper: Gatekeeper, cluster: ServiceAccountTokens, audit_lines: Any, clock: Clock
+) -> None:
+    token = bearer(cluster.issue(namespace="team-a", service_account="llama-server"))
+    for _ in range(100):  # one snapshot_download: many requests, one answer
+        await gatekeeper.check(authorization=token, repo="acme/llama-3", revision="main")
+    await gatekeeper.check(authorization=token, repo="acme/llama-3", revision="v2")  # another key
+    lines = audit_lines.refresh()
+    assert len(lines) == 2
+    first = lines[0]
+    assert first["msg"] == "authorization"
+    assert {k: first[k] for k in ("subject", "namespace", "service_account", "repo", "revision")} == {
+        "subject": "team-a/llama-server",
+        "namespace": "team-a",
+        "service_account": "llama-server",
+        "repo": "acme/llama-3",
+        "revision": "main",
+    }
+    assert (first["decision"], first["rule"], first["credential"], first["suppressed"]) == (
+        "allowed",
+        0,
+        "default",
+        0,
+    )
+    assert first["policy_version"] == gatekeeper.policy.current.version
+    assert (lines[1]["decision"], lines[1]["reason"]) == ("denied", "revision not allowed")
+
+    clock.now += 61
+    await gatekeeper.check(authorization=token, repo="acme/llama-3", revision="main")
+    lines = audit_lines.refresh()
+    assert len(lines) == 3
+    assert lines[2]["suppressed"] == 99
+
+
+def test_evicted_audit_keys_write_their_pending_count(audit_lines: Any) -> None:
+    audit = AuditLog(max_keys=2, clock=lambda: 0.0)
+    identity = Identity(
+        namespace="a", service_account="b", username="system:serviceaccount:a:b", expires_at=None
+    )
+    verdict = Verdict(outcome="allowed", identity=identity, decision=None)
+    for _ in range(5):
+        audit.record(verdict=verdict, repo="acme/one", revision="main", policy_version="v")
+    audit.record(verdict=verdict, repo="acme/two", revision="main", policy_version="v")
+    audit.record(verdict=verdict, repo="acme/three", revision="main", policy_version="v")  # evicts acme/one
+    lines = audit_lines.refresh()
+    assert [(line["repo"], line["suppressed"]) for line in lines] == [
+        ("acme/one", 0),
+        ("acme/two", 0),
+        ("acme/three", 0),
+        ("acme/one", 4),
+    ]
+
+
+async def test_no_token_in_audit_lines(
+    gatekeeper: Gatekeeper, cluster: ServiceAccountTokens, audit_lines: Any
+) -> None:
+    tokens = [
+        cluster.issue(namespace="team-a", service_account="llama-server"),
+        cluster.issue(namespace="team-b", service_account="x", audience="vault"),
+        "hf_canary_caller_token_0123456789",
+    ]
+    for token in tokens:
+        await gatekeeper.check(authorization=bearer(token), repo="acme/llama-3", revision="main")
+    text = json.dumps(audit_lines.refresh())
+    assert len(audit_lines) == 2  # the two refused callers share one line (same key)
+    for token in tokens:
+        assert token not in text
+        for part in token.split("."):
+            if len(part) > 16:
+                assert part not in text
+
+
+def test_bearer_tokens_are_parsed_as_rfc_6750_says() -> None:
+    assert bearer_token("Bearer abc") == "abc"
+    assert bearer_token("bearer abc ") == "abc"
+    assert bearer_token("BEARER  abc") == "abc"
+    for header in (None, "", "Bearer", "Basic abc", "Token abc"):
+        assert bearer_token(header) is None
