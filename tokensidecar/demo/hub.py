@@ -623,6 +623,7 @@ class HubStandIn:
         for offset in range(0, len(body), 64 * 1024):
             if fault is not None and offset >= fault.after:
                 if fault.kind == "cut":
+                    await asyncio.sleep(fault.delay)  # what was sent arrives before the cut
                     assert request.transport is not None
                     request.transport.close()
                     return response
@@ -654,10 +655,11 @@ class HubStandIn:
         with self._lock:
             self._body_faults.extend(_BodyFault("corrupt") for _ in range(count))
 
-    def cut_next_body(self, count: int = 1, *, after: int = 0) -> None:
-        """Close the connection of the next ``count`` file bodies after ``after`` bytes."""
+    def cut_next_body(self, count: int = 1, *, after: int = 0, delay: float = 0.2) -> None:
+        """Close the connection of the next ``count`` file bodies after ``after`` bytes
+        (``delay`` seconds after sending them, so that they reach the reader first)."""
         with self._lock:
-            self._body_faults.extend(_BodyFault("cut", after=after) for _ in range(count))
+            self._body_faults.extend(_BodyFault("cut", after=after, delay=delay) for _ in range(count))
 
     def stall_next_body(self, count: int = 1, *, after: int = 0, delay: float = 1.0) -> None:
         """Pause the next ``count`` file bodies for ``delay`` seconds after ``after`` bytes."""
@@ -700,7 +702,11 @@ class HubStandIn:
                     entry["xetHash"] = hashlib.sha256(b"xet" + content).hexdigest()
             if expand:
                 entry["lastCommit"] = last_commit
-                entry["securityFileStatus"] = {"status": "safe"}
+                entry["securityFileStatus"] = {
+                    "status": "safe",
+                    "avScan": {"virusFound": False, "virusNames": None},
+                    "pickleImportScan": {"highestSafetyLevel": "innocuous", "imports": []},
+                }
             entries.append(entry)
         for folder in sorted(folders):
             oid = hashlib.sha1(f"{commit}:{folder}".encode(), usedforsecurity=False).hexdigest()

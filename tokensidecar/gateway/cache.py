@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import hashlib
 import logging
 import os
@@ -54,12 +53,17 @@ Opener = Callable[[], AbstractAsyncContextManager[aiohttp.ClientResponse]]
 
 
 class FillFailed(Exception):
-    """A fill did not produce a verified file. ``local`` is True for a cache-side failure
-    (disk full, I/O error): the upstream bytes were fine, so readers may go on upstream."""
+    """A fill did not produce a verified file, because of the upstream (``short``,
+    ``corrupt``, ``upstream``: no more bytes of it may be sent) or of the cache (``local``:
+    disk full, I/O error; the bytes so far were good, so readers may go on upstream)."""
 
-    def __init__(self, reason: str, *, local: bool) -> None:
+    def __init__(self, reason: str, *, kind: Literal["short", "corrupt", "upstream", "local"]) -> None:
         super().__init__(reason)
-        self.local = local
+        self.kind = kind
+
+    @property
+    def local(self) -> bool:
+        return self.kind == "local"
 
 
 class _Digest:
@@ -121,35 +125,41 @@ class Fill:
         try:
             fd = os.open(self.partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
         except OSError as exc:
-            await self._fail(FillFailed(f"cannot create a cache file: {exc.strerror}", local=True), metrics)
+            await self._fail(FillFailed(f"cannot create a cache file: {exc.strerror}", kind="local"), metrics)
             return
         try:
             async with open_body() as response:
                 async for chunk in response.content.iter_chunked(CHUNK):
                     if written + len(chunk) > self.meta.size:
-                        raise FillFailed("the upstream sent more bytes than announced", local=False)
+                        raise FillFailed("the upstream sent more bytes than announced", kind="corrupt")
                     digest.update(chunk)
                     try:
                         _write_all(fd, chunk)
                     except OSError as exc:
-                        raise FillFailed(f"cannot write the cache file: {exc.strerror}", local=True) from None
+                        raise FillFailed(
+                            f"cannot write the cache file: {exc.strerror}", kind="local"
+                        ) from None
                     written += len(chunk)
                     metrics.upstream_bytes.inc(len(chunk))
                     await self._advance(written)
             if written != self.meta.size:
-                raise FillFailed(f"short upstream body: {written} of {self.meta.size} bytes", local=False)
+                raise FillFailed(f"short upstream body: {written} of {self.meta.size} bytes", kind="short")
             if not digest.matches():
-                raise FillFailed(f"the upstream body does not match its {digest.kind}", local=False)
+                raise FillFailed(f"the upstream body does not match its {digest.kind}", kind="corrupt")
             try:
                 await asyncio.to_thread(os.fsync, fd)
                 os.rename(self.partial, self.final)
                 _fsync_directory(self.final.parent)
             except OSError as exc:
-                raise FillFailed(f"cannot complete the cache file: {exc.strerror}", local=True) from None
+                raise FillFailed(f"cannot complete the cache file: {exc.strerror}", kind="local") from None
         except FillFailed as failure:
             await self._fail(failure, metrics)
-        except (aiohttp.ClientError, TimeoutError, Exception) as exc:  # upstream cut, refused…
-            await self._fail(FillFailed(f"upstream download failed: {safe_error(exc)}", local=False), metrics)
+        except aiohttp.ClientPayloadError as exc:  # the connection died mid-body
+            await self._fail(FillFailed(f"short upstream body: {safe_error(exc)}", kind="short"), metrics)
+        except Exception as exc:  # refused, unreachable, timed out
+            await self._fail(
+                FillFailed(f"upstream download failed: {safe_error(exc)}", kind="upstream"), metrics
+            )
         else:
             self.state = "complete"
             metrics.fills.labels(result="complete").inc()
@@ -161,8 +171,7 @@ class Fill:
         with contextlib.suppress(OSError):
             self.partial.unlink()
         self.error, self.state = failure, "failed"
-        result = "failed" if failure.local else "short" if "short" in str(failure) else "corrupt"
-        metrics.fills.labels(result=result).inc()
+        metrics.fills.labels(result=failure.kind).inc()
         log.warning("cache fill failed", extra={"etag": self.meta.etag, "error": str(failure)})
         await self._advance()
 
@@ -310,7 +319,7 @@ async def read_fill(fill: Fill, *, start: int, end: int) -> AsyncIterator[bytes]
             while position < readable:
                 chunk = os.pread(fd, min(CHUNK, readable - position), position)
                 if not chunk:
-                    raise FillFailed("the cache file shrank", local=True)
+                    raise FillFailed("the cache file shrank", kind="local")
                 position += len(chunk)
                 yield chunk
     finally:
@@ -324,8 +333,4 @@ def _open_either(fill: Fill) -> int:
     for path in (fill.partial, fill.final):
         with contextlib.suppress(FileNotFoundError):
             return os.open(path, os.O_RDONLY)
-    raise FillFailed("the cache file is gone", local=True)
-
-
-def is_disk_full(exc: OSError) -> bool:
-    return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    raise FillFailed("the cache file is gone", kind="local")

@@ -66,7 +66,7 @@ class GatewayMetrics:
         )
         self.fills = Counter(
             "tokensidecar_gateway_fills",
-            "Upstream downloads into the cache, by result (complete, short, corrupt, failed).",
+            "Upstream downloads into the cache, by result (complete, short, corrupt, upstream, local).",
             ["result"],
             registry=self.registry,
         )
