@@ -76,8 +76,9 @@ class AllowList:
             return Verdict("denied", identity, Decision(False, None, None, "no rule matches"))
         return Verdict("allowed", identity, Decision(True, 0, "default", "rule 0"))
 
-    async def review(self, token: str) -> Identity | None:
-        return self.tokens.get(token)
+    async def authenticate(self, authorization: str | None) -> Verdict:
+        identity = self.tokens.get((authorization or "").partition(" ")[2].strip())
+        return Verdict("allowed" if identity else "unauthenticated", identity, None)
 
 
 @dataclass
@@ -121,7 +122,6 @@ class RunningGateway:
             blobs=BlobStore(directory=cache_dir, max_bytes=cache_size, metrics=metrics),
             gatekeeper=gatekeeper,
             credentials=credentials,
-            reviewer=gatekeeper,
             metrics=metrics,
         )
         self._runner = web.AppRunner(build_app(self.gateway), access_log=None)

@@ -19,22 +19,27 @@ import asyncio
 import contextlib
 import logging
 import re
+import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 from aiohttp import web
 
+from tokensidecar import __version__
+from tokensidecar.config import Config, ConfigError
 from tokensidecar.gateway.cache import BlobStore, FillFailed, read_fill
-from tokensidecar.gateway.identity import Identity, IdentityUnavailable
+from tokensidecar.gateway.identity import Identity
 from tokensidecar.gateway.metadata import Metadata, is_commit
 from tokensidecar.gateway.metrics import GatewayMetrics
 from tokensidecar.gateway.upstream import Answer, FileMeta, Upstream, UpstreamUnavailable
 from tokensidecar.metrics import CONTENT_TYPE_LATEST, exposition
 from tokensidecar.redact import safe_error
+from tokensidecar.webhook.server import CertificateReloader
 
-__all__ = ["Gateway", "build_app"]
+__all__ = ["Gateway", "build_app", "main", "serve"]
 
 log = logging.getLogger(__name__)
 
@@ -64,13 +69,11 @@ class Gatekeeper(Protocol):
         self, *, authorization: str | None, repo: str, revision: str, known_as: frozenset[str] = ...
     ) -> _Verdict: ...
 
+    async def authenticate(self, authorization: str | None) -> _Verdict: ...
+
 
 class Credentials(Protocol):
     def token(self, name: str) -> str | None: ...
-
-
-class Reviewer(Protocol):
-    async def review(self, token: str) -> Identity | None: ...
 
 
 # -- answers in the Hub's shape ---------------------------------------------------------------
@@ -159,9 +162,9 @@ class Gateway:
     blobs: BlobStore
     gatekeeper: Gatekeeper
     credentials: Credentials
-    reviewer: Reviewer
     metrics: GatewayMetrics
     readiness: Callable[[], tuple[bool, str]] = lambda: (True, "ok")
+    alive: Callable[[], bool] = lambda: True
 
     async def authorize(self, request: web.Request, *, repo: str, revision: str) -> str | None:
         """The upstream token for this caller and repo; raises the Hub's answer otherwise."""
@@ -258,18 +261,16 @@ def build_app(gateway: Gateway) -> web.Application:
         return await _send_file(gateway, request, repo=repo, meta=meta, path=path, token=token, wanted=wanted)
 
     async def whoami(request: web.Request) -> web.StreamResponse:
-        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            return hub_error(401, INVALID_CREDENTIALS)
-        try:
-            identity = await gateway.reviewer.review(token.strip())
-        except IdentityUnavailable:
+        verdict = await gateway.gatekeeper.authenticate(request.headers.get("Authorization"))
+        if verdict.outcome == "unavailable":
             return hub_error(503, "authorization unavailable", **{"Retry-After": "5"})
-        if identity is None:
+        if verdict.identity is None:
             return hub_error(401, INVALID_CREDENTIALS)
-        return web.json_response(_whoami(identity))
+        return web.json_response(_whoami(verdict.identity))
 
     async def healthz(_: web.Request) -> web.Response:
+        if not gateway.alive():
+            return web.json_response({"status": "a credential refresh loop stopped"}, status=500)
         return web.json_response({"status": "ok"})
 
     async def readyz(_: web.Request) -> web.Response:
@@ -409,3 +410,130 @@ async def _sendfile(
                 raise ConnectionResetError("the cached file shrank") from None
             await response.write(chunk)
             count -= len(chunk)
+
+
+# -- wiring: `tokensidecar gateway` -----------------------------------------------------------
+
+# In-flight downloads get this long after SIGTERM; a StatefulSet's default grace is 30 s.
+SHUTDOWN_GRACE_SECONDS = 10.0
+
+
+def _build(config: Config) -> tuple[Gateway, Any, Any, CertificateReloader | None]:
+    """Every part, checked before anything starts (ConfigError names the setting)."""
+    from tokensidecar.gateway.authz import Gatekeeper as RealGatekeeper
+    from tokensidecar.gateway.credentials import CredentialStore
+    from tokensidecar.gateway.identity import TokenReviewer
+    from tokensidecar.gateway.policy import PolicyError, PolicyFile
+
+    policy_path = config.require("gateway_policy", when="running the gateway")
+    if bool(config.tls_cert_file) != bool(config.tls_key_file):
+        raise ConfigError("TOKENSIDECAR_TLS_KEY_FILE", "--tls-cert-file and --tls-key-file go together")
+    tls = (
+        CertificateReloader(cert_file=config.tls_cert_file, key_file=config.tls_key_file)
+        if config.tls_cert_file
+        else None
+    )
+    cache_dir = Path(config.gateway_cache_dir)
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            "TOKENSIDECAR_GATEWAY_CACHE_DIR", f"cannot create {cache_dir}: {exc.strerror}"
+        ) from None
+    metrics = GatewayMetrics()
+    upstream_url = config.gateway_upstream
+    if config.gateway_credentials:
+        credentials = CredentialStore.from_file(
+            Path(config.gateway_credentials), upstream=upstream_url, registry=metrics.registry
+        )
+    else:
+        credentials = CredentialStore.from_sidecar_config(
+            config, upstream=upstream_url, registry=metrics.registry
+        )
+    try:
+        policy = PolicyFile(Path(policy_path), credentials=credentials.names(), registry=metrics.registry)
+    except PolicyError as exc:
+        raise ConfigError("TOKENSIDECAR_GATEWAY_POLICY", str(exc)) from None
+    reviewer = TokenReviewer.from_kubeconfig(
+        audience=config.gateway_audience, kubeconfig=config.kubeconfig, registry=metrics.registry
+    )
+    upstream = Upstream(base_url=upstream_url, metrics=metrics)
+
+    def readiness() -> tuple[bool, str]:
+        ready, reason = credentials.readiness(policy.current.credentials())
+        if policy.load_error is not None:  # the previous policy is still in force
+            reason += f"; policy file refused, previous version in force: {policy.load_error}"
+        return ready, reason
+
+    gateway = Gateway(
+        upstream=upstream,
+        metadata=Metadata(
+            directory=cache_dir,
+            upstream=upstream,
+            revision_ttl=config.gateway_revision_ttl,
+            stale_if_error=config.gateway_stale_if_error,
+        ),
+        blobs=BlobStore(directory=cache_dir, max_bytes=config.gateway_cache_size, metrics=metrics),
+        gatekeeper=RealGatekeeper(reviewer=reviewer, policy=policy, registry=metrics.registry),
+        credentials=credentials,
+        metrics=metrics,
+        readiness=readiness,
+        alive=credentials.alive,
+    )
+    return gateway, credentials, (policy, reviewer), tls
+
+
+async def serve(config: Config, *, ready: asyncio.Future[int] | None = None) -> int:
+    """Run until SIGTERM/SIGINT. ``ready`` (tests) receives the bound port once serving."""
+    gateway, credentials, (policy, reviewer), tls = _build(config)
+    tasks: list[asyncio.Task[None]] = []
+    runner = web.AppRunner(
+        build_app(gateway), access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE_SECONDS
+    )
+    try:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await credentials.start()
+        tasks.append(asyncio.create_task(policy.watch(), name="policy-watch"))
+        if tls is not None:
+            tasks.append(asyncio.create_task(tls.watch(), name="certificate-reloader"))
+        await runner.setup()
+        host, port = config.gateway_listen
+        site = web.TCPSite(runner, host, port, ssl_context=tls.context if tls else None)
+        await site.start()
+        bound = runner.addresses[0][1] if runner.addresses else port
+        log.info(
+            "gateway listening",
+            extra={
+                "version": __version__,
+                "listen": f"{host}:{bound}",
+                "port": bound,
+                "upstream": config.gateway_upstream,
+                "tls": tls is not None,
+                "cache_dir": config.gateway_cache_dir,
+                "cache_bytes": gateway.blobs.used_bytes,
+            },
+        )
+        if ready is not None and not ready.done():
+            ready.set_result(bound)
+        await stop.wait()
+        log.info("shutting down")
+        return 0
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await runner.cleanup()
+        await gateway.blobs.aclose()
+        await gateway.upstream.aclose()
+        await credentials.aclose()
+        await reviewer.aclose()
+
+
+def main(config: Config) -> int:
+    """``tokensidecar gateway``: build every part (exit 2 on bad settings), then serve."""
+    return asyncio.run(serve(config))
