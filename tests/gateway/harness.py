@@ -19,7 +19,8 @@ import os
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -104,10 +105,12 @@ class RunningGateway:
         cache_size: int = 1 << 40,
         revision_ttl: float = 300.0,
         stale_if_error: float = 86400.0,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="gateway", daemon=True)
         self._args = (upstream, cache_dir, gatekeeper, credentials, cache_size, revision_ttl, stale_if_error)
+        self._clock = clock
         self.url = ""
         self.gateway: Gateway | None = None
         self._runner: web.AppRunner | None = None
@@ -118,7 +121,13 @@ class RunningGateway:
         upstream = Upstream(base_url=upstream_url, metrics=metrics)
         self.gateway = Gateway(
             upstream=upstream,
-            metadata=Metadata(directory=cache_dir, upstream=upstream, revision_ttl=ttl, stale_if_error=stale),
+            metadata=Metadata(
+                directory=cache_dir,
+                upstream=upstream,
+                revision_ttl=ttl,
+                stale_if_error=stale,
+                clock=self._clock,
+            ),
             blobs=BlobStore(directory=cache_dir, max_bytes=cache_size, metrics=metrics),
             gatekeeper=gatekeeper,
             credentials=credentials,
