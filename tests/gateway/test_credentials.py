@@ -120,8 +120,8 @@ async def test_file_credential_rotates_in_memory_and_a_rejected_token_keeps_the_
         assert value not in str(store.status())
     # kubelet removed the old version from the volume; the gateway wrote the tokens nowhere.
     assert not DEFAULT_TOKEN_FILE.exists() or second not in DEFAULT_TOKEN_FILE.read_text()
-    assert files_containing(secret_volume.directory.parent.parent, first) == []
-    assert files_containing(secret_volume.directory.parent.parent, second) == []
+    assert files_containing(secret_volume.directory.parent, first) == []
+    assert files_containing(secret_volume.directory.parent, second) == []
     assert [p.name for p in files_containing(secret_volume.directory, unknown_to_the_hub)] == ["token"]
 
 

@@ -181,8 +181,8 @@ class Gatekeeper:
             ["result"],
             registry=registry,
         )
-        for result in OUTCOMES:
-            self.authz.labels(result=result)
+        # Bound once: labels() costs a lock and a dict lookup, on the path of every request.
+        self._counted = {result: self.authz.labels(result=result) for result in OUTCOMES}
 
     async def authenticate(self, authorization: str | None) -> Verdict:
         """Identity only (``/api/whoami-v2``): allowed, unauthenticated or unavailable; not audited."""
@@ -219,6 +219,6 @@ class Gatekeeper:
                 identity=verdict.identity,
                 decision=decision,
             )
-        self.authz.labels(result=verdict.outcome).inc()
+        self._counted[verdict.outcome].inc()
         self.audit.record(verdict=verdict, repo=repo, revision=revision, policy_version=policy.version)
         return verdict

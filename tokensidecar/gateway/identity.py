@@ -152,8 +152,9 @@ class _Metrics:
             ["result"],
             registry=registry,
         )
-        for result in ("hit", "miss"):
-            self.cache.labels(result=result)
+        # Bound once: labels() costs a lock and a dict lookup, on the path of every request.
+        self.hits = self.cache.labels(result="hit")
+        self.misses = self.cache.labels(result="miss")
         self.entries = Gauge(
             "tokensidecar_gateway_identity_cache_entries",
             "TokenReview answers held in memory.",
@@ -235,9 +236,9 @@ class TokenReviewer:
         now = self.clock()
         cached = self._lookup(key, now)
         if cached is not None:
-            self._metrics.cache.labels(result="hit").inc()
+            self._metrics.hits.inc()
             return cached.identity
-        self._metrics.cache.labels(result="miss").inc()
+        self._metrics.misses.inc()
         pending = self._inflight.get(key)
         if pending is None:
             pending = asyncio.get_running_loop().create_future()

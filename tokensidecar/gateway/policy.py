@@ -50,7 +50,7 @@ import logging
 import os
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +81,9 @@ HF_URI_PREFIX = "hf://"
 # A ConfigMap update reaches the volume in 60-90 s; a one-second stat poll adds nothing
 # anyone can notice and costs a few microseconds.
 POLL_SECONDS = 1.0
+# Decisions remembered per policy version: a download asks the same question (subject,
+# repo, revision) hundreds of times, and a rule scan costs ~2 µs per rule.
+DECISION_MEMO_SIZE = 4096
 
 _COMMIT = re.compile(r"[0-9a-f]{40}")
 _RULE_KEYS = frozenset({"subjects", "repos", "revisions", "credential"})
@@ -230,6 +233,9 @@ class Policy:
     rules: tuple[Rule, ...]
     #: First 12 hex of the text's sha256: which version is in force (logs, metrics).
     version: str = ""
+    _memo: dict[tuple[str, str, str, str, frozenset[str]], Decision] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     @classmethod
     def from_yaml(cls, text: str, *, credentials: Iterable[str] | None = None) -> Policy:
@@ -276,6 +282,17 @@ class Policy:
         ``revision`` is as requested (branch, tag or 40-hex commit); ``known_as`` are the
         branch and tag names the gateway has seen resolve to it when it is a commit.
         """
+        key = (identity.namespace, identity.service_account, repo, revision, known_as)
+        remembered = self._memo.get(key)
+        if remembered is not None:
+            return remembered
+        decision = self._decide(identity, repo=repo, revision=revision, known_as=known_as)
+        if len(self._memo) >= DECISION_MEMO_SIZE:
+            self._memo.clear()  # cheaper than LRU bookkeeping on every hit; refills in one scan each
+        self._memo[key] = decision
+        return decision
+
+    def _decide(self, identity: Identity, *, repo: str, revision: str, known_as: frozenset[str]) -> Decision:
         covered_at_other_revisions = False
         for index, rule in enumerate(self.rules):
             if not rule.covers(identity, repo):
