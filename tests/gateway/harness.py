@@ -27,6 +27,7 @@ from typing import Any
 
 from aiohttp import web
 
+from tests.sidecar_process import SidecarProcess
 from tokensidecar.gateway.cache import BlobStore
 from tokensidecar.gateway.identity import Identity
 from tokensidecar.gateway.metadata import Metadata
@@ -252,3 +253,56 @@ def gateway_for(
         **kwargs,
     ) as running:
         yield running, gatekeeper, projected_token(tmp_path / "projected", "sa-token-team-a")
+
+
+class GatewayProcess(SidecarProcess):
+    """The real ``tokensidecar gateway`` (control plane included) as a subprocess.
+
+    Upstream credential: a ``file`` source holding ``upstream_token``; identity: the kmock
+    API server's TokenReview (``kubeconfig``); policy: ``policy`` written to a file.
+    """
+
+    def __init__(
+        self,
+        *,
+        directory: Path,
+        upstream: str,
+        upstream_token: str,
+        kubeconfig: Path,
+        policy: str,
+        cache_dir: Path | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "upstream-token").write_text(upstream_token)
+        (directory / "policy.yaml").write_text(policy)
+        super().__init__(token_file=directory / "unused" / "token", env={}, command="gateway")
+        self.cache_dir = cache_dir or directory / "cache"
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env.update(
+            {
+                "TOKENSIDECAR_GATEWAY_LISTEN": f"127.0.0.1:{self.port}",
+                "TOKENSIDECAR_GATEWAY_UPSTREAM": upstream,
+                "TOKENSIDECAR_GATEWAY_POLICY": str(directory / "policy.yaml"),
+                "TOKENSIDECAR_GATEWAY_CACHE_DIR": str(self.cache_dir),
+                "TOKENSIDECAR_SOURCE": "file",
+                "TOKENSIDECAR_SOURCE_FILE": str(directory / "upstream-token"),
+                "TOKENSIDECAR_VERIFY": "whoami",
+                "KUBECONFIG": str(kubeconfig),
+                "PYTHONPATH": str(REPO_ROOT),
+                **(env or {}),
+            }
+        )
+        (directory / "unused").mkdir(exist_ok=True)
+
+    def restart(self) -> GatewayProcess:
+        self._log_file.close()
+        return self.start()  # type: ignore[return-value]
+
+
+HUB_SETUP = "from huggingface_hub import HfApi, hf_hub_download, snapshot_download\n"
+TEAM_A_POLICY = """\
+rules:
+  - subjects: [{namespace: team-a, serviceAccount: predictor}]
+    repos: [acme/*]
+"""
