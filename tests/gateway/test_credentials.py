@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
+from tests.fixtures.hub import OidcIssuer
 from tests.fixtures.kube import KubeApi
 from tests.gateway.conftest import KubeletVolume
 from tokensidecar.config import ConfigError, resolve, sidecar_settings
@@ -281,3 +282,28 @@ def test_invalid_credentials_files_name_the_key(text: str, message: str) -> None
 def test_unreadable_file_names_the_setting(tmp_path: pathlib.Path) -> None:
     with pytest.raises(ConfigError, match="TOKENSIDECAR_GATEWAY_CREDENTIALS: cannot read"):
         CredentialStore.from_file(tmp_path / "missing.yaml", upstream="https://huggingface.co")
+
+
+async def test_oidc_exchange_credential_is_minted_at_the_upstream(
+    hub: HubStandIn, oidc_issuer: OidcIssuer, projected_token: KubeletVolume, stores: list[CredentialStore]
+) -> None:
+    projected_token.write(oidc_issuer.mint(audience=hub.url))
+    text = f"""
+        credentials:
+          exchanged:
+            source: oidc-exchange
+            oidc-resource: acme
+            oidc-token-file: {projected_token.path}
+    """
+    # HF_ENDPOINT in the gateway's environment is not where exchanges go: the upstream is.
+    store = CredentialStore.from_yaml(
+        textwrap.dedent(text), upstream=hub.url, environ={"HF_ENDPOINT": "http://127.0.0.1:9"}
+    )
+    stores.append(store)
+    await store.start()
+    await until(lambda: store.token("exchanged") is not None)
+    token = store.token("exchanged")
+    assert token is not None and token.startswith("hf_jwt_") and hub.is_valid(token)
+    assert hub.calls["oauth_token"] == 1
+    assert store.status()["exchanged"]["expires_at"] is not None  # the exchange's expires_in
+    assert files_containing(projected_token.directory.parent, token) == []
