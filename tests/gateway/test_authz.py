@@ -233,3 +233,19 @@ def test_bearer_tokens_are_parsed_as_rfc_6750_says() -> None:
     assert bearer_token("BEARER  abc") == "abc"
     for header in (None, "", "Bearer", "Basic abc", "Token abc"):
         assert bearer_token(header) is None
+
+
+def test_control_plane_metrics_are_listed_for_the_reference() -> None:
+    from tokensidecar.gateway.authz import ControlPlaneMetrics
+    from tokensidecar.reference import _metric_entries
+
+    names = {entry.name for entry in _metric_entries(ControlPlaneMetrics(registry=CollectorRegistry()))}
+    assert names == {
+        "tokensidecar_gateway_authz_total",
+        "tokensidecar_gateway_tokenreviews_total",
+        "tokensidecar_gateway_identity_cache_total",
+        "tokensidecar_gateway_identity_cache_entries",
+        "tokensidecar_gateway_policy_reloads_total",
+        "tokensidecar_gateway_policy_rules",
+        "tokensidecar_gateway_policy_last_load_ok",
+    }

@@ -40,10 +40,19 @@ from typing import Literal
 
 from prometheus_client import CollectorRegistry, Counter
 
-from tokensidecar.gateway.identity import Identity, IdentityUnavailable, TokenReviewer
-from tokensidecar.gateway.policy import Decision, PolicyFile
+from tokensidecar.gateway.identity import Identity, IdentityMetrics, IdentityUnavailable, TokenReviewer
+from tokensidecar.gateway.policy import Decision, PolicyFile, PolicyMetrics
 
-__all__ = ["AUDIT_LOGGER", "AuditLog", "Gatekeeper", "Outcome", "Verdict", "bearer_token"]
+__all__ = [
+    "AUDIT_LOGGER",
+    "AuditLog",
+    "AuthzMetrics",
+    "ControlPlaneMetrics",
+    "Gatekeeper",
+    "Outcome",
+    "Verdict",
+    "bearer_token",
+]
 
 AUDIT_LOGGER = "tokensidecar.gateway.audit"
 audit_log = logging.getLogger(AUDIT_LOGGER)
@@ -161,6 +170,37 @@ _REASONS: dict[str, str] = {
 }
 
 
+class AuthzMetrics:
+    """Authorization decisions (CONTRACT §10)."""
+
+    def __init__(self, registry: CollectorRegistry | None) -> None:
+        self.authz = Counter(
+            "tokensidecar_gateway_authz",
+            "Authorization decisions, by result (allowed, denied, unauthenticated, unavailable).",
+            ["result"],
+            registry=registry,
+        )
+        # Bound once: labels() costs a lock and a dict lookup, on the path of every request.
+        self.counted = {result: self.authz.labels(result=result) for result in OUTCOMES}
+
+
+class ControlPlaneMetrics:
+    """Every metric of the control plane on one registry, as attributes: what the generated
+    metrics reference lists (``tokensidecar.reference``). The running gateway creates the
+    same metrics through its TokenReviewer, PolicyFile and Gatekeeper."""
+
+    def __init__(self, *, registry: CollectorRegistry | None = None) -> None:
+        identity = IdentityMetrics(registry)
+        policy = PolicyMetrics(registry)
+        self.authz = AuthzMetrics(registry).authz
+        self.tokenreviews = identity.reviews
+        self.identity_cache = identity.cache
+        self.identity_cache_entries = identity.entries
+        self.policy_reloads = policy.reloads
+        self.policy_rules = policy.rules
+        self.policy_last_load_ok = policy.last_load_ok
+
+
 class Gatekeeper:
     """Identity, then policy, for every request; counted and audited."""
 
@@ -175,14 +215,7 @@ class Gatekeeper:
         self.reviewer = reviewer
         self.policy = policy
         self.audit = audit or AuditLog()
-        self.authz = Counter(
-            "tokensidecar_gateway_authz",
-            "Authorization decisions, by result (allowed, denied, unauthenticated, unavailable).",
-            ["result"],
-            registry=registry,
-        )
-        # Bound once: labels() costs a lock and a dict lookup, on the path of every request.
-        self._counted = {result: self.authz.labels(result=result) for result in OUTCOMES}
+        self.metrics = AuthzMetrics(registry)
 
     async def authenticate(self, authorization: str | None) -> Verdict:
         """Identity only (``/api/whoami-v2``): allowed, unauthenticated or unavailable; not audited."""
@@ -219,6 +252,6 @@ class Gatekeeper:
                 identity=verdict.identity,
                 decision=decision,
             )
-        self._counted[verdict.outcome].inc()
+        self.metrics.counted[verdict.outcome].inc()
         self.audit.record(verdict=verdict, repo=repo, revision=revision, policy_version=policy.version)
         return verdict

@@ -60,7 +60,7 @@ from tokensidecar.redact import redact
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient
 
-__all__ = ["Identity", "IdentityUnavailable", "TokenReviewer", "parse_service_account"]
+__all__ = ["Identity", "IdentityMetrics", "IdentityUnavailable", "TokenReviewer", "parse_service_account"]
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,9 @@ class _Answer:
     until: float  # epoch seconds: fresh until then
 
 
-class _Metrics:
+class IdentityMetrics:
+    """TokenReviews and the identity cache."""
+
     def __init__(self, registry: CollectorRegistry | None) -> None:
         self.reviews = Counter(
             "tokensidecar_gateway_tokenreviews",
@@ -199,7 +201,7 @@ class TokenReviewer:
         self._negative: OrderedDict[bytes, _Answer] = OrderedDict()
         self._inflight: dict[bytes, asyncio.Future[_Answer]] = {}
         self._executor = ThreadPoolExecutor(max_workers=REVIEW_THREADS, thread_name_prefix="tokenreview")
-        self._metrics = _Metrics(registry)
+        self._metrics = IdentityMetrics(registry)
         #: TokenReviews sent (answered or not): what the cache saves is visible in tests.
         self.reviews_sent = 0
         self._last_warning = -OUTAGE_LOG_INTERVAL

@@ -66,6 +66,7 @@ __all__ = [
     "Policy",
     "PolicyError",
     "PolicyFile",
+    "PolicyMetrics",
     "Rule",
     "Subject",
     "admission_decision",
@@ -363,6 +364,28 @@ def admission_decision(
 _Signature = tuple[str, int, int, int, int] | None
 
 
+class PolicyMetrics:
+    """Loads of the policy file and what is in force."""
+
+    def __init__(self, registry: CollectorRegistry | None) -> None:
+        self.reloads = Counter(
+            "tokensidecar_gateway_policy_reloads",
+            "Policy file loads after a change, by result (success, failure: the old policy stays).",
+            ["result"],
+            registry=registry,
+        )
+        for result in ("success", "failure"):
+            self.reloads.labels(result=result)
+        self.rules = Gauge(
+            "tokensidecar_gateway_policy_rules", "Rules of the policy in force.", registry=registry
+        )
+        self.last_load_ok = Gauge(
+            "tokensidecar_gateway_policy_last_load_ok",
+            "1 when the policy file's current version is in force, 0 when it was refused.",
+            registry=registry,
+        )
+
+
 class PolicyFile:
     """The policy of a file, kept current; an invalid new version keeps the old one."""
 
@@ -378,28 +401,13 @@ class PolicyFile:
         self.path = Path(path)
         self.poll_seconds = poll_seconds
         self._credentials = frozenset(credentials) if credentials is not None else None
-        self.reloads = Counter(
-            "tokensidecar_gateway_policy_reloads",
-            "Policy file loads after a change, by result (success, failure: the old policy stays).",
-            ["result"],
-            registry=registry,
-        )
-        for result in ("success", "failure"):
-            self.reloads.labels(result=result)
-        self.rules_gauge = Gauge(
-            "tokensidecar_gateway_policy_rules", "Rules of the policy in force.", registry=registry
-        )
-        self.valid_gauge = Gauge(
-            "tokensidecar_gateway_policy_last_load_ok",
-            "1 when the policy file's current version is in force, 0 when it was refused.",
-            registry=registry,
-        )
+        self.metrics = PolicyMetrics(registry)
         #: The last refused version's problem, or None when the file's version is in force.
         self.load_error: str | None = None
         self._signature = self._stat()
         self._current = self._load()
-        self.rules_gauge.set(len(self._current.rules))
-        self.valid_gauge.set(1)
+        self.metrics.rules.set(len(self._current.rules))
+        self.metrics.last_load_ok.set(1)
 
     @property
     def current(self) -> Policy:
@@ -427,20 +435,20 @@ class PolicyFile:
             policy = self._load()
         except PolicyError as exc:
             self.load_error = str(exc)
-            self.valid_gauge.set(0)
-            self.reloads.labels(result="failure").inc()
+            self.metrics.last_load_ok.set(0)
+            self.metrics.reloads.labels(result="failure").inc()
             log.error(
                 "policy file refused; the previous policy stays in force",
                 extra={"path": str(self.path), "error": self.load_error, "version": self._current.version},
             )
             return False
         self.load_error = None
-        self.valid_gauge.set(1)
+        self.metrics.last_load_ok.set(1)
         if policy.version == self._current.version:
             return False  # touched, or swapped for the same content: nothing changed
         self._current = policy
-        self.rules_gauge.set(len(policy.rules))
-        self.reloads.labels(result="success").inc()
+        self.metrics.rules.set(len(policy.rules))
+        self.metrics.reloads.labels(result="success").inc()
         log.info(
             "policy reloaded",
             extra={"path": str(self.path), "version": policy.version, "rules": len(policy.rules)},
