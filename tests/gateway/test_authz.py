@@ -5,14 +5,20 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
+import pathlib
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import httpx2
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from tests.fixtures.kube import KubeApi
 from tests.gateway.conftest import GATEWAY_AUDIENCE, KubeletVolume, ServiceAccountTokens
+from tests.gateway.harness import HUB_SETUP, TEAM_A_POLICY, GatewayProcess, projected_token, run_client
+from tests.sidecar_process import wait_for
+from tokensidecar.demo.hub import HubStandIn
 from tokensidecar.gateway.authz import AUDIT_LOGGER, AuditLog, Gatekeeper, Verdict, bearer_token
 from tokensidecar.gateway.identity import Identity, TokenReviewer
 from tokensidecar.gateway.policy import PolicyFile
@@ -249,3 +255,85 @@ def test_control_plane_metrics_are_listed_for_the_reference() -> None:
         "tokensidecar_gateway_policy_rules",
         "tokensidecar_gateway_policy_last_load_ok",
     }
+
+
+# -- the real `tokensidecar gateway`, control plane and data plane together ---------------
+
+
+def test_real_gateway_authorizes_each_workload_and_follows_policy_changes(
+    hub: HubStandIn, cluster: ServiceAccountTokens, kube_api: KubeApi, tmp_path: pathlib.Path
+) -> None:
+    """Real TokenReviews, a real policy file (reloaded), a real upstream credential; a denied
+    caller gets the Hub's RepoNotFound even for a file the cache holds."""
+    team_a = cluster.issue(namespace="team-a", service_account="predictor")
+    team_b = cluster.issue(namespace="team-b", service_account="predictor")
+    wrong_audience = cluster.issue(namespace="team-a", service_account="predictor", audience="vault")
+    upstream_token = hub.issue_token()
+    gateway = GatewayProcess(
+        directory=tmp_path / "gw",
+        upstream=hub.url,
+        upstream_token=upstream_token,
+        kubeconfig=kube_api.kubeconfig_path,
+        policy=TEAM_A_POLICY,
+    )
+    policy_path = tmp_path / "gw" / "policy.yaml"
+
+    def fetch(token: str) -> httpx2.Response:
+        return httpx2.get(
+            f"{gateway.url}/{hub.repo_id}/resolve/main/config.json",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=30,
+        )
+
+    def replace_policy(text: str) -> None:
+        (tmp_path / "gw" / "next.yaml").write_text(text)
+        os.replace(tmp_path / "gw" / "next.yaml", policy_path)
+
+    with gateway:
+        wait_for(lambda: gateway.get("/readyz")[0] == 200, timeout=30)
+        result = run_client(
+            f"open(hf_hub_download({hub.repo_id!r}, 'config.json')).read()",
+            endpoint=gateway.url,
+            token_path=projected_token(tmp_path / "projected", team_a),
+            home=tmp_path / "home",
+            setup=HUB_SETUP,
+        )
+        assert result == {"ok": True, "value": hub.files["config.json"].decode()}
+
+        denied = fetch(team_b)  # the file is in the cache now; team-b still gets nothing
+        assert (denied.status_code, denied.headers.get("X-Error-Code")) == (404, "RepoNotFound")
+        assert hub.files["config.json"] not in denied.content
+        assert fetch(wrong_audience).status_code == 401
+        assert fetch("not-a-token").status_code == 401
+
+        replace_policy(TEAM_A_POLICY + "  - subjects: [{namespace: team-b}]\n    repos: [acme/*]\n")
+        wait_for(lambda: fetch(team_b).status_code == 200, timeout=30)
+
+        replace_policy("rules: [{subjects: [{namespace: team-b}], repos: acme/*}]\n")  # invalid
+        wait_for(
+            lambda: gateway.metric("tokensidecar_gateway_policy_reloads_total", 'result="failure"') == 1.0,
+            timeout=30,
+        )
+        status, body = gateway.get("/readyz")
+        assert status == 200  # the previous policy is in force, and /readyz says what was refused
+        assert "rules[0].repos: must be a list of strings" in json.loads(body)["reason"]
+        assert fetch(team_b).status_code == 200
+        denials = gateway.metric("tokensidecar_gateway_authz_total", 'result="denied"')
+        assert denials is not None and denials >= 1.0  # (and more while the reload was awaited)
+        assert gateway.metric("tokensidecar_ready", 'credential="default"') == 1.0
+
+    audit = [json.loads(line) for line in gateway.logs.splitlines() if '"audit": true' in line]
+    decisions = {(line["subject"], line["decision"]) for line in audit}
+    assert {
+        ("team-a/predictor", "allowed"),
+        ("team-b/predictor", "denied"),
+        ("team-b/predictor", "allowed"),
+    } <= (decisions)
+    assert (None, "unauthenticated") in decisions
+    for secret in (team_a, team_b, wrong_audience, upstream_token):
+        assert secret not in gateway.logs
+    assert not [p for p in gateway.cache_dir.rglob("*") if upstream_token.encode() in _read(p)]
+
+
+def _read(path: pathlib.Path) -> bytes:
+    return path.read_bytes() if path.is_file() and not path.is_symlink() else b""
