@@ -199,7 +199,12 @@ class Metadata:
         return await self._once(key, fetch_and_keep)
 
     async def info(self, *, repo: str, revision: str, query: Mapping[str, str], token: str | None) -> Answer:
-        """``GET /api/models/{repo}/revision/{rev}``; ``revision`` ``""`` = the default branch."""
+        """``GET /api/models/{repo}/revision/{rev}``; ``revision`` ``""`` is ``main``.
+
+        The default branch is asked for by name (``/revision/main``), upstream too: one cache
+        entry for both spellings, the name the policy checks, and mirrors that serve only the
+        revision form (olah offline) work. Hub repositories' default branch is ``main``.
+        """
         name = revision or "main"
         qs = urlencode(sorted(query.items()))
         commit = self.cached_commit(repo, name)
@@ -207,9 +212,8 @@ class Metadata:
             cached = self._load(f"info\0{repo}\0{commit}\0{qs}")
             if cached is not None:
                 return Answer.from_json(cached)
-        target = commit or revision
-        path = f"/api/models/{repo}" + (f"/revision/{quote(target, safe='')}" if target else "")
-        path += f"?{qs}" if qs else ""
+        target = commit or name
+        path = f"/api/models/{repo}/revision/{quote(target, safe='')}" + (f"?{qs}" if qs else "")
 
         async def fetch() -> Answer:
             answer = await self._upstream.api("GET", path, route="model_info", token=token)
