@@ -137,7 +137,9 @@ async def test_the_four_outcomes(
         assert f'tokensidecar_gateway_authz_total{{result="{result}"}} {count}.0' in exposition
 
 
-async def test_revisions_known_as_and_pinned(gatekeeper: Gatekeeper, cluster: ServiceAccountTokens) -> None:
+async def test_revisions_known_as_and_pinned(
+    gatekeeper: Gatekeeper, cluster: ServiceAccountTokens, audit_lines: Any
+) -> None:
     token = bearer(cluster.issue(namespace="team-a", service_account="llama-server"))
     at_commit = await gatekeeper.check(authorization=token, repo="acme/llama-3", revision=COMMIT)
     assert at_commit.outcome == "denied"
@@ -146,6 +148,11 @@ async def test_revisions_known_as_and_pinned(gatekeeper: Gatekeeper, cluster: Se
         authorization=token, repo="acme/llama-3", revision=COMMIT, known_as=frozenset({"main"})
     )
     assert resolved_from_main.outcome == "allowed"
+    lines = audit_lines.refresh()
+    assert [(line["decision"], line.get("known_as")) for line in lines] == [
+        ("denied", None),
+        ("allowed", ["main"]),
+    ]
 
 
 async def test_a_reloaded_policy_applies_to_the_next_request(

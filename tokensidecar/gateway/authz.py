@@ -109,7 +109,15 @@ class AuditLog:
         self.clock = clock
         self._keys: OrderedDict[_AuditKey, _Pending] = OrderedDict()
 
-    def record(self, *, verdict: Verdict, repo: str, revision: str, policy_version: str | None) -> None:
+    def record(
+        self,
+        *,
+        verdict: Verdict,
+        repo: str,
+        revision: str,
+        policy_version: str | None,
+        known_as: frozenset[str] = frozenset(),
+    ) -> None:
         subject = verdict.identity.subject if verdict.identity is not None else None
         key: _AuditKey = (subject, repo, revision, verdict.outcome)
         now = self.clock()
@@ -122,7 +130,12 @@ class AuditLog:
         self._keys[key] = _Pending(logged_at=now)
         self._keys.move_to_end(key)
         self._write(
-            verdict, repo=repo, revision=revision, policy_version=policy_version, suppressed=suppressed
+            verdict,
+            repo=repo,
+            revision=revision,
+            policy_version=policy_version,
+            suppressed=suppressed,
+            known_as=known_as,
         )
         while len(self._keys) > self.max_keys:
             (old_subject, old_repo, old_revision, old_outcome), old = self._keys.popitem(last=False)
@@ -140,12 +153,21 @@ class AuditLog:
                 )
 
     def _write(
-        self, verdict: Verdict, *, repo: str, revision: str, policy_version: str | None, suppressed: int
+        self,
+        verdict: Verdict,
+        *,
+        repo: str,
+        revision: str,
+        policy_version: str | None,
+        suppressed: int,
+        known_as: frozenset[str],
     ) -> None:
         identity, decision = verdict.identity, verdict.decision
         audit_log.info(
             "authorization",
             extra={
+                # For a commit: the branches and tags the gateway saw resolve to it.
+                **({"known_as": sorted(known_as)} if known_as else {}),
                 "audit": True,
                 "subject": identity.subject if identity is not None else None,
                 "namespace": identity.namespace if identity is not None else None,
@@ -253,5 +275,7 @@ class Gatekeeper:
                 decision=decision,
             )
         self.metrics.counted[verdict.outcome].inc()
-        self.audit.record(verdict=verdict, repo=repo, revision=revision, policy_version=policy.version)
+        self.audit.record(
+            verdict=verdict, repo=repo, revision=revision, policy_version=policy.version, known_as=known_as
+        )
         return verdict
