@@ -344,3 +344,37 @@ def test_real_gateway_authorizes_each_workload_and_follows_policy_changes(
 
 def _read(path: pathlib.Path) -> bytes:
     return path.read_bytes() if path.is_file() and not path.is_symlink() else b""
+
+
+def test_real_gateway_with_the_api_server_down_keeps_known_workloads_and_refuses_new_ones(
+    hub: HubStandIn, cluster: ServiceAccountTokens, kube_api: KubeApi, tmp_path: pathlib.Path
+) -> None:
+    known = cluster.issue(namespace="team-a", service_account="predictor")
+    new = cluster.issue(namespace="team-a", service_account="predictor")  # another pod, same account
+    gateway = GatewayProcess(
+        directory=tmp_path / "gw",
+        upstream=hub.url,
+        upstream_token=hub.issue_token(),
+        kubeconfig=kube_api.kubeconfig_path,
+        policy=TEAM_A_POLICY,
+    )
+
+    def fetch(token: str) -> httpx2.Response:
+        return httpx2.get(
+            f"{gateway.url}/{hub.repo_id}/resolve/main/config.json",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=30,
+        )
+
+    with gateway:
+        wait_for(lambda: gateway.get("/readyz")[0] == 200, timeout=30)
+        assert fetch(known).status_code == 200
+        kube_api.stop()
+        assert fetch(known).status_code == 200  # reviewed before the outage: until its exp
+        refused = fetch(new)
+        assert refused.status_code == 503  # fail closed, and the client retries
+        assert "Retry-After" in refused.headers
+        assert gateway.metric("tokensidecar_gateway_authz_total", 'result="unavailable"') == 1.0
+        errors = gateway.metric("tokensidecar_gateway_tokenreviews_total", 'result="error"')
+        assert errors is not None and errors >= 1.0
+    assert new not in gateway.logs and known not in gateway.logs
