@@ -4,22 +4,28 @@ stand-in as the upstream, kept fresh by the sidecar's refresher, and never writt
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 import logging
+import os
 import pathlib
 import secrets
 import textwrap
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 
+import httpx2
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from tests.fixtures.hub import OidcIssuer
 from tests.fixtures.kube import KubeApi
-from tests.gateway.conftest import KubeletVolume
+from tests.gateway.conftest import KubeletVolume, ServiceAccountTokens
+from tests.gateway.harness import TEAM_A_POLICY, GatewayProcess
+from tests.sidecar_process import wait_for
 from tokensidecar.config import ConfigError, resolve, sidecar_settings
-from tokensidecar.demo.hub import HubStandIn
+from tokensidecar.demo.hub import HubStandIn, serve_in_thread
 from tokensidecar.demo.openbao import DevServer
 from tokensidecar.gateway.credentials import CREDENTIAL_SETTINGS, CredentialStore
 from tokensidecar.logs import JsonFormatter
@@ -307,3 +313,66 @@ async def test_oidc_exchange_credential_is_minted_at_the_upstream(
     assert hub.calls["oauth_token"] == 1
     assert store.status()["exchanged"]["expires_at"] is not None  # the exchange's expires_in
     assert files_containing(projected_token.directory.parent, token) == []
+
+
+# -- the real gateway: a rotation mid-download --------------------------------------------
+
+BIG = "weights/model.bin"
+BIG_CONTENT = hashlib.sha256(b"rotation").digest() * (8 * 1024 * 1024 // 32)  # 8 MiB
+
+
+@pytest.fixture
+def big_hub() -> Iterator[HubStandIn]:
+    files = {"config.json": b"{}\n", "README.md": b"# model\n", BIG: BIG_CONTENT}
+    with serve_in_thread(HubStandIn(files=files)) as started:
+        yield started
+
+
+def test_rotation_mid_download_keeps_the_download_and_moves_new_requests_to_the_new_token(
+    big_hub: HubStandIn, cluster: ServiceAccountTokens, kube_api: KubeApi, tmp_path: pathlib.Path
+) -> None:
+    hub = big_hub
+    old, new = hub.issue_token(), hub.issue_token()
+    caller = cluster.issue(namespace="team-a", service_account="predictor")
+    gateway = GatewayProcess(
+        directory=tmp_path / "gw",
+        upstream=hub.url,
+        upstream_token=old,
+        kubeconfig=kube_api.kubeconfig_path,
+        policy=TEAM_A_POLICY,
+    )
+    headers = {"Authorization": f"Bearer {caller}"}
+    hub.stall_next_body(1, after=2 * 1024 * 1024, delay=8.0)
+    received = bytearray()
+    with gateway:
+        wait_for(lambda: gateway.get("/readyz")[0] == 200, timeout=30)
+
+        def download() -> None:
+            url = f"{gateway.url}/{hub.repo_id}/resolve/main/{BIG}"
+            with httpx2.stream("GET", url, headers=headers, timeout=60) as response:
+                for chunk in response.iter_bytes():
+                    received.extend(chunk)
+
+        reader = threading.Thread(target=download)
+        reader.start()
+        wait_for(lambda: len(received) > 0, timeout=30)
+        # The rotation job writes a new token and revokes the old one while the body streams.
+        (tmp_path / "gw" / "next-token").write_text(new)
+        os.replace(tmp_path / "gw" / "next-token", tmp_path / "gw" / "upstream-token")
+        wait_for(
+            lambda: (
+                gateway.metric("tokensidecar_rotations_total", 'credential="default",result="success"') == 2.0
+            ),
+            timeout=30,
+        )
+        hub.revoke(old)
+        in_flight_at_revocation = len(received)
+        reader.join(timeout=60)
+        assert 0 < in_flight_at_revocation < len(BIG_CONTENT)
+        assert hashlib.sha256(received).hexdigest() == hashlib.sha256(BIG_CONTENT).hexdigest()
+        after = httpx2.get(f"{gateway.url}/{hub.repo_id}/resolve/main/README.md", headers=headers, timeout=30)
+        assert (after.status_code, after.content) == (200, b"# model\n")
+    fingerprint = hashlib.sha256(new.encode()).hexdigest()[:12]
+    assert hub.downloads_by_token[fingerprint] >= 1  # README.md came with the new token
+    assert old not in gateway.logs and new not in gateway.logs
+    assert not [p for p in gateway.cache_dir.rglob("*") if p.is_file() and new.encode() in p.read_bytes()]
