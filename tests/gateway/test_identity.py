@@ -315,3 +315,29 @@ def test_projected_token_swapped_mid_download_is_used_for_the_rest_of_it(
     assert subjects[0] == "team-a/predictor"
     assert "team-a/predictor-renewed" in subjects
     assert {line["decision"] for line in audit} == {"allowed"}
+
+
+async def test_a_flood_of_new_tokens_is_shed_not_queued(
+    kube_api: KubeApi, cluster: ServiceAccountTokens
+) -> None:
+    reviewer = TokenReviewer(audience=GATEWAY_AUDIENCE, kube=kube_api.api_client(), max_pending=3)
+    try:
+        known = cluster.issue(namespace="team-a", service_account="llama")
+        assert await reviewer.review(known) is not None
+        kube_api.latency = 0.5
+        flood = [f"garbage-token-{index:04d}-0123456789" for index in range(10)]
+        outcomes = await asyncio.gather(*(reviewer.review(token) for token in flood), return_exceptions=True)
+        shed = [o for o in outcomes if isinstance(o, IdentityUnavailable)]
+        assert len(shed) == 7 and outcomes.count(None) == 3
+        assert reviewer.reviews_sent == 1 + 3
+        assert await reviewer.review(known) is not None  # cached: never shed
+    finally:
+        kube_api.latency = 0.0
+        await reviewer.aclose()
+
+
+def test_an_unusable_kubeconfig_is_a_configuration_error(tmp_path: pathlib.Path) -> None:
+    from tokensidecar.config import ConfigError
+
+    with pytest.raises(ConfigError, match="KUBECONFIG"):
+        TokenReviewer.from_kubeconfig(audience=GATEWAY_AUDIENCE, kubeconfig=str(tmp_path / "missing"))
