@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import json
 import shutil
@@ -35,6 +36,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,11 +56,12 @@ POLICY = "rules:\n  - subjects: [{namespace: team-a, serviceAccount: predictor}]
 MIB = 1024 * 1024
 
 
-def repo_files(count: int, serve_mib: int) -> tuple[dict[str, bytes], list[str]]:
-    """``count`` files for the snapshot benchmark (half LFS), plus the big served file and
-    TTFB probes (LFS, not in the snapshot's count: they are listed, so they are counted)."""
-    files = {f"small-{i}.json": b'{"i": %d}\n' % i for i in range(count - count // 2)}
-    files.update({f"weights/shard-{i}.safetensors": bytes([i]) * MIB for i in range(count // 2)})
+def repo_files(count: int, *, salt: int) -> tuple[dict[str, bytes], list[str]]:
+    """``count`` files for the snapshot benchmark, half of them LFS (1 MiB each)."""
+    files = {f"small-{i}.json": b'{"i": %d, "salt": %d}\n' % (i, salt) for i in range(count - count // 2)}
+    files.update(
+        {f"weights/shard-{i}.safetensors": bytes([i, salt % 256]) * (MIB // 2) for i in range(count // 2)}
+    )
     lfs = [name for name in files if name.endswith(".safetensors")]
     return files, lfs
 
@@ -229,6 +233,149 @@ def _reachable(httpx2: Any, url: str) -> bool:
         return False
 
 
+@dataclass
+class Stack:
+    """One upstream (a fresh Hub stand-in), a fresh gateway in front of it, and olah."""
+
+    hub: HubStandIn
+    upstream_token: str
+    gateway: GatewayProcess
+    olah: tuple[subprocess.Popen[bytes], str] | None
+
+
+@contextlib.contextmanager
+def stack(
+    root: Path, kube: KubeApi, files: dict[str, bytes], lfs: list[str], *, olah: bool
+) -> Iterator[Stack]:
+    """Everything cold: a new stand-in, gateway cache and olah cache for each use."""
+    root.mkdir(parents=True)
+    hub = HubStandIn(files=files, lfs_files=lfs)
+    with serve_in_thread(hub):
+        token = hub.issue_token()
+        gateway = GatewayProcess(
+            directory=root / "gw",
+            upstream=hub.url,
+            upstream_token=token,
+            kubeconfig=kube.kubeconfig_path,
+            policy=POLICY,
+        )
+        gateway.start()
+        olah_process = None
+        try:
+            wait_for(lambda: gateway.get("/readyz")[0] == 200, timeout=60)
+            if olah:
+                (root / "olah").mkdir()
+                olah_process = start_olah(root / "olah", hub)
+            yield Stack(hub=hub, upstream_token=token, gateway=gateway, olah=olah_process)
+        finally:
+            gateway.stop()
+            if olah_process is not None:
+                stop_process(olah_process[0])
+
+
+def upstream_requests(
+    root: Path, kube: KubeApi, token_path: Path, *, files: int, counts: list[int], olah: bool
+) -> dict[str, Any]:
+    """Benchmark 1: each N against a cold upstream, gateway and olah (and a unique repo content)."""
+    rounds = []
+    for n in counts:
+        content, lfs = repo_files(files, salt=n)
+        with stack(root / f"round-{n}", kube, content, lfs, olah=olah) as up:
+            as_user = {"token_path": None, "token": up.upstream_token, "n": n}
+            as_workload = {"token_path": token_path, "token": None, "n": n}
+            row: dict[str, Any] = {"clients": n}
+            row["direct"] = count(up.hub, up.hub.url, home=root / f"d{n}", **as_user)
+            if up.olah is not None:
+                row["olah"] = count(up.hub, up.olah[1], home=root / f"o{n}", **as_user)
+            row["gateway"] = count(up.hub, up.gateway.url, home=root / f"g{n}", **as_workload)
+            pinned = {"revision": up.hub.commit_sha, "home": root / f"p{n}", **as_workload}
+            row["gateway_warm_pinned"] = count(up.hub, up.gateway.url, **pinned)
+        rounds.append(row)
+    return {"goal_gateway": f"2 + 2F = {2 + 2 * files}, 0 warm", "rounds": rounds}
+
+
+def peak_rss_while(pid: int, action: Any) -> tuple[float, float, Any]:
+    """(idle RSS, peak RSS) in MiB of ``pid`` while ``action()`` runs, sampled every 50 ms."""
+    samples: list[float] = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            samples.append(process_usage(pid)[0])
+            time.sleep(0.05)
+
+    idle = process_usage(pid)[0]
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        result = action()
+    finally:
+        stop.set()
+        sampler.join()
+    return idle, max(samples, default=idle), result
+
+
+def serving_and_latency(
+    root: Path, kube: KubeApi, auth: dict[str, str], args: argparse.Namespace, skip: set[str]
+) -> dict[str, Any]:
+    """Benchmarks 2-5 on one stack holding the big file and the TTFB probes."""
+    size = args.serve_mib * MIB
+    big, probes = "serve/big.safetensors", [f"probe/{i}.safetensors" for i in range(args.ttfb_samples)]
+    files = {"config.json": b"{}\n", big: hashlib.sha256(b"big").digest() * (size // 32)}
+    files.update({p: bytes([i]) * MIB for i, p in enumerate(probes)})
+    result: dict[str, Any] = {}
+    with stack(root / "serving", kube, files, [big, *probes], olah="olah" not in skip) as up:
+        gateway, hub = up.gateway, up.hub
+        url = f"{gateway.url}/{REPO}/resolve/main/{big}"
+        assert gateway.process is not None
+        # 4. the first download of the big file: a miss, streamed to 20 clients at once.
+        idle, peak, cold = peak_rss_while(gateway.process.pid, lambda: curl_throughput(url, 20, auth, size))
+        result["rss_miss"] = {
+            "clients": 20,
+            "idle_rss_mib": round(idle, 1),
+            "peak_rss_mib": round(peak, 1),
+            "all_complete": cold["complete"],
+            "upstream_body_gets": len(hub.cdn_requests),
+            "goal_mib": 100,
+        }
+        # 2. the cached file to 1 and 8 clients: gateway, nginx (same blob file), olah (its cache).
+        serving: dict[str, Any] = {"goal": ">= 0.8x nginx, ahead of olah"}
+        serving["gateway"] = [curl_throughput(url, c, auth, size) for c in (1, 8)]
+        if "nginx" not in skip and shutil.which("nginx"):
+            (root / "nginx").mkdir()
+            nginx, nginx_url = start_nginx(root / "nginx", gateway.cache_dir / "blobs")
+            etag = hashlib.sha256(files[big]).hexdigest()
+            try:
+                serving["nginx"] = [curl_throughput(f"{nginx_url}/{etag}", c, {}, size) for c in (1, 8)]
+            finally:
+                stop_process(nginx)
+        if up.olah is not None:
+            olah_url, olah_auth = (
+                f"{up.olah[1]}/{REPO}/resolve/main/{big}",
+                {"Authorization": f"Bearer {up.upstream_token}"},
+            )
+            warm = curl_throughput(olah_url, 1, olah_auth, size)  # fills olah's cache
+            serving["olah"] = (
+                [curl_throughput(olah_url, c, olah_auth, size) for c in (1, 8)]
+                if warm["complete"]
+                else {"error": "olah did not serve the file"}
+            )
+        result["serving"] = serving
+        # 3. time to first byte on a miss: direct (HEAD, then the CDN) vs the gateway (cold).
+        half = len(probes) // 2
+        user = {"Authorization": f"Bearer {up.upstream_token}"}
+        direct = [asyncio.run(ttfb(f"{hub.url}/{REPO}/resolve/main/{p}", user)) for p in probes[:half]]
+        through = [asyncio.run(ttfb(f"{gateway.url}/{REPO}/resolve/main/{p}", auth)) for p in probes[half:]]
+        result["ttfb_miss"] = {
+            "direct": distribution(direct),
+            "gateway": distribution(through),
+            "goal": "within 5 ms of direct",
+        }
+        # 5. a cache hit with a cached TokenReview.
+        result["authz_hit"] = asyncio.run(head_latency(url, f"{gateway.url}/healthz", auth, args.requests))
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -241,151 +388,25 @@ def main() -> None:
     parser.add_argument("--skip", default="", help="comma list of: olah, nginx")
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
-    counts = [int(n) for n in args.clients.split(",")]
-    files, lfs = repo_files(args.files, args.serve_mib)
-    big = "serve/big.safetensors"
-    probes = [f"probe/{i}.safetensors" for i in range(args.ttfb_samples)]
     result: dict[str, Any] = {"benchmark": "gateway", "files": args.files, "serve_mib": args.serve_mib}
     with tempfile.TemporaryDirectory(prefix="bench-gateway-") as scratch:
         root = Path(scratch)
-        hub = HubStandIn(files=files, lfs_files=lfs)
-        with serve_in_thread(hub):
-            upstream_token = hub.issue_token()
-            kube = KubeApi(directory=root).start()
+        kube = KubeApi(directory=root).start()
+        try:
             cluster = ServiceAccountTokens(issuer=JwtIssuer())
             cluster.install(kube)
             sa_token = cluster.issue(namespace="team-a", service_account="predictor", lifetime=7200)
             token_path = root / "sa-token"
             token_path.write_text(sa_token)
-            auth = {"Authorization": f"Bearer {sa_token}"}
-            gateway = GatewayProcess(
-                directory=root / "gw",
-                upstream=hub.url,
-                upstream_token=upstream_token,
-                kubeconfig=kube.kubeconfig_path,
-                policy=POLICY,
+            counts = [int(n) for n in args.clients.split(",")]
+            result["upstream_requests"] = upstream_requests(
+                root, kube, token_path, files=args.files, counts=counts, olah="olah" not in skip
             )
-            gateway.start()
-            wait_for(lambda: gateway.get("/readyz")[0] == 200, timeout=60)
-            olah = (
-                None
-                if "olah" in skip or shutil.which("curl") is None
-                else start_olah(root / "olah-root", hub)
-                if (root / "olah-root").mkdir() is None
-                else None
+            result.update(
+                serving_and_latency(root, kube, {"Authorization": f"Bearer {sa_token}"}, args, skip)
             )
-            try:
-                # 1. upstream requests per N cold snapshot_downloads; the repo is fresh each round.
-                rounds = []
-                for n in counts:
-                    hub.push({**files, "round.txt": b"%d\n" % n})  # a new commit: cold for everyone
-                    row: dict[str, Any] = {"clients": n}
-                    as_user = {"token_path": None, "token": upstream_token, "n": n}
-                    as_workload = {"token_path": token_path, "token": None, "n": n}
-                    row["direct"] = count(hub, hub.url, home=root / f"d{n}", **as_user)
-                    if olah is not None:
-                        row["olah"] = count(hub, olah[1], home=root / f"o{n}", **as_user)
-                    row["gateway"] = count(hub, gateway.url, home=root / f"g{n}", **as_workload)
-                    pinned = {"revision": hub.commit_sha, "home": root / f"p{n}", **as_workload}
-                    row["gateway_warm_pinned"] = count(hub, gateway.url, **pinned)
-                    rounds.append(row)
-                result["upstream_requests"] = {
-                    "goal_gateway": f"2 + 2F = {2 + 2 * (args.files + 1)}, 0 warm",
-                    "rounds": rounds,
-                }
-
-                # 2. serving a cached file; 4. RSS while streaming it cold to 20 clients first.
-                content = hashlib.sha256(b"big").digest() * (args.serve_mib * MIB // 32)
-                # A new commit, asked for by its id: main's resolution is still cached for minutes.
-                at = hub.push(
-                    {**hub.files, big: content, **{p: bytes([i]) * MIB for i, p in enumerate(probes)}}
-                )
-                hub.lfs_files = frozenset({*lfs, big, *probes})
-                del content
-                size = args.serve_mib * MIB
-                url = f"{gateway.url}/{REPO}/resolve/{at}/{big}"
-                samples: list[float] = []
-                stop = threading.Event()
-
-                def sample() -> None:
-                    assert gateway.process is not None
-                    while not stop.is_set():
-                        samples.append(process_usage(gateway.process.pid)[0])
-                        time.sleep(0.05)
-
-                sampler = threading.Thread(target=sample)
-                body_gets = len(hub.cdn_requests)
-                idle_rss = process_usage(gateway.process.pid)[0]  # type: ignore[union-attr]
-                sampler.start()
-                cold = curl_throughput(url, 20, auth, size)
-                stop.set()
-                sampler.join()
-                result["rss_miss"] = {
-                    "clients": 20,
-                    "idle_rss_mib": round(idle_rss, 1),
-                    "peak_rss_mib": round(max(samples), 1),
-                    "all_complete": cold["complete"],
-                    "upstream_body_gets": len(hub.cdn_requests) - body_gets,
-                    "goal_mib": 100,
-                }
-                serving: dict[str, Any] = {"goal": ">= 0.8x nginx, ahead of olah"}
-                serving["gateway"] = [curl_throughput(url, c, auth, size) for c in (1, 8)]
-                if "nginx" not in skip and shutil.which("nginx"):
-                    blob_dir = gateway.cache_dir / "blobs"
-                    etag = hashlib.sha256(hub.files[big]).hexdigest()
-                    nginx, nginx_url = start_nginx(
-                        root / "nginx-root" if (root / "nginx-root").mkdir() is None else root, blob_dir
-                    )
-                    try:
-                        serving["nginx"] = [
-                            curl_throughput(f"{nginx_url}/{etag}", c, {}, size) for c in (1, 8)
-                        ]
-                    finally:
-                        stop_process(nginx)
-                if olah is not None:
-                    olah_url = f"{olah[1]}/{REPO}/resolve/{at}/{big}"
-                    olah_auth = {"Authorization": f"Bearer {upstream_token}"}
-                    warm = curl_throughput(olah_url, 1, olah_auth, size)  # fills olah's cache
-                    serving["olah"] = (
-                        [curl_throughput(olah_url, c, olah_auth, size) for c in (1, 8)]
-                        if warm["complete"]
-                        else {"error": "olah did not serve the file", "warm": warm}
-                    )
-                result["serving"] = serving
-
-                # 3. time to first byte on a miss: direct (302 + CDN) vs the gateway (cold).
-                direct_ms, gateway_ms = [], []
-                for probe in probes[: len(probes) // 2]:
-                    direct_ms.append(
-                        asyncio.run(
-                            ttfb(
-                                f"{hub.url}/{REPO}/resolve/{at}/{probe}",
-                                {"Authorization": f"Bearer {upstream_token}"},
-                            )
-                        )
-                    )
-                for probe in probes[len(probes) // 2 :]:
-                    gateway_ms.append(asyncio.run(ttfb(f"{gateway.url}/{REPO}/resolve/{at}/{probe}", auth)))
-                result["ttfb_miss"] = {
-                    "direct": distribution(direct_ms),
-                    "gateway": distribution(gateway_ms),
-                    "goal": "within 5 ms of direct",
-                }
-
-                # 5. a cache hit with a cached TokenReview: HEAD latency, sequential, keep-alive.
-                result["authz_hit"] = asyncio.run(
-                    head_latency(
-                        f"{gateway.url}/{REPO}/resolve/{at}/{big}",
-                        f"{gateway.url}/healthz",
-                        auth,
-                        args.requests,
-                    )
-                )
-            finally:
-                gateway.stop()
-                if olah is not None:
-                    stop_process(olah[0])
-                kube.stop()
+        finally:
+            kube.stop()
     emit(result)
 
 
