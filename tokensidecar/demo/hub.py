@@ -53,12 +53,31 @@ documents, not the way tokensidecar happens to call it; each auth route names it
   (counted in ``revocation_notices``). *Undocumented*: whether it revokes ``hf_jwt_`` /
   ``hf_oauth_`` tokens before they expire; ``revocable_kinds`` chooses (all, by default).
 
-The repository and file routes (model info, tree, resolve) follow what huggingface_hub's
-``snapshot_download`` reads; they are documented beside them.
+The repository and file routes follow what huggingface_hub's ``snapshot_download``,
+``hf_hub_download`` and ``HfApi`` read:
+
+* ``GET /api/models/{org}/{name}[/revision/{rev}]`` and ``/tree/{rev}`` — model info and
+  the file listing ``snapshot_download`` asks for;
+* ``HEAD``/``GET /{org}/{name}/resolve/{rev}/{file}`` with ``X-Repo-Commit``, ``ETag`` and
+  ``Content-Length`` (and no ``X-Xet-*`` headers, so clients take the plain HTTP path);
+  files named in ``lfs_files`` answer as the real Hub answers LFS/Xet files: ``302`` to a
+  CDN on another origin with a signed URL, the metadata (``X-Repo-Commit``,
+  ``X-Linked-Etag`` = sha256, ``X-Linked-Size``) on the redirect itself — huggingface_hub
+  2.x reads it there and follows without ``Authorization`` (``utils/_http.py``,
+  ``_httpx2_follow_hub_redirects_with_backoff``); the CDN, like an S3 signed URL, refuses a
+  request that also carries ``Authorization`` (S3: "Only one auth mechanism allowed");
+  with ``xet=True`` the redirect and the trees also carry the Xet hints (``X-Xet-Hash``,
+  ``X-Xet-Cas-Url``…, ``Link: rel="xet-auth"``, ``xetHash``), for the gateway to strip;
+* ``GET …/tree/{rev}[/{path}]`` with ``recursive``, ``expand`` and ``Link`` pagination
+  (``cursor``), and ``POST …/paths-info/{rev}`` (form ``paths``, ``expand``), as hf_api.py
+  sends them; commits and branches (:meth:`HubStandIn.push` moves a branch);
+  a ``gated`` repository answers ``403 GatedRepo`` to a token without access;
 
 It is deliberately small and in-memory. Tests steer it directly (issue and revoke tokens,
-make the next requests fail or stall) and read its counters (how many whoami calls each
-token caused). It is test and demo code, not a product feature.
+make the next requests fail or stall, cut or corrupt the next file bodies) and read its
+counters (how many whoami calls each token caused) and its request log (``requests``,
+``cdn_requests``: every request, in order, as the upstream saw it).
+It is test and demo code, not a product feature.
 """
 
 from __future__ import annotations
@@ -68,14 +87,16 @@ import base64
 import binascii
 import collections
 import contextlib
+import functools
 import hashlib
 import hmac
 import json
+import re
 import secrets
 import ssl
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -130,6 +151,13 @@ def _b64url(raw: bytes) -> str:
 def _git_blob_sha(content: bytes) -> str:
     # The Hub's ETag for a regular (non-LFS) file is its git blob id.
     return hashlib.sha1(b"blob %d\0" % len(content) + content, usedforsecurity=False).hexdigest()
+
+
+@functools.lru_cache(maxsize=256)
+def _sha256(content: bytes) -> str:
+    # Once per file: benchmarks serve GiB-sized files, and every HEAD, tree and CDN GET asks.
+    # (bytes cache their own hash, so a repeated lookup of the same object is cheap.)
+    return hashlib.sha256(content).hexdigest()
 
 
 def _iso(moment: float) -> str:
@@ -203,6 +231,22 @@ class _Fault:
     path_prefix: str
 
 
+@dataclass
+class _BodyFault:
+    kind: str  # "cut", "corrupt" or "stall"
+    after: int = 0
+    delay: float = 0.0
+
+
+def _under(path: str, prefix: str, *, recursive: bool) -> bool:
+    """Whether a tree listing of ``prefix`` shows ``path`` (children only unless recursive)."""
+    if prefix:
+        if not path.startswith(prefix + "/"):
+            return False
+        path = path[len(prefix) + 1 :]
+    return recursive or "/" not in path
+
+
 class _ExchangeRefused(Exception):
     def __init__(self, status: int, error: str, description: str) -> None:
         super().__init__(description)
@@ -222,7 +266,10 @@ class HubStandIn:
         username: str = "acme-bot",
         exchange_lifetime: float = 3600,
         enterprise_lifetime: float = 8 * 3600,
+        lfs_files: Iterable[str] = (),
+        xet: bool = False,
         gated: bool = False,
+        tree_page_size: int = 1000,
         jwt_whoami: str = "accept",
         revocable_kinds: tuple[str, ...] = ("hf_", "hf_jwt_", "hf_oauth_"),
     ) -> None:
@@ -244,6 +291,18 @@ class HubStandIn:
             b"".join(name.encode() + content for name, content in sorted(self.files.items())),
             usedforsecurity=False,
         ).hexdigest()
+        self.lfs_files = frozenset(lfs_files)
+        self.xet = xet
+        self.gated = gated
+        self.tree_page_size = tree_page_size
+        self.refs: dict[str, str] = {"main": self.commit_sha}
+        self.commits: dict[str, dict[str, bytes]] = {self.commit_sha: dict(self.files)}
+        self.requests: list[tuple[str, str]] = []
+        self.cdn_requests: list[tuple[str, str, bool]] = []
+        self._body_faults: list[_BodyFault] = []
+        self._cdn_runner: web.AppRunner | None = None
+        self.cdn_url = ""
+        self._cdn_key = secrets.token_bytes(16)
         self.calls: collections.Counter[str] = collections.Counter()
         self.whoami_by_token: collections.Counter[str] = collections.Counter()
         self.downloads_by_token: collections.Counter[str] = collections.Counter()
@@ -272,6 +331,7 @@ class HubStandIn:
                 web.get("/api/models/{org}/{name}/tree/{rev}/{path:.*}", self._tree),
                 web.get("/api/models/{org}/{name}/auth-check", self._auth_check),
                 web.get("/api/models/{org}/{name}/auth-check/write", self._auth_check),
+                web.post("/api/models/{org}/{name}/paths-info/{rev}", self._paths_info),
                 web.head("/{org}/{name}/resolve/{rev}/{file:.+}", self._resolve),
                 web.get("/{org}/{name}/resolve/{rev}/{file:.+}", self._resolve, allow_head=False),
                 web.post("/oauth/token", self._oauth_token),
@@ -284,9 +344,24 @@ class HubStandIn:
         await site.start()
         bound = site._server.sockets[0].getsockname()  # type: ignore[union-attr]
         self.url = f"http://{host}:{bound[1]}"
+        await self._start_cdn(host)
         return self.url
 
+    async def _start_cdn(self, host: str) -> None:
+        # Another port is another origin: huggingface_hub and the gateway treat it as a CDN.
+        cdn = web.Application()
+        cdn.add_routes([web.get("/blobs/{sha256}", self._cdn_blob)])
+        self._cdn_runner = web.AppRunner(cdn, access_log=None)
+        await self._cdn_runner.setup()
+        site = web.TCPSite(self._cdn_runner, host, 0)
+        await site.start()
+        bound = site._server.sockets[0].getsockname()  # type: ignore[union-attr]
+        self.cdn_url = f"http://{host}:{bound[1]}"
+
     async def stop(self) -> None:
+        if self._cdn_runner is not None:
+            await self._cdn_runner.cleanup()
+            self._cdn_runner = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -448,6 +523,8 @@ class HubStandIn:
 
     @web.middleware
     async def _fault_middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        with self._lock:
+            self.requests.append((request.method, request.path))
         fault = self._take_fault(request.path)
         if fault is not None:
             if fault.delay:
@@ -492,7 +569,7 @@ class HubStandIn:
                 headers={"X-Error-Code": "RepoNotFound", "X-Error-Message": "Repository Not Found"},
             )
         rev = request.match_info.get("rev", "main")
-        if rev not in ("main", self.commit_sha):
+        if self._commit_of(rev) is None:
             return issued, web.json_response(
                 {"error": f"Invalid rev id: {rev}"},
                 status=404,
@@ -577,13 +654,15 @@ class HubStandIn:
         if refusal is not None:
             return refusal
         org = self.repo_id.split("/", 1)[0]
+        commit = self._commit_of(request.match_info.get("rev", "main"))
+        assert commit is not None
         return web.json_response(
             {
                 "_id": self.commit_sha[:24],
                 "id": self.repo_id,
                 "modelId": self.repo_id,
                 "author": org,
-                "sha": self.commit_sha,
+                "sha": commit,
                 "private": not self.gated,
                 "gated": "manual" if self.gated else False,
                 "disabled": False,
@@ -591,7 +670,7 @@ class HubStandIn:
                 "likes": 0,
                 "tags": [],
                 "lastModified": "2025-01-01T00:00:00.000Z",
-                "siblings": [{"rfilename": name} for name in sorted(self.files)],
+                "siblings": [{"rfilename": name} for name in sorted(self.commits[commit])],
             }
         )
 
@@ -600,51 +679,235 @@ class HubStandIn:
         _, refusal = self._repo_access(request)
         if refusal is not None:
             return refusal
-        prefix = request.match_info.get("path", "")
-        entries: list[dict[str, Any]] = []
-        folders: set[str] = set()
-        for name, content in sorted(self.files.items()):
-            if prefix and not name.startswith(prefix.rstrip("/") + "/"):
-                continue
-            parts = name.split("/")[:-1]
-            for depth in range(1, len(parts) + 1):
-                folders.add("/".join(parts[:depth]))
-            entries.append(
-                {"type": "file", "oid": _git_blob_sha(content), "size": len(content), "path": name}
+        commit = self._commit_of(request.match_info["rev"])
+        assert commit is not None
+        prefix = request.match_info.get("path", "").strip("/")
+        recursive = request.query.get("recursive", "").lower() in ("1", "true")
+        expand = request.query.get("expand", "").lower() in ("1", "true")
+        entries = [
+            entry
+            for entry in self._entries(commit, expand=expand)
+            if _under(entry["path"], prefix, recursive=recursive)
+        ]
+        if prefix and not entries and not any(p == prefix for p in self.commits[commit]):
+            return web.json_response(
+                {"error": f"{prefix} does not exist on {request.match_info['rev']}"},
+                status=404,
+                headers={"X-Error-Code": "EntryNotFound", "X-Error-Message": "Entry not found"},
             )
-        entries.extend(
-            {
-                "type": "directory",
-                "oid": hashlib.sha1(f.encode(), usedforsecurity=False).hexdigest(),
-                "size": 0,
-                "path": f,
-            }
-            for f in sorted(folders)
-        )
-        return web.json_response(entries)
+        # Pagination as the Hub does it (GitHub-style Link header with an opaque cursor).
+        offset = int(request.query.get("cursor", "0") or 0)
+        page = entries[offset : offset + self.tree_page_size]
+        headers = {}
+        if offset + self.tree_page_size < len(entries):
+            query = {k: v for k, v in request.query.items() if k != "cursor"}
+            query["cursor"] = str(offset + self.tree_page_size)
+            next_url = request.url.with_query(query)
+            headers["Link"] = f'<{self.url}{next_url.path_qs}>; rel="next"'
+        return web.json_response(page, headers=headers)
+
+    async def _paths_info(self, request: web.Request) -> web.Response:
+        self.calls["paths_info"] += 1
+        _, refusal = self._repo_access(request)
+        if refusal is not None:
+            return refusal
+        commit = self._commit_of(request.match_info["rev"])
+        assert commit is not None
+        form = await request.post()
+        wanted = {str(p).strip("/") for p in form.getall("paths", [])}
+        expand = str(form.get("expand", "")).lower() in ("1", "true")
+        return web.json_response([e for e in self._entries(commit, expand=expand) if e["path"] in wanted])
 
     async def _resolve(self, request: web.Request) -> web.StreamResponse:
         self.calls["resolve"] += 1
         issued, refusal = self._repo_access(request)
         if refusal is not None:
             return refusal
-        content = self.files.get(request.match_info["file"])
+        commit = self._commit_of(request.match_info["rev"])
+        assert commit is not None
+        name = request.match_info["file"]
+        content = self.commits[commit].get(name)
         if content is None:
             return web.json_response(
-                {"error": "Entry not found"}, status=404, headers={"X-Error-Code": "EntryNotFound"}
+                {"error": "Entry not found"},
+                status=404,
+                headers={"X-Error-Code": "EntryNotFound", "X-Error-Message": "Entry not found"},
             )
+        assert issued is not None
+        if request.method == "GET":
+            self.downloads_by_token[hashlib.sha256(issued.value.encode()).hexdigest()[:12]] += 1
+        if name in self.lfs_files:
+            return self._redirect_to_cdn(content, commit=commit)
         headers = {
-            "X-Repo-Commit": self.commit_sha,
+            "X-Repo-Commit": commit,
             "ETag": f'"{_git_blob_sha(content)}"',
-            "Content-Length": str(len(content)),
             "Content-Type": "application/octet-stream",
             "Accept-Ranges": "bytes",
         }
         if request.method == "HEAD":
-            return web.Response(status=200, headers=headers)
-        assert issued is not None
-        self.downloads_by_token[hashlib.sha256(issued.value.encode()).hexdigest()[:12]] += 1
-        return web.Response(status=200, body=content, headers=headers)
+            return web.Response(status=200, headers={**headers, "Content-Length": str(len(content))})
+        return await self._send_body(request, content, headers)
+
+    def _redirect_to_cdn(self, content: bytes, *, commit: str) -> web.Response:
+        # The real Hub's answer for an LFS or Xet-backed file: a 302 to a signed CDN URL,
+        # with the file's metadata on the redirect itself.
+        sha256 = _sha256(content)
+        expires = str(int(time.time()) + 3600)
+        signature = hmac.new(self._cdn_key, f"{sha256}:{expires}".encode(), hashlib.sha256).hexdigest()
+        headers = {
+            "Location": f"{self.cdn_url}/blobs/{sha256}?Expires={expires}&Signature={signature}",
+            "X-Repo-Commit": commit,
+            "ETag": f'"{sha256}"',
+            "X-Linked-Etag": f'"{sha256}"',
+            "X-Linked-Size": str(len(content)),
+            "Accept-Ranges": "bytes",
+        }
+        if self.xet:
+            xet_hash = _sha256(b"xet" + content[:64])
+            headers.update(
+                {
+                    "X-Xet-Hash": xet_hash,
+                    "X-Xet-Cas-Url": f"{self.cdn_url}/cas",
+                    "X-Xet-Access-Token": "xet-" + secrets.token_hex(8),
+                    "X-Xet-Token-Expiration": expires,
+                    "X-Xet-Refresh-Route": f"/api/models/{self.repo_id}/xet-read-token/{commit}",
+                    "Link": f'<{self.url}/api/models/{self.repo_id}/xet-read-token/{commit}>; rel="xet-auth"',
+                }
+            )
+        return web.Response(status=302, headers=headers)
+
+    async def _cdn_blob(self, request: web.Request) -> web.StreamResponse:
+        authorization = "Authorization" in request.headers
+        with self._lock:
+            self.cdn_requests.append((request.method, request.path, authorization))
+        if authorization:  # S3 signed URLs refuse a second credential
+            return web.Response(status=400, text="Only one auth mechanism allowed")
+        sha256 = request.match_info["sha256"]
+        expires = request.query.get("Expires", "0")
+        expected = hmac.new(self._cdn_key, f"{sha256}:{expires}".encode(), hashlib.sha256).hexdigest()
+        if (
+            not hmac.compare_digest(expected, request.query.get("Signature", ""))
+            or int(expires) < time.time()
+        ):
+            return web.Response(status=403, text="Request has expired or the signature does not match")
+        for files in list(self.commits.values()):
+            for name, content in files.items():
+                if name in self.lfs_files and _sha256(content) == sha256:
+                    return await self._send_body(request, content, {"ETag": f'"{sha256}"'})
+        return web.Response(status=404, text="NoSuchKey")
+
+    async def _send_body(
+        self, request: web.Request, content: bytes, headers: dict[str, str]
+    ) -> web.StreamResponse:
+        """A file body with Range support, through the body faults (cut, corrupt, stall)."""
+        start, end, status = 0, len(content), 200
+        match = re.fullmatch(r"bytes=(\d+)-(\d*)", request.headers.get("Range", ""))
+        if match:
+            start = int(match.group(1))
+            end = min(int(match.group(2)) + 1, len(content)) if match.group(2) else len(content)
+            if start >= len(content):
+                return web.Response(status=416, headers={"Content-Range": f"bytes */{len(content)}"})
+            status = 206
+            headers = {**headers, "Content-Range": f"bytes {start}-{end - 1}/{len(content)}"}
+        response = web.StreamResponse(status=status, headers={**headers, "Accept-Ranges": "bytes"})
+        response.content_length = end - start
+        await response.prepare(request)
+        body = memoryview(content)[start:end]
+        fault = self._take_body_fault()
+        if fault is not None and fault.kind == "corrupt":
+            body = memoryview(bytes([body[0] ^ 0xFF]) + body[1:]) if body else body
+        for offset in range(0, len(body), 64 * 1024):
+            if fault is not None and offset >= fault.after:
+                if fault.kind == "cut":
+                    await asyncio.sleep(fault.delay)  # what was sent arrives before the cut
+                    assert request.transport is not None
+                    request.transport.close()
+                    return response
+                if fault.kind == "stall":
+                    await asyncio.sleep(fault.delay)
+                    fault = None
+            await response.write(body[offset : offset + 64 * 1024])
+        await response.write_eof()
+        return response
+
+    # -- protocol steering (commits, file bodies) -------------------------------------------
+
+    def push(self, files: Mapping[str, bytes], *, branch: str = "main") -> str:
+        """A new commit on ``branch`` with ``files`` (the whole tree); returns its sha."""
+        with self._lock:
+            parent = self.refs.get(branch, "")
+            sha = hashlib.sha1(
+                parent.encode() + b"".join(n.encode() + c for n, c in sorted(files.items())),
+                usedforsecurity=False,
+            ).hexdigest()
+            self.commits[sha] = dict(files)
+            self.refs[branch] = sha
+            if branch == "main":
+                self.files, self.commit_sha = dict(files), sha
+        return sha
+
+    def corrupt_next_body(self, count: int = 1) -> None:
+        """Flip the first byte of the next ``count`` file bodies (resolve or CDN)."""
+        with self._lock:
+            self._body_faults.extend(_BodyFault("corrupt") for _ in range(count))
+
+    def cut_next_body(self, count: int = 1, *, after: int = 0, delay: float = 0.2) -> None:
+        """Close the connection of the next ``count`` file bodies after ``after`` bytes
+        (``delay`` seconds after sending them, so that they reach the reader first)."""
+        with self._lock:
+            self._body_faults.extend(_BodyFault("cut", after=after, delay=delay) for _ in range(count))
+
+    def stall_next_body(self, count: int = 1, *, after: int = 0, delay: float = 1.0) -> None:
+        """Pause the next ``count`` file bodies for ``delay`` seconds after ``after`` bytes."""
+        with self._lock:
+            self._body_faults.extend(_BodyFault("stall", after=after, delay=delay) for _ in range(count))
+
+    def _take_body_fault(self) -> _BodyFault | None:
+        with self._lock:
+            return self._body_faults.pop(0) if self._body_faults else None
+
+    def _commit_of(self, revision: str) -> str | None:
+        with self._lock:
+            if revision in self.refs:
+                return self.refs[revision]
+            return revision if revision in self.commits else None
+
+    def _entries(self, commit: str, *, expand: bool) -> list[dict[str, Any]]:
+        """Tree entries of ``commit``: files (with ``lfs`` / ``xetHash``) and directories."""
+        files = self.commits[commit]
+        last_commit = {"id": commit, "title": "stand-in commit", "date": "2025-01-01T00:00:00.000Z"}
+        entries: list[dict[str, Any]] = []
+        folders: set[str] = set()
+        for name, content in sorted(files.items()):
+            parts = name.split("/")[:-1]
+            folders.update("/".join(parts[:depth]) for depth in range(1, len(parts) + 1))
+            entry: dict[str, Any] = {"type": "file", "oid": "", "size": len(content), "path": name}
+            if name not in self.lfs_files:
+                entry["oid"] = _git_blob_sha(content)
+            else:
+                sha256 = _sha256(content)
+                pointer = (
+                    f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha256}\nsize {len(content)}\n"
+                )
+                entry["oid"] = _git_blob_sha(pointer.encode())
+                entry["lfs"] = {"oid": sha256, "size": len(content), "pointerSize": len(pointer)}
+                if self.xet:
+                    entry["xetHash"] = _sha256(b"xet" + content[:64])
+            if expand:
+                entry["lastCommit"] = last_commit
+                entry["securityFileStatus"] = {
+                    "status": "safe",
+                    "avScan": {"virusFound": False, "virusNames": None},
+                    "pickleImportScan": {"highestSafetyLevel": "innocuous", "imports": []},
+                }
+            entries.append(entry)
+        for folder in sorted(folders):
+            oid = hashlib.sha1(f"{commit}:{folder}".encode(), usedforsecurity=False).hexdigest()
+            entry = {"type": "directory", "oid": oid, "size": 0, "path": folder}
+            if expand:
+                entry["lastCommit"] = last_commit
+            entries.append(entry)
+        return entries
 
     async def _revoke(self, request: web.Request) -> web.Response:
         """hub-docs security-tokens.md: ``{"credentials": [...]}``, no auth, always 202, idempotent."""
