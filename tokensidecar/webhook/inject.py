@@ -48,6 +48,8 @@ STATUS_INJECTED = "injected"
 SIDECAR_NAME = "tokensidecar"
 LEGACY_INIT_NAME = "tokensidecar-init"
 TOKEN_VOLUME = "tokensidecar-token"
+# Gateway mode: the pod's projected identity for the gateway, where the token file would be.
+IDENTITY_VOLUME = "tokensidecar-identity"
 SA_TOKEN_VOLUME = "tokensidecar-sa-token"
 KUBE_API_VOLUME = "tokensidecar-kube-api-access"
 SOURCE_MOUNT_NAME_PREFIX = "tokensidecar-source"
@@ -112,6 +114,7 @@ _GENERAL_ANNOTATIONS = frozenset(
     {
         "inject",
         "status",
+        "mode",
         "source",
         "key",
         "model-id",
@@ -127,6 +130,13 @@ _GENERAL_ANNOTATIONS = frozenset(
     }
 )
 KNOWN_ANNOTATIONS = _GENERAL_ANNOTATIONS.union(*_SOURCE_ANNOTATIONS.values())
+# What still means something in gateway mode: there is no sidecar to configure.
+_GATEWAY_ANNOTATIONS = frozenset({"inject", "status", "mode", "containers"})
+MODES = ("sidecar", "gateway")
+
+# KServe's LocalModelNode controller names its download container so
+# (pkg/controller/v1alpha1/localmodelnode/controller.go: DownloadContainerName).
+LOCALMODEL_CONTAINER = "kserve-localmodel-download"
 
 
 class InvalidInjection(ValueError):
@@ -160,8 +170,21 @@ class InjectionSettings:
     allow_insecure_vault: bool = False
     allowed_images: tuple[str, ...] = ()
     allowed_secret_namespaces: tuple[str, ...] = ()
+    # Gateway mode and KServe's LocalModelCache download pods.
+    mode: str = "sidecar"
+    gateway_url: str | None = None
+    gateway_audience: str = "tokensidecar-gateway"
+    localmodel_namespace: str = "kserve-localmodel-jobs"
+    localmodel_mode: str = "off"
+    localmodel_annotations: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        for env, mode in (
+            ("TOKENSIDECAR_INJECT_MODE", self.mode),
+            ("TOKENSIDECAR_LOCALMODEL_MODE", self.localmodel_mode),
+        ):
+            if mode == "gateway" and not self.gateway_url:
+                raise ConfigError("", f"TOKENSIDECAR_INJECT_GATEWAY_URL is required when {env}=gateway")
         if self.vault_addr is not None:
             try:
                 normalize_vault_addr(self.vault_addr)
@@ -198,6 +221,12 @@ class InjectionSettings:
             allow_insecure_vault=bool(config.allow_insecure_vault),
             allowed_images=config.allowed_images or (),
             allowed_secret_namespaces=config.allowed_secret_namespaces or (),
+            mode=config.inject_mode,
+            gateway_url=config.inject_gateway_url,
+            gateway_audience=config.inject_gateway_audience,
+            localmodel_namespace=config.localmodel_namespace,
+            localmodel_mode=config.localmodel_mode,
+            localmodel_annotations=config.localmodel_annotations or {},
         )
 
 
@@ -206,6 +235,7 @@ class _Plan:
     """What one pod's annotations ask for, validated."""
 
     source: str
+    mode: str = "sidecar"
     env: list[dict[str, Any]] = field(default_factory=list)
     image: str = ""
     resources: dict[str, dict[str, str]] = field(default_factory=dict)
@@ -236,19 +266,56 @@ def inject(
 ) -> list[dict[str, Any]]:
     """The RFC 6902 patch that makes ``pod`` an injected pod; ``[]`` when it already is one
     or does not ask for injection. Raises :class:`InvalidInjection` for bad annotations.
-    ``namespace`` (the review's) stands in when the pod itself names none."""
-    if not wants_injection(pod):
+    ``namespace`` (the review's) stands in when the pod itself names none.
+
+    A pod asks with ``tokensidecar.io/inject: "true"``; a LocalModelCache download pod
+    (see :func:`is_localmodel_download`) asks through the webhook's ``--localmodel-*``
+    settings instead."""
+    namespace = _pod_namespace(pod) or namespace
+    localmodel = not wants_injection(pod)
+    if localmodel and not is_localmodel_download(pod, settings=settings, namespace=namespace):
         return []
     spec = pod.get("spec")
     if not isinstance(spec, Mapping):
         raise InvalidInjection("spec", "the pod has no spec")
-    plan = _read_annotations(pod, settings=settings, namespace=_pod_namespace(pod) or namespace)
+    if not localmodel:
+        plan = _read_annotations(pod, ours=_our_annotations(pod), settings=settings, namespace=namespace)
+    else:
+        ours = {"inject": "true", "mode": settings.localmodel_mode, **settings.localmodel_annotations}
+        try:
+            plan = _read_annotations(pod, ours=ours, settings=settings, namespace=namespace)
+        except InvalidInjection as exc:
+            # The pod carries none of these: the webhook's own setting is at fault.
+            raise InvalidInjection(
+                f"TOKENSIDECAR_LOCALMODEL_ANNOTATIONS ({exc.subject})", exc.problem
+            ) from None
     patch: list[dict[str, Any]] = []
     patch += _status_patch(pod)
     patch += _volume_patch(spec, plan=plan, settings=settings)
-    patch += _target_patch(spec, plan=plan)
-    patch += _sidecar_patch(spec, plan=plan, settings=settings)
+    patch += _target_patch(spec, plan=plan, settings=settings)
+    if plan.mode == "sidecar":
+        patch += _sidecar_patch(spec, plan=plan, settings=settings)
     return patch
+
+
+def is_localmodel_download(
+    pod: Mapping[str, Any], *, settings: InjectionSettings, namespace: str | None
+) -> bool:
+    """A download pod of KServe's LocalModelNode controller that the webhook is set to inject:
+    in ``--localmodel-namespace``, with the ``kserve-localmodel-download`` container, and no
+    ``tokensidecar.io/`` annotation of its own (``status``, which this webhook writes, aside)."""
+    if settings.localmodel_mode == "off" or namespace != settings.localmodel_namespace:
+        return False
+    if any(
+        isinstance(key, str) and key.startswith(ANNOTATION_PREFIX) and key != STATUS_ANNOTATION
+        for key in _annotations(pod)
+    ):
+        return False
+    spec = pod.get("spec")
+    return any(
+        isinstance(item, Mapping) and item.get("name") == LOCALMODEL_CONTAINER
+        for item in _list(spec, "containers")
+    )
 
 
 # --- annotations ------------------------------------------------------------------------
@@ -266,7 +333,8 @@ def _pod_namespace(pod: Mapping[str, Any]) -> str | None:
     return namespace if isinstance(namespace, str) and namespace else None
 
 
-def _read_annotations(pod: Mapping[str, Any], *, settings: InjectionSettings, namespace: str | None) -> _Plan:
+def _our_annotations(pod: Mapping[str, Any]) -> dict[str, str]:
+    """The pod's ``tokensidecar.io/`` annotations by short name, values stripped."""
     ours: dict[str, str] = {}
     for key, value in _annotations(pod).items():
         if not isinstance(key, str) or not key.startswith(ANNOTATION_PREFIX):
@@ -277,9 +345,49 @@ def _read_annotations(pod: Mapping[str, Any], *, settings: InjectionSettings, na
         if not isinstance(value, str):
             raise InvalidInjection(key, "annotation values must be strings")
         ours[short] = value.strip()
+    return ours
 
-    def name(short: str) -> str:
-        return ANNOTATION_PREFIX + short
+
+def _name(short: str) -> str:
+    return ANNOTATION_PREFIX + short
+
+
+def _gateway_plan(ours: Mapping[str, str], *, settings: InjectionSettings) -> _Plan:
+    """Gateway mode: which containers, and nothing else to choose."""
+    for short in sorted(ours.keys() - _GATEWAY_ANNOTATIONS):
+        raise InvalidInjection(_name(short), "does not apply to mode 'gateway' (no sidecar is injected)")
+    if not settings.gateway_url:
+        raise InvalidInjection(
+            _name("mode"), "gateway mode needs the webhook's --inject-gateway-url, which is not set"
+        )
+    plan = _Plan(source="gateway", mode="gateway")
+    plan.targets = _targets(ours)
+    return plan
+
+
+def _targets(ours: Mapping[str, str]) -> frozenset[str] | None:
+    if "containers" not in ours:
+        return None
+    names = [part.strip() for part in ours["containers"].split(",") if part.strip()]
+    if not names:
+        raise InvalidInjection(_name("containers"), "lists no container")
+    for container_name in names:
+        if not _DNS_LABEL.match(container_name):
+            raise InvalidInjection(_name("containers"), f"{container_name!r} is not a container name")
+        if container_name in (SIDECAR_NAME, LEGACY_INIT_NAME):
+            raise InvalidInjection(_name("containers"), f"{container_name!r} is the sidecar itself")
+    return frozenset(names)
+
+
+def _read_annotations(
+    pod: Mapping[str, Any], *, ours: Mapping[str, str], settings: InjectionSettings, namespace: str | None
+) -> _Plan:
+    mode = ours.get("mode", settings.mode)
+    if mode not in MODES:
+        raise InvalidInjection(_name("mode"), f"{mode!r} is not one of {', '.join(MODES)}")
+    if mode == "gateway":
+        return _gateway_plan(ours, settings=settings)
+    name = _name
 
     source = ours.get("source", "vault")
     if source not in SOURCES:
@@ -427,16 +535,7 @@ def _read_annotations(pod: Mapping[str, Any], *, settings: InjectionSettings, na
 
     plan.resources = _resources(ours, settings=settings)
 
-    if "containers" in ours:
-        names = [part.strip() for part in ours["containers"].split(",") if part.strip()]
-        if not names:
-            raise InvalidInjection(name("containers"), "lists no container")
-        for container_name in names:
-            if not _DNS_LABEL.match(container_name):
-                raise InvalidInjection(name("containers"), f"{container_name!r} is not a container name")
-            if container_name in (SIDECAR_NAME, LEGACY_INIT_NAME):
-                raise InvalidInjection(name("containers"), f"{container_name!r} is the sidecar itself")
-        plan.targets = frozenset(names)
+    plan.targets = _targets(ours)
     return plan
 
 
@@ -535,7 +634,7 @@ def _status_patch(pod: Mapping[str, Any]) -> list[dict[str, Any]]:
                 "value": STATUS_INJECTED,
             }
         ]
-    # Unreachable through inject() (the inject annotation exists), kept for a pod without any.
+    # A LocalModelCache download pod may carry no annotations at all.
     return [{"op": "add", "path": "/metadata/annotations", "value": {STATUS_ANNOTATION: STATUS_INJECTED}}]
 
 
@@ -592,11 +691,32 @@ def _volumes_wanted(
     return wanted
 
 
+def _identity_volume(settings: InjectionSettings) -> dict[str, Any]:
+    # The kubelet rewrites the token before it expires; huggingface_hub reads the file again
+    # on every request (HF_TOKEN_PATH), so the gateway always sees a live identity.
+    return {
+        "name": IDENTITY_VOLUME,
+        "projected": {
+            "sources": [
+                {
+                    "serviceAccountToken": {
+                        "audience": settings.gateway_audience,
+                        "expirationSeconds": settings.token_lifetime_seconds,
+                        "path": "token",
+                    }
+                }
+            ]
+        },
+    }
+
+
 def _volume_patch(
     spec: Mapping[str, Any], *, plan: _Plan, settings: InjectionSettings
 ) -> list[dict[str, Any]]:
     existing = {v.get("name") for v in _list(spec, "volumes") if isinstance(v, Mapping)}
-    if _sidecar_present(spec):
+    if plan.mode == "gateway":
+        missing = [_identity_volume(settings)] if IDENTITY_VOLUME not in existing else []
+    elif _sidecar_present(spec):
         # Already injected: only the token volume is guaranteed to be needed again.
         missing = [TOKEN_VOLUME_SPEC] if TOKEN_VOLUME not in existing else []
     else:
@@ -630,7 +750,15 @@ def _sidecar_present(spec: Mapping[str, Any]) -> bool:
     return SIDECAR_NAME in names
 
 
-def _target_patch(spec: Mapping[str, Any], *, plan: _Plan) -> list[dict[str, Any]]:
+def _target_patch(
+    spec: Mapping[str, Any], *, plan: _Plan, settings: InjectionSettings
+) -> list[dict[str, Any]]:
+    volume = TOKEN_VOLUME
+    variables = [("HF_TOKEN_PATH", TOKEN_PATH)]
+    if plan.mode == "gateway":
+        assert settings.gateway_url  # _gateway_plan refused the pod otherwise
+        volume = IDENTITY_VOLUME
+        variables.append(("HF_ENDPOINT", settings.gateway_url))
     patch: list[dict[str, Any]] = []
     for key in ("initContainers", "containers"):
         for index, container in enumerate(_list(spec, key)):
@@ -641,31 +769,37 @@ def _target_patch(spec: Mapping[str, Any], *, plan: _Plan) -> list[dict[str, Any
                 continue
             if plan.targets is not None and container_name not in plan.targets:
                 continue
-            patch += _mount_patch(container, base=("spec", key, index))
-            patch += _env_patch(container, base=("spec", key, index))
+            patch += _mount_patch(container, base=("spec", key, index), volume=volume)
+            patch += _env_patch(container, base=("spec", key, index), variables=variables)
     return patch
 
 
-def _mount_patch(container: Mapping[str, Any], *, base: tuple[str, str, int]) -> list[dict[str, Any]]:
+def _mount_patch(
+    container: Mapping[str, Any], *, base: tuple[str, str, int], volume: str
+) -> list[dict[str, Any]]:
     mounts = _list(container, "volumeMounts")
     for mount in mounts:
         if not isinstance(mount, Mapping):
             continue
-        if mount.get("name") == TOKEN_VOLUME:
+        if mount.get("name") == volume:
             return []
         if mount.get("mountPath") == TOKEN_DIR:
             raise InvalidInjection(
                 f"spec.{base[1]}[{container.get('name')}]",
                 f"already mounts volume {mount.get('name')!r} at {TOKEN_DIR}",
             )
-    mount_spec = {"name": TOKEN_VOLUME, "mountPath": TOKEN_DIR, "readOnly": True}
+    mount_spec = {"name": volume, "mountPath": TOKEN_DIR, "readOnly": True}
     if not isinstance(container.get("volumeMounts"), list):
         return [{"op": "add", "path": _pointer(*base, "volumeMounts"), "value": [mount_spec]}]
     return [{"op": "add", "path": _pointer(*base, "volumeMounts", "-"), "value": mount_spec}]
 
 
-def _env_patch(container: Mapping[str, Any], *, base: tuple[str, str, int]) -> list[dict[str, Any]]:
+def _env_patch(
+    container: Mapping[str, Any], *, base: tuple[str, str, int], variables: Sequence[tuple[str, str]]
+) -> list[dict[str, Any]]:
+    """Drop the variables that override the token file, set ``variables`` (last, in order)."""
     current = _list(container, "env")
+    ours = {variable_name for variable_name, _ in variables}
     # Variables set through envFrom (a whole Secret) cannot be removed from here; an
     # explicit empty value wins over envFrom, and huggingface_hub treats an empty
     # HF_TOKEN as unset and falls through to HF_TOKEN_PATH.
@@ -677,13 +811,13 @@ def _env_patch(container: Mapping[str, Any], *, base: tuple[str, str, int]) -> l
             if blank_overrides and variable == {"name": variable_name, "value": ""}:
                 wanted.append(variable)
             continue
-        if variable_name == "HF_TOKEN_PATH":
+        if variable_name in ours:
             continue
         wanted.append(variable)
     if blank_overrides:
         present = {v.get("name") for v in wanted if isinstance(v, Mapping)}
         wanted += [{"name": n, "value": ""} for n in OVERRIDING_TOKEN_VARS if n not in present]
-    wanted.append({"name": "HF_TOKEN_PATH", "value": TOKEN_PATH})
+    wanted += [{"name": variable_name, "value": value} for variable_name, value in variables]
     if _same_env(current, wanted):
         return []
     op = "replace" if isinstance(container.get("env"), list) else "add"
