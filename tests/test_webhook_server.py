@@ -41,7 +41,9 @@ from tokensidecar.webhook.server import CertificateReloader, ReviewBudget, build
 
 SERVICE_HOST = "tokensidecar-webhook.tokensidecar-system.svc"
 INJECTION = InjectionSettings(
-    image="ghcr.io/tokensidecar/tokensidecar:0.1.0", vault_addr="https://vault:8200"
+    image="ghcr.io/tokensidecar/tokensidecar:0.1.0",
+    vault_addr="https://vault:8200",
+    gateway_url="http://tokensidecar-gateway.tokensidecar-system.svc:8080",
 )
 
 
