@@ -379,164 +379,201 @@ def _targets(ours: Mapping[str, str]) -> frozenset[str] | None:
     return frozenset(names)
 
 
+@dataclass(frozen=True)
+class _Asked:
+    """A pod's annotations (short names), and the source they are read for."""
+
+    ours: Mapping[str, str]
+    source: str
+
+    def get(self, short: str, default: str | None = None) -> str | None:
+        return self.ours.get(short, default)
+
+    def __contains__(self, short: str) -> bool:
+        return short in self.ours
+
+    def required(self, short: str, what: str) -> str:
+        value = self.ours.get(short, "")
+        if not value:
+            raise InvalidInjection(_name(short), f"is required for source {self.source!r} ({what})")
+        return value
+
+
 def _read_annotations(
     pod: Mapping[str, Any], *, ours: Mapping[str, str], settings: InjectionSettings, namespace: str | None
 ) -> _Plan:
+    """Annotations → a validated plan: the mode, the source's settings, then what every
+    sidecar takes (verification, image, resources, targets)."""
     mode = ours.get("mode", settings.mode)
     if mode not in MODES:
         raise InvalidInjection(_name("mode"), f"{mode!r} is not one of {', '.join(MODES)}")
     if mode == "gateway":
         return _gateway_plan(ours, settings=settings)
-    name = _name
-
     source = ours.get("source", "vault")
     if source not in SOURCES:
-        raise InvalidInjection(name("source"), f"{source!r} is not one of {', '.join(SOURCES)}")
+        raise InvalidInjection(_name("source"), f"{source!r} is not one of {', '.join(SOURCES)}")
     for other, keys in _SOURCE_ANNOTATIONS.items():
         if other == source:
             continue
         for short in sorted(keys & ours.keys()):
-            raise InvalidInjection(name(short), f"does not apply to source {source!r} (it is for {other!r})")
-
-    def required(short: str, what: str) -> str:
-        value = ours.get(short, "")
-        if not value:
-            raise InvalidInjection(name(short), f"is required for source {source!r} ({what})")
-        return value
-
+            raise InvalidInjection(_name(short), f"does not apply to source {source!r} (it is for {other!r})")
+    asked = _Asked(ours=ours, source=source)
     plan = _Plan(source=source)
-    env = plan.env
-    env.append({"name": "TOKENSIDECAR_SOURCE", "value": source})
-
+    plan.env.append({"name": "TOKENSIDECAR_SOURCE", "value": source})
     if source == "vault":
-        vault_addr = ours.get("vault-addr") or settings.vault_addr
-        if not vault_addr:
-            raise InvalidInjection(
-                name("vault-addr"), "is required: the webhook has no default (--inject-vault-addr)"
-            )
-        if "vault-addr" in ours:
-            _confine_vault_addr(vault_addr, settings=settings, subject=name("vault-addr"))
-        vault_path = required("vault-path", "the KV secret as <mount>/<path>, e.g. secret/hf/model-a")
-        mount, _, rest = vault_path.strip("/").partition("/")
-        if not mount or not rest:
-            raise InvalidInjection(name("vault-path"), f"{vault_path!r} is not <mount>/<path>")
-        auth = ours.get("vault-auth", "kubernetes")
-        if auth not in WEBHOOK_VAULT_AUTH:
-            raise InvalidInjection(
-                name("vault-auth"),
-                f"{auth!r} is not one of {', '.join(WEBHOOK_VAULT_AUTH)} "
-                "(approle and token need credential files the webhook cannot provide)",
-            )
-        role = required("vault-role", f"the Vault role for {auth} auth")
-        env += [
-            {"name": "VAULT_ADDR", "value": vault_addr},
-            {"name": "TOKENSIDECAR_VAULT_PATH", "value": vault_path},
-            {"name": "TOKENSIDECAR_VAULT_AUTH", "value": auth},
-            {"name": "TOKENSIDECAR_VAULT_ROLE", "value": role},
-        ]
-        if ours.get("vault-auth-mount"):
-            env.append({"name": "TOKENSIDECAR_VAULT_AUTH_MOUNT", "value": ours["vault-auth-mount"]})
-        if "vault-kv-version" in ours:
-            if ours["vault-kv-version"] not in ("1", "2"):
-                raise InvalidInjection(name("vault-kv-version"), "must be 1 or 2")
-            env.append({"name": "TOKENSIDECAR_VAULT_KV_VERSION", "value": ours["vault-kv-version"]})
-        # A projected token with a dedicated audience for both methods: Vault (its
-        # kubernetes auth through a TokenReview with the role's audience) accepts it, and
-        # anyone who reads it there cannot replay it against the API server, which the
-        # pod's own service-account token would allow.
-        plan.sa_token_audience = ours.get("token-audience") or settings.vault_token_audience
-        env.append({"name": "TOKENSIDECAR_VAULT_JWT_FILE", "value": SA_TOKEN_PATH})
+        _plan_vault(asked, plan=plan, settings=settings)
     elif source == "kubernetes-secret":
-        secret_name = required("secret-name", "the Secret holding the token")
-        if not _DNS_SUBDOMAIN.match(secret_name):
-            raise InvalidInjection(name("secret-name"), f"{secret_name!r} is not a valid Secret name")
-        env.append({"name": "TOKENSIDECAR_SECRET_NAME", "value": secret_name})
-        secret_namespace = ours.get("secret-namespace")
-        if secret_namespace:
-            if not _DNS_LABEL.match(secret_namespace):
-                raise InvalidInjection(name("secret-namespace"), f"{secret_namespace!r} is not a namespace")
-            _confine_secret_namespace(
-                secret_namespace, namespace=namespace, settings=settings, subject=name("secret-namespace")
-            )
-            env.append({"name": "TOKENSIDECAR_SECRET_NAMESPACE", "value": secret_namespace})
-        else:
-            # The downward API names the namespace even when no service-account files are mounted.
-            env.append(
-                {
-                    "name": "TOKENSIDECAR_SECRET_NAMESPACE",
-                    "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}},
-                }
-            )
-        plan.needs_kube_api = True
+        _plan_kubernetes_secret(asked, plan=plan, settings=settings, namespace=namespace)
     elif source == "file":
-        volume = required("source-volume", "the pod volume holding the token file")
-        volumes = [v.get("name") for v in _list(pod.get("spec"), "volumes") if isinstance(v, Mapping)]
-        if volume not in volumes:
-            raise InvalidInjection(name("source-volume"), f"the pod has no volume named {volume!r}")
-        if volume in (TOKEN_VOLUME, SA_TOKEN_VOLUME, KUBE_API_VOLUME):
-            raise InvalidInjection(name("source-volume"), f"{volume!r} is the webhook's own volume")
-        relative = ours.get("source-file") or ours.get("key") or "token"
-        parts = relative.split("/")
-        if relative.startswith("/") or any(part in ("", ".", "..") for part in parts):
-            raise InvalidInjection(
-                name("source-file"), f"{relative!r} must be a relative path inside the volume"
-            )
-        plan.source_volume = volume
-        env.append({"name": "TOKENSIDECAR_SOURCE_FILE", "value": f"{SOURCE_DIR}/{relative}"})
-    else:  # oidc-exchange
-        resource = required("oidc-resource", "the resource requested in the token exchange")
-        plan.sa_token_audience = ours.get("token-audience") or settings.oidc_token_audience
-        env += [
-            {"name": "TOKENSIDECAR_OIDC_RESOURCE", "value": resource},
-            {"name": "TOKENSIDECAR_OIDC_TOKEN_FILE", "value": SA_TOKEN_PATH},
-        ]
-    if "token-audience" in ours and not ours["token-audience"]:
-        raise InvalidInjection(name("token-audience"), "must not be empty")
-    if "token-audience" in ours and plan.sa_token_audience is None:
-        raise InvalidInjection(name("token-audience"), f"does not apply to source {source!r}")
+        _plan_file(asked, plan=plan, pod=pod)
+    else:
+        _plan_oidc_exchange(asked, plan=plan, settings=settings)
+    if "token-audience" in asked and not asked.get("token-audience"):
+        raise InvalidInjection(_name("token-audience"), "must not be empty")
+    if "token-audience" in asked and plan.sa_token_audience is None:
+        raise InvalidInjection(_name("token-audience"), f"does not apply to source {source!r}")
+    _plan_verification(asked, plan=plan, settings=settings)
+    plan.image = _sidecar_image(asked, settings=settings)
+    plan.resources = _resources(ours, settings=settings)
+    plan.targets = _targets(ours)
+    return plan
 
-    if "key" in ours:
-        if not ours["key"] or any(c.isspace() for c in ours["key"]):
-            raise InvalidInjection(name("key"), "must be a non-empty key without whitespace")
-        if source != "file":
-            env.append({"name": "TOKENSIDECAR_KEY", "value": ours["key"]})
 
-    verify = ours.get("verify", settings.verify)
+def _plan_vault(asked: _Asked, *, plan: _Plan, settings: InjectionSettings) -> None:
+    vault_addr = asked.get("vault-addr") or settings.vault_addr
+    if not vault_addr:
+        raise InvalidInjection(
+            _name("vault-addr"), "is required: the webhook has no default (--inject-vault-addr)"
+        )
+    if "vault-addr" in asked:
+        _confine_vault_addr(vault_addr, settings=settings, subject=_name("vault-addr"))
+    vault_path = asked.required("vault-path", "the KV secret as <mount>/<path>, e.g. secret/hf/model-a")
+    mount, _, rest = vault_path.strip("/").partition("/")
+    if not mount or not rest:
+        raise InvalidInjection(_name("vault-path"), f"{vault_path!r} is not <mount>/<path>")
+    auth = asked.get("vault-auth", "kubernetes") or ""
+    if auth not in WEBHOOK_VAULT_AUTH:
+        raise InvalidInjection(
+            _name("vault-auth"),
+            f"{auth!r} is not one of {', '.join(WEBHOOK_VAULT_AUTH)} "
+            "(approle and token need credential files the webhook cannot provide)",
+        )
+    role = asked.required("vault-role", f"the Vault role for {auth} auth")
+    plan.env += [
+        {"name": "VAULT_ADDR", "value": vault_addr},
+        {"name": "TOKENSIDECAR_VAULT_PATH", "value": vault_path},
+        {"name": "TOKENSIDECAR_VAULT_AUTH", "value": auth},
+        {"name": "TOKENSIDECAR_VAULT_ROLE", "value": role},
+    ]
+    auth_mount = asked.get("vault-auth-mount")
+    if auth_mount:
+        plan.env.append({"name": "TOKENSIDECAR_VAULT_AUTH_MOUNT", "value": auth_mount})
+    kv_version = asked.get("vault-kv-version")
+    if kv_version is not None:
+        if kv_version not in ("1", "2"):
+            raise InvalidInjection(_name("vault-kv-version"), "must be 1 or 2")
+        plan.env.append({"name": "TOKENSIDECAR_VAULT_KV_VERSION", "value": kv_version})
+    # A projected token with a dedicated audience for both methods: Vault (its kubernetes
+    # auth through a TokenReview with the role's audience) accepts it, and anyone who reads
+    # it there cannot replay it against the API server, which the pod's own
+    # service-account token would allow.
+    plan.sa_token_audience = asked.get("token-audience") or settings.vault_token_audience
+    plan.env.append({"name": "TOKENSIDECAR_VAULT_JWT_FILE", "value": SA_TOKEN_PATH})
+
+
+def _plan_kubernetes_secret(
+    asked: _Asked, *, plan: _Plan, settings: InjectionSettings, namespace: str | None
+) -> None:
+    secret_name = asked.required("secret-name", "the Secret holding the token")
+    if not _DNS_SUBDOMAIN.match(secret_name):
+        raise InvalidInjection(_name("secret-name"), f"{secret_name!r} is not a valid Secret name")
+    plan.env.append({"name": "TOKENSIDECAR_SECRET_NAME", "value": secret_name})
+    secret_namespace = asked.get("secret-namespace")
+    if secret_namespace:
+        if not _DNS_LABEL.match(secret_namespace):
+            raise InvalidInjection(_name("secret-namespace"), f"{secret_namespace!r} is not a namespace")
+        _confine_secret_namespace(
+            secret_namespace, namespace=namespace, settings=settings, subject=_name("secret-namespace")
+        )
+        plan.env.append({"name": "TOKENSIDECAR_SECRET_NAMESPACE", "value": secret_namespace})
+    else:
+        # The downward API names the namespace even when no service-account files are mounted.
+        plan.env.append(
+            {
+                "name": "TOKENSIDECAR_SECRET_NAMESPACE",
+                "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}},
+            }
+        )
+    plan.needs_kube_api = True
+
+
+def _plan_file(asked: _Asked, *, plan: _Plan, pod: Mapping[str, Any]) -> None:
+    volume = asked.required("source-volume", "the pod volume holding the token file")
+    volumes = [v.get("name") for v in _list(pod.get("spec"), "volumes") if isinstance(v, Mapping)]
+    if volume not in volumes:
+        raise InvalidInjection(_name("source-volume"), f"the pod has no volume named {volume!r}")
+    if volume in (TOKEN_VOLUME, SA_TOKEN_VOLUME, KUBE_API_VOLUME):
+        raise InvalidInjection(_name("source-volume"), f"{volume!r} is the webhook's own volume")
+    relative = asked.get("source-file") or asked.get("key") or "token"
+    parts = relative.split("/")
+    if relative.startswith("/") or any(part in ("", ".", "..") for part in parts):
+        raise InvalidInjection(
+            _name("source-file"), f"{relative!r} must be a relative path inside the volume"
+        )
+    plan.source_volume = volume
+    plan.env.append({"name": "TOKENSIDECAR_SOURCE_FILE", "value": f"{SOURCE_DIR}/{relative}"})
+
+
+def _plan_oidc_exchange(asked: _Asked, *, plan: _Plan, settings: InjectionSettings) -> None:
+    resource = asked.required("oidc-resource", "the resource requested in the token exchange")
+    plan.sa_token_audience = asked.get("token-audience") or settings.oidc_token_audience
+    plan.env += [
+        {"name": "TOKENSIDECAR_OIDC_RESOURCE", "value": resource},
+        {"name": "TOKENSIDECAR_OIDC_TOKEN_FILE", "value": SA_TOKEN_PATH},
+    ]
+
+
+def _plan_verification(asked: _Asked, *, plan: _Plan, settings: InjectionSettings) -> None:
+    """The key, what the Hub must confirm, and how often to read: the same for every source."""
+    key = asked.get("key")
+    if key is not None:
+        if not key or any(c.isspace() for c in key):
+            raise InvalidInjection(_name("key"), "must be a non-empty key without whitespace")
+        if asked.source != "file":
+            plan.env.append({"name": "TOKENSIDECAR_KEY", "value": key})
+    verify = asked.get("verify", settings.verify) or ""
     if verify not in VERIFY_MODES:
-        raise InvalidInjection(name("verify"), f"{verify!r} is not one of {', '.join(VERIFY_MODES)}")
-    env.append({"name": "TOKENSIDECAR_VERIFY", "value": verify})
-    model_id = ours.get("model-id")
+        raise InvalidInjection(_name("verify"), f"{verify!r} is not one of {', '.join(VERIFY_MODES)}")
+    plan.env.append({"name": "TOKENSIDECAR_VERIFY", "value": verify})
+    model_id = asked.get("model-id")
     if model_id is not None:
         if not _MODEL_ID.match(model_id):
-            raise InvalidInjection(name("model-id"), f"{model_id!r} is not <org>/<name>")
-        env.append({"name": "TOKENSIDECAR_MODEL_ID", "value": model_id})
+            raise InvalidInjection(_name("model-id"), f"{model_id!r} is not <org>/<name>")
+        plan.env.append({"name": "TOKENSIDECAR_MODEL_ID", "value": model_id})
     elif verify == "repo":
-        raise InvalidInjection(name("model-id"), "is required when tokensidecar.io/verify is 'repo'")
+        raise InvalidInjection(_name("model-id"), "is required when tokensidecar.io/verify is 'repo'")
     if settings.hf_endpoint:
-        env.append({"name": "HF_ENDPOINT", "value": settings.hf_endpoint})
-
-    if "refresh-interval" in ours:
+        plan.env.append({"name": "HF_ENDPOINT", "value": settings.hf_endpoint})
+    interval = asked.get("refresh-interval")
+    if interval is not None:
         try:
-            parse_positive_duration(ours["refresh-interval"])
+            parse_positive_duration(interval)
         except ValueError as exc:
-            raise InvalidInjection(name("refresh-interval"), str(exc)) from None
-        env.append({"name": "TOKENSIDECAR_REFRESH_INTERVAL", "value": ours["refresh-interval"]})
+            raise InvalidInjection(_name("refresh-interval"), str(exc)) from None
+        plan.env.append({"name": "TOKENSIDECAR_REFRESH_INTERVAL", "value": interval})
 
-    image = ours.get("image", settings.image)
+
+def _sidecar_image(asked: _Asked, *, settings: InjectionSettings) -> str:
+    image = asked.get("image", settings.image) or ""
     if not _IMAGE.match(image):
-        raise InvalidInjection(name("image"), f"{image!r} is not an image reference")
+        raise InvalidInjection(_name("image"), f"{image!r} is not an image reference")
     if not image_allowed(image, default=settings.image, patterns=settings.allowed_images):
         raise InvalidInjection(
-            name("image"),
+            _name("image"),
             f"{image!r} is not an allowed image (the default {settings.image!r} or "
             f"--allowed-images: {', '.join(settings.allowed_images) or 'none'})",
         )
-    plan.image = image
-
-    plan.resources = _resources(ours, settings=settings)
-
-    plan.targets = _targets(ours)
-    return plan
+    return image
 
 
 def _confine_vault_addr(address: str, *, settings: InjectionSettings, subject: str) -> None:
