@@ -307,3 +307,73 @@ def test_only_unannotated_download_pods_in_the_localmodel_namespace_are_taken() 
     unnamed = localmodel_download_pod()
     del unnamed["metadata"]["namespace"]
     assert inject(unnamed, settings=settings, namespace=LOCALMODEL_NAMESPACE)
+
+
+# --- the gateway's policy at admission (--gateway-policy, docs/security.md) --------------------
+
+ADMISSION_POLICY = """
+rules:
+  - subjects: [{namespace: kserve-test, serviceAccount: llama-*}]
+    repos: [meta-llama/*]
+"""
+
+
+def gateway_predictor(*, service_account: str, uri: str, initializer: bool = True) -> dict[str, Any]:
+    """A predictor pod as KServe renders it: the source URI in its internal annotation (and,
+    with ``initializer``, the storage-initializer KServe appends, for hf://meta-llama/…)."""
+    pod = kserve_predictor_pod(
+        {**GATEWAY_ANNOTATIONS, "internal.serving.kserve.io/storage-initializer-sourceuri": uri},
+        with_storage_initializer=initializer,
+    )
+    pod["metadata"]["namespace"] = "kserve-test"
+    pod["spec"]["serviceAccountName"] = service_account
+    return pod
+
+
+def with_policy(text: str) -> InjectionSettings:
+    from tokensidecar.gateway.policy import Policy
+
+    return dataclasses.replace(GATEWAY, gateway_policy=Policy.from_yaml(text))
+
+
+def test_gateway_policy_admits_a_pod_its_service_account_may_read() -> None:
+    pod = gateway_predictor(service_account="llama-server", uri="hf://meta-llama/Llama-3.1-8B-Instruct")
+    assert inject(pod, settings=with_policy(ADMISSION_POLICY))
+
+
+@pytest.mark.parametrize(
+    ("service_account", "uri"),
+    [
+        ("other-server", "hf://meta-llama/Llama-3.1-8B-Instruct"),  # not a subject of the rule
+        ("llama-server", "hf://acme/private-model"),  # a repo the rule does not grant
+    ],
+)
+def test_gateway_policy_denies_at_admission_what_the_gateway_would_refuse(
+    service_account: str, uri: str
+) -> None:
+    pod = gateway_predictor(service_account=service_account, uri=uri)
+    with pytest.raises(InvalidInjection) as refused:
+        inject(pod, settings=with_policy(ADMISSION_POLICY))
+    assert refused.value.subject == "storageUri"
+    assert uri in refused.value.problem and f"kserve-test/{service_account}" in refused.value.problem
+    # Without the policy setting, the same pod is injected (the gateway refuses it later).
+    assert inject(pod, settings=GATEWAY)
+
+
+def test_gateway_policy_checks_the_storage_initializer_kserve_appends_on_reinvocation() -> None:
+    pod = kserve_predictor_pod(GATEWAY_ANNOTATIONS, with_storage_initializer=False)
+    pod["metadata"]["namespace"] = "kserve-test"
+    pod["spec"]["serviceAccountName"] = "other-server"
+    once = apply(copy.deepcopy(pod), inject(pod, settings=GATEWAY))
+    once["spec"].setdefault("initContainers", []).append(storage_initializer())  # hf://meta-llama/…
+    with pytest.raises(InvalidInjection) as refused:
+        inject(once, settings=with_policy(ADMISSION_POLICY))
+    assert "hf://meta-llama/Llama-3.1-8B-Instruct" in refused.value.problem
+
+
+def test_gateway_policy_leaves_other_storage_schemes_and_sidecar_mode_alone() -> None:
+    s3 = gateway_predictor(service_account="other-server", uri="s3://bucket/model", initializer=False)
+    assert inject(s3, settings=with_policy(ADMISSION_POLICY))
+    sidecar = kserve_predictor_pod(VAULT_ANNOTATIONS)
+    sidecar["spec"]["serviceAccountName"] = "other-server"
+    assert inject(sidecar, settings=with_policy(ADMISSION_POLICY))

@@ -809,3 +809,77 @@ def test_the_webhook_command_in_gateway_mode_injects_predictors_and_localmodel_p
         process.wait(timeout=10)
         assert process.stderr is not None
         process.stderr.close()
+
+
+def test_the_webhook_command_judges_gateway_pods_by_the_policy_in_force(
+    tls_files: tuple[pathlib.Path, pathlib.Path, pathlib.Path], tmp_path: pathlib.Path
+) -> None:
+    from tests.test_webhook_gateway import GATEWAY_URL, gateway_predictor
+
+    cert_file, key_file, ca_file = tls_files
+    policy_file = tmp_path / "policy.yaml"
+    policy_file.write_text("rules:\n  - subjects: [{namespace: kserve-test}]\n    repos: [acme/*]\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENSIDECAR_")}
+    env.update(
+        TOKENSIDECAR_WEBHOOK_LISTEN="127.0.0.1:0",
+        TOKENSIDECAR_TLS_CERT_FILE=str(cert_file),
+        TOKENSIDECAR_TLS_KEY_FILE=str(key_file),
+        TOKENSIDECAR_INJECT_GATEWAY_URL=GATEWAY_URL,
+        TOKENSIDECAR_INJECT_GATEWAY_POLICY=str(policy_file),
+    )
+    pod = gateway_predictor(service_account="llama-server", uri="hf://meta-llama/Llama-3.1-8B-Instruct")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tokensidecar", "webhook"], env=env, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        port = read_listening_port(process)
+        url = f"https://127.0.0.1:{port}/mutate"
+        with client(ca_file) as session:
+
+            def allowed() -> bool:
+                reply = session.post(url, json=admission_review(pod), timeout=10)
+                response = reply.json()["response"]
+                if not response["allowed"]:
+                    assert response["status"]["message"].startswith("tokensidecar: storageUri: ")
+                return bool(response["allowed"])
+
+            assert allowed() is False  # denied at admission: no rule grants meta-llama/*
+            # The ConfigMap changes (written whole, as the kubelet swaps it): the new rule holds.
+            staged = tmp_path / "policy.staged"
+            staged.write_text("rules:\n  - subjects: [{namespace: kserve-test}]\n    repos: [meta-llama/*]\n")
+            staged.replace(policy_file)
+            deadline = time.monotonic() + 30
+            while not allowed():
+                assert time.monotonic() < deadline, "the new policy was never applied"
+                time.sleep(0.2)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=10)
+        assert process.stderr is not None
+        process.stderr.close()
+
+
+def test_an_invalid_gateway_policy_file_exits_2_naming_the_setting(
+    tls_files: tuple[pathlib.Path, pathlib.Path, pathlib.Path], tmp_path: pathlib.Path
+) -> None:
+    cert_file, key_file, _ = tls_files
+    policy_file = tmp_path / "policy.yaml"
+    policy_file.write_text("rules: [{subjects: nobody}]\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENSIDECAR_")}
+    env.update(
+        TOKENSIDECAR_WEBHOOK_LISTEN="127.0.0.1:0",
+        TOKENSIDECAR_TLS_CERT_FILE=str(cert_file),
+        TOKENSIDECAR_TLS_KEY_FILE=str(key_file),
+        TOKENSIDECAR_INJECT_GATEWAY_POLICY=str(policy_file),
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "tokensidecar", "webhook"],
+        check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: TOKENSIDECAR_INJECT_GATEWAY_POLICY: "), lines

@@ -23,11 +23,14 @@ import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tokensidecar.config import SOURCES, VERIFY_MODES, Config, ConfigError, parse_positive_duration
 from tokensidecar.webhook.confine import image_allowed, normalize_vault_addr
 from tokensidecar.webhook.quantity import check_quantity, parse_quantity
+
+if TYPE_CHECKING:
+    from tokensidecar.gateway.policy import Policy
 
 __all__ = [
     "ANNOTATION_PREFIX",
@@ -174,6 +177,9 @@ class InjectionSettings:
     mode: str = "sidecar"
     gateway_url: str | None = None
     gateway_audience: str = "tokensidecar-gateway"
+    #: The gateway's policy (--gateway-policy), in force now: a gateway-mode pod whose
+    #: ``hf://`` model its service account may not read is denied at admission.
+    gateway_policy: Policy | None = None
     localmodel_namespace: str = "kserve-localmodel-jobs"
     localmodel_mode: str = "off"
     localmodel_annotations: Mapping[str, str] = field(default_factory=dict)
@@ -295,7 +301,57 @@ def inject(
     patch += _target_patch(spec, plan=plan, settings=settings)
     if plan.mode == "sidecar":
         patch += _sidecar_patch(spec, plan=plan, settings=settings)
+    elif settings.gateway_policy is not None:
+        _check_gateway_policy(pod, spec, namespace=namespace, policy=settings.gateway_policy)
     return patch
+
+
+# Where a KServe pod names its model: the annotation the InferenceService controller puts on
+# the predictor pod (kserve pkg/constants: StorageInitializerSourceUriInternalAnnotationKey),
+# and the first argument of the storage-initializer and of the LocalModelCache download
+# container (``[<storage URI>, <destination>]``).
+STORAGE_URI_ANNOTATION = "internal.serving.kserve.io/storage-initializer-sourceuri"
+_STORAGE_URI_CONTAINERS = frozenset({"storage-initializer", LOCALMODEL_CONTAINER})
+
+
+def storage_uris(pod: Mapping[str, Any]) -> list[str]:
+    """Every storage URI the pod is about to download, in the order found, once each."""
+    found: list[str] = []
+    annotated = _annotations(pod).get(STORAGE_URI_ANNOTATION)
+    if isinstance(annotated, str) and annotated:
+        found.append(annotated)
+    spec = pod.get("spec")
+    for key in ("initContainers", "containers"):
+        for container in _list(spec, key):
+            if not isinstance(container, Mapping) or container.get("name") not in _STORAGE_URI_CONTAINERS:
+                continue
+            args = container.get("args")
+            if isinstance(args, list) and args and isinstance(args[0], str) and args[0] not in found:
+                found.append(args[0])
+    return found
+
+
+def _check_gateway_policy(
+    pod: Mapping[str, Any], spec: Mapping[str, Any], *, namespace: str | None, policy: Policy
+) -> None:
+    """Deny now what the gateway would refuse at download time (a pod stuck in Init otherwise)."""
+    from tokensidecar.gateway.policy import admission_decision
+
+    account = spec.get("serviceAccountName")
+    service_account = account if isinstance(account, str) and account else "default"
+    for uri in storage_uris(pod):
+        try:
+            decision = admission_decision(
+                policy, namespace=namespace or "default", service_account=service_account, storage_uri=uri
+            )
+        except ValueError as exc:
+            raise InvalidInjection("storageUri", str(exc)) from None
+        if decision is not None and not decision.allowed:
+            raise InvalidInjection(
+                "storageUri",
+                f"{uri} may not be read by service account {namespace}/{service_account} under the "
+                f"gateway's policy ({decision.reason})",
+            )
 
 
 def is_localmodel_download(

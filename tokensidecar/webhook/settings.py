@@ -302,6 +302,15 @@ WEBHOOK_SETTINGS = register(
         default="tokensidecar-gateway",
         section="injection",
     ),
+    Setting(
+        "inject_gateway_policy",
+        "TOKENSIDECAR_INJECT_GATEWAY_POLICY",
+        "The gateway's policy file (the same ConfigMap the gateway reads, reloaded on change): a "
+        "gateway-mode pod whose hf:// storage URI its service account may not read is denied at "
+        "admission instead of failing at download time. Unset: no admission check.",
+        flag="--gateway-policy",
+        section="injection",
+    ),
     # KServe's LocalModelCache (docs/annotations.md): its download Job pods carry no annotations of
     # ours; they are recognised by namespace and container name.
     Setting(
