@@ -184,10 +184,21 @@ def metric_groups() -> list[tuple[str, str, list[MetricEntry]]]:
                 "Served on `/metrics` of `TOKENSIDECAR_GATEWAY_LISTEN` (default port 8080), with the "
                 "control plane's authorization, policy and TokenReview metrics and each credential's "
                 "refresh metrics (labelled `credential`).",
-                _metric_entries(gateway_metrics),
+                sorted(
+                    [*_metric_entries(gateway_metrics), *_metric_entries(_gateway_control_metrics())],
+                    key=lambda entry: entry.name,
+                ),
             )
         )
     return groups
+
+
+def _gateway_control_metrics() -> object:
+    from prometheus_client import CollectorRegistry
+
+    from tokensidecar.gateway.authz import ControlPlaneMetrics
+
+    return ControlPlaneMetrics(registry=CollectorRegistry(auto_describe=True))
 
 
 def _gateway_metrics() -> object | None:
