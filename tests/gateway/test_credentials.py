@@ -259,7 +259,10 @@ def test_credential_settings_are_the_sidecars_source_settings() -> None:
         ("credentials: {a: {source: vault, vault-token: s.x}}", "credentials.a.vault-token: not a setting"),
         ("credentials: {a: {source-file: /x}}", "credentials.a.source: is required"),
         ("credentials: {a: {source: ftp}}", "credentials.a.source: 'ftp' is not one of"),
-        ("credentials: {a: {source: file}}", "credentials.a.source-file is required when --source=file"),
+        (
+            "credentials: {a: {source: file}}",
+            "credentials.a.source-file is required when credentials.a.source=file",
+        ),
         ("credentials: {a: {source: vault, vault-addr: 'http://v'}}", "credentials.a.vault-path is required"),
         (
             "credentials: {a: {source: file, source-file: /x, refresh-interval: soon}}",
@@ -293,12 +296,12 @@ def test_unreadable_file_names_the_setting(tmp_path: pathlib.Path) -> None:
 async def test_oidc_exchange_credential_is_minted_at_the_upstream(
     hub: HubStandIn, oidc_issuer: OidcIssuer, projected_token: KubeletVolume, stores: list[CredentialStore]
 ) -> None:
-    projected_token.write(oidc_issuer.mint(audience=hub.url))
+    projected_token.write(oidc_issuer.mint())  # aud: https://huggingface.co, as the Hub requires
     text = f"""
         credentials:
           exchanged:
             source: oidc-exchange
-            oidc-resource: acme
+            oidc-resource: {hub.repo_id}
             oidc-token-file: {projected_token.path}
     """
     # HF_ENDPOINT in the gateway's environment is not where exchanges go: the upstream is.

@@ -256,3 +256,33 @@ def test_whoami_names_the_workload(through: tuple[RunningGateway, Path], tmp_pat
     running, token_path = through
     result = _download(running, token_path, tmp_path / "home", "HfApi().whoami()['name']")
     assert result == {"ok": True, "value": "system:serviceaccount:team-a:predictor"}
+
+
+def test_a_refused_upstream_credential_is_the_gateways_outage_not_the_callers_login(
+    lfs_hub: HubStandIn, tmp_path: Path
+) -> None:
+    import urllib.error
+    import urllib.request
+
+    credential = lfs_hub.issue_token()
+    lfs_hub.revoke(credential)  # the gateway's own token, revoked upstream: the Hub answers 401
+    with gateway_for(lfs_hub.url, tmp_path, credentials=StaticCredentials({"default": credential})) as (
+        running,
+        _,
+        token_path,
+    ):
+        workload = {"Authorization": f"Bearer {token_path.read_text().strip()}"}
+        statuses = []
+        for method, path in (
+            ("GET", f"/api/models/{REPO}/revision/main"),
+            ("HEAD", f"/{REPO}/resolve/main/config.json"),
+        ):
+            request = urllib.request.Request(running.url + path, method=method, headers=workload)  # noqa: S310
+            try:
+                with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
+                    statuses.append(response.status)
+            except urllib.error.HTTPError as error:
+                statuses.append(error.code)
+    # An authorized caller can do nothing about the gateway's credential: 503, not "log in".
+    assert statuses == [503, 503]
+    assert lfs_hub.requests, "the gateway did ask the upstream"

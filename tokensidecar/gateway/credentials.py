@@ -227,7 +227,10 @@ def _translate(exc: ConfigError, *, name: str) -> ConfigError:
     if exc.setting:
         text = f"{exc.setting}: {text}"
     for setting in CREDENTIAL_SETTINGS:
-        text = re.sub(rf"\b{re.escape(setting.env)}\b", f"credentials.{name}.{setting_key(setting)}", text)
+        key = f"credentials.{name}.{setting_key(setting)}"
+        # The values reach resolve() as flags, so an error may name the flag or the variable.
+        text = re.sub(rf"\b{re.escape(setting.env)}\b", key, text)
+        text = re.sub(rf"(?<![\w-]){re.escape(setting.cli_flag)}(?![\w-])", key, text)
     return ConfigError(CREDENTIALS_SETTING, text)
 
 

@@ -66,6 +66,13 @@ _HEX40 = re.compile(r"[0-9a-f]{40}")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
+# The Hub answers 401 only to a missing or invalid token (a valid one without access gets
+# 404 RepoNotFound): a 401 to the gateway's own credential is the gateway's failure (revoked,
+# expired), not the caller's, so it is an outage for the caller (503, stale-if-error applies)
+# rather than a "log in" the caller can do nothing about.
+_CREDENTIAL_REFUSED = "upstream {route}: the gateway's upstream credential was refused (HTTP 401)"
+
+
 class UpstreamUnavailable(Exception):
     """No answer from the upstream (connection error, timeout), or 5xx / 429.
 
@@ -233,6 +240,8 @@ class Upstream:
             )
         if answer.status >= 500 or answer.status == 429:
             raise UpstreamUnavailable(f"upstream {route}: HTTP {answer.status}", answer=answer)
+        if answer.status == 401 and token is not None:
+            raise UpstreamUnavailable(_CREDENTIAL_REFUSED.format(route=route), answer=answer)
         return answer
 
     def _next_page(self, link: str) -> str | None:
@@ -252,6 +261,9 @@ class Upstream:
             status, headers = response.status, response.headers
         if status >= 500 or status == 429:
             raise UpstreamUnavailable(f"upstream resolve: HTTP {status}", answer=Answer(status=status))
+        if status == 401 and token is not None:
+            refused = _CREDENTIAL_REFUSED.format(route="resolve")
+            raise UpstreamUnavailable(refused, answer=Answer(status=status))
         if status >= 400:
             kept = {k: headers[k] for k in PASSED_HEADERS if k in headers}
             return Answer(status=status, headers=kept)
