@@ -183,9 +183,10 @@ class ApiServerStandIn:
             body = await request.json()
         except (ValueError, UnicodeError):
             return _status(400, "BadRequest", "the request body is not a TokenReview")
+        # apiVersion and kind may be left out: the API server takes them from the path.
         if (
             not isinstance(body, dict)
-            or body.get("kind") != "TokenReview"
+            or body.get("kind", "TokenReview") != "TokenReview"
             or not isinstance(body.get("spec"), dict)
         ):
             return _status(400, "BadRequest", "the request body is not a TokenReview")
