@@ -226,3 +226,20 @@ def test_branches_follow_the_ttl_and_outages_serve_stale_and_pinned(hub: HubStan
         assert never_seen.status_code == 503
         clock.now += 3600  # past the stale-if-error window too
         assert httpx2.get(info, headers=AUTH).status_code == 503
+
+
+def test_without_a_valid_upstream_token_hits_are_served_and_misses_wait(
+    hub: HubStandIn, tmp_path: Path
+) -> None:
+    import httpx2
+
+    credentials = StaticCredentials({"default": hub.issue_token()})
+    with gateway_for(hub.url, tmp_path, credentials=credentials) as (running, _, _):
+        pinned = f"{running.url}/{REPO}/resolve/{hub.commit_sha}"
+        assert httpx2.get(f"{pinned}/config.json", headers=AUTH).status_code == 200
+        credentials.values.clear()  # the credential's refresher has nothing valid
+        requests = len(hub.requests)
+        assert httpx2.get(f"{pinned}/config.json", headers=AUTH).content == FILES["config.json"]
+        miss = httpx2.get(f"{pinned}/{BIG}", headers=AUTH)
+        assert miss.status_code == 503 and "Retry-After" in miss.headers
+        assert len(hub.requests) == requests  # nothing was asked anonymously

@@ -4,16 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import logging
+import pathlib
+import threading
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from tests.fixtures.kube import KubeApi
 from tests.fixtures.openbao import JwtIssuer
-from tests.gateway.conftest import GATEWAY_AUDIENCE, ServiceAccountTokens
+from tests.gateway.conftest import GATEWAY_AUDIENCE, KubeletVolume, ServiceAccountTokens
+from tests.gateway.harness import HUB_SETUP, GatewayProcess, run_client
+from tests.sidecar_process import wait_for
+from tokensidecar.demo.hub import HubStandIn, serve_in_thread
 from tokensidecar.gateway.identity import Identity, IdentityUnavailable, TokenReviewer, parse_service_account
 from tokensidecar.logs import JsonFormatter
 
@@ -254,3 +261,83 @@ async def test_no_token_reaches_logs_or_metrics(
         for part in token.split("."):
             if len(part) > 16:
                 assert part not in output
+
+
+# -- a kubelet token rotation while a download runs (the real gateway and huggingface_hub) --
+
+SWAP_FILES = {f"shard-{index}.bin": bytes([index]) * (2 * 1024 * 1024) for index in range(3)}
+
+
+def test_projected_token_swapped_mid_download_is_used_for_the_rest_of_it(
+    cluster: ServiceAccountTokens, kube_api: KubeApi, projected_token: KubeletVolume, tmp_path: pathlib.Path
+) -> None:
+    """kubelet renews the projected token with a ``..data`` swap while snapshot_download runs:
+    huggingface_hub reads HF_TOKEN_PATH per request, the gateway reviews the new token, and
+    the download completes. The new token is another service account's here (both allowed),
+    so the audit log shows which requests carried which token."""
+    policy = "rules:\n  - subjects: [{namespace: team-a, serviceAccount: predictor*}]\n    repos: [acme/*]\n"
+    projected_token.write(cluster.issue(namespace="team-a", service_account="predictor"))
+    with serve_in_thread(HubStandIn(files=SWAP_FILES)) as hub:
+        hub.stall_next_body(1, after=1024 * 1024, delay=6.0)
+        gateway = GatewayProcess(
+            directory=tmp_path / "gw",
+            upstream=hub.url,
+            upstream_token=hub.issue_token(),
+            kubeconfig=kube_api.kubeconfig_path,
+            policy=policy,
+        )
+        out = tmp_path / "out"
+        results: list[dict[str, Any]] = []
+        with gateway:
+            wait_for(lambda: gateway.get("/readyz")[0] == 200, timeout=30)
+            client = threading.Thread(
+                target=lambda: results.append(
+                    run_client(
+                        f"snapshot_download({hub.repo_id!r}, local_dir={str(out)!r}, max_workers=1)",
+                        endpoint=gateway.url,
+                        token_path=projected_token.path,
+                        home=tmp_path / "home",
+                        setup=HUB_SETUP,
+                    )
+                )
+            )
+            client.start()
+            partial = gateway.cache_dir / "partial"
+            wait_for(
+                lambda: partial.is_dir() and any(p.stat().st_size > 0 for p in partial.iterdir()), timeout=60
+            )
+            projected_token.write(cluster.issue(namespace="team-a", service_account="predictor-renewed"))
+            client.join(timeout=120)
+    assert results and results[0]["ok"], results
+    assert {name: (out / name).read_bytes() for name in SWAP_FILES} == SWAP_FILES
+    audit = [json.loads(line) for line in gateway.logs.splitlines() if '"audit": true' in line]
+    subjects = [line["subject"] for line in audit if line["decision"] == "allowed"]
+    assert subjects[0] == "team-a/predictor"
+    assert "team-a/predictor-renewed" in subjects
+    assert {line["decision"] for line in audit} == {"allowed"}
+
+
+async def test_a_flood_of_new_tokens_is_shed_not_queued(
+    kube_api: KubeApi, cluster: ServiceAccountTokens
+) -> None:
+    reviewer = TokenReviewer(audience=GATEWAY_AUDIENCE, kube=kube_api.api_client(), max_pending=3)
+    try:
+        known = cluster.issue(namespace="team-a", service_account="llama")
+        assert await reviewer.review(known) is not None
+        kube_api.latency = 0.5
+        flood = [f"garbage-token-{index:04d}-0123456789" for index in range(10)]
+        outcomes = await asyncio.gather(*(reviewer.review(token) for token in flood), return_exceptions=True)
+        shed = [o for o in outcomes if isinstance(o, IdentityUnavailable)]
+        assert len(shed) == 7 and outcomes.count(None) == 3
+        assert reviewer.reviews_sent == 1 + 3
+        assert await reviewer.review(known) is not None  # cached: never shed
+    finally:
+        kube_api.latency = 0.0
+        await reviewer.aclose()
+
+
+def test_an_unusable_kubeconfig_is_a_configuration_error(tmp_path: pathlib.Path) -> None:
+    from tokensidecar.config import ConfigError
+
+    with pytest.raises(ConfigError, match="KUBECONFIG"):
+        TokenReviewer.from_kubeconfig(audience=GATEWAY_AUDIENCE, kubeconfig=str(tmp_path / "missing"))

@@ -10,6 +10,8 @@ import textwrap
 import time
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, generate_latest
 
 from tests.gateway.conftest import KubeletVolume
@@ -341,3 +343,15 @@ def test_admission_checks_the_pods_service_account_against_the_policy() -> None:
         rules, namespace="prod", service_account=None, storage_uri="hf://acme/llama-3"
     )
     assert unpinned is not None and not unpinned.allowed
+
+
+_NAMES = st.from_regex(r"[a-z0-9][a-z0-9._-]{0,20}", fullmatch=True)
+
+
+@given(org=_NAMES, other=_NAMES, name=_NAMES, deeper=_NAMES)
+def test_a_star_never_crosses_a_slash(org: str, other: str, name: str, deeper: str) -> None:
+    rules = Policy.from_yaml(f"rules: [{{subjects: [{{namespace: a}}], repos: ['{org}/*']}}]")
+    caller = who("a")
+    assert rules.decide(caller, repo=f"{org}/{name}", revision="main").allowed
+    assert not rules.decide(caller, repo=f"{org}/{name}/{deeper}", revision="main").allowed
+    assert rules.decide(caller, repo=f"{other}/{name}", revision="main").allowed == (other == org)

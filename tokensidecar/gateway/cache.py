@@ -129,7 +129,8 @@ class Fill:
             return
         try:
             async with open_body() as response:
-                async for chunk in response.content.iter_chunked(CHUNK):
+                # Whatever has arrived, not whole chunks: readers get bytes as they come.
+                async for chunk in response.content.iter_any():
                     if written + len(chunk) > self.meta.size:
                         raise FillFailed("the upstream sent more bytes than announced", kind="corrupt")
                     digest.update(chunk)

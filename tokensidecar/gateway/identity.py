@@ -80,6 +80,10 @@ UNKNOWN_EXPIRY_TTL = 300.0
 # Threads for TokenReviews: enough to overlap a few slow reviews, few enough that a flood
 # of new tokens cannot open hundreds of connections to the API server.
 REVIEW_THREADS = 4
+# Distinct new tokens being reviewed at once, past which a new one is answered 503 at once:
+# a flood of garbage tokens (each needs its own review) must not queue without bound in
+# front of the API server while real workloads wait behind it.
+MAX_PENDING_REVIEWS = 256
 # During an API server outage every request with a new token fails; one warning per this
 # many seconds says so (tokensidecar_gateway_tokenreviews_total{result="error"} counts them all).
 OUTAGE_LOG_INTERVAL = 10.0
@@ -181,6 +185,7 @@ class TokenReviewer:
         negative_ttl: float = NEGATIVE_TTL,
         unknown_expiry_ttl: float = UNKNOWN_EXPIRY_TTL,
         timeout: tuple[float, float] = REVIEW_TIMEOUT,
+        max_pending: int = MAX_PENDING_REVIEWS,
         registry: CollectorRegistry | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -196,6 +201,7 @@ class TokenReviewer:
         self.negative_ttl = negative_ttl
         self.unknown_expiry_ttl = unknown_expiry_ttl
         self.timeout = timeout
+        self.max_pending = max_pending
         self.clock = clock
         self._positive: OrderedDict[bytes, _Answer] = OrderedDict()
         self._negative: OrderedDict[bytes, _Answer] = OrderedDict()
@@ -243,6 +249,9 @@ class TokenReviewer:
         self._metrics.misses.inc()
         pending = self._inflight.get(key)
         if pending is None:
+            if len(self._inflight) >= self.max_pending:
+                self._metrics.reviews.labels(result="error").inc()
+                raise IdentityUnavailable(f"more than {self.max_pending} TokenReviews in flight")
             pending = asyncio.get_running_loop().create_future()
             self._inflight[key] = pending
             try:

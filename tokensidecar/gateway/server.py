@@ -380,7 +380,7 @@ async def _from_upstream(
     remaining = end - start
     try:
         async with open_body(start) as upstream:
-            async for received in upstream.content.iter_chunked(1024 * 1024):
+            async for received in upstream.content.iter_any():
                 chunk = received[:remaining]
                 remaining -= len(chunk)
                 yield chunk

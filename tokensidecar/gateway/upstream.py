@@ -190,6 +190,9 @@ class Upstream:
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         """One request with redirects followed by hand: ``follow`` is ``same-host`` (metadata
         stays on the redirect to another host) or ``all`` (file bodies: on to the CDN)."""
+        if token is None:  # the credential has no good value (yet): asking would be anonymous
+            self._count(route, "no_credential")
+            raise UpstreamUnavailable("the upstream credential holds no valid token")
         url = self.base_url + path
         for _ in range(MAX_REDIRECTS + 1):
             try:
