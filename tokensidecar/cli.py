@@ -117,11 +117,13 @@ COMMANDS = {
         ),
         Command(
             "demo",
-            "the whole flow on this machine: local OpenBao, Hub stand-in, live rotations",
+            "the whole flow on this machine: local OpenBao, Hub stand-in, sidecar, gateway",
             "Run the whole flow locally with embedded defaults: a local OpenBao dev server, a "
             "local Hugging Face Hub stand-in, the sidecar, live rotations and a private-model "
-            "download through huggingface_hub after each. No cluster, no internet. Cleans up "
-            "everything it started.",
+            "download through huggingface_hub after each; then the gateway, three predictor "
+            "replicas downloading through it with service-account tokens, a denied service "
+            "account and rotations of the gateway's upstream credential. No cluster, no "
+            "internet. Cleans up everything it started.",
             "tokensidecar.demo.settings",
             "tokensidecar.demo.run:main",
         ),

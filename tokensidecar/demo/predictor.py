@@ -19,20 +19,21 @@ from typing import Any
 
 __all__ = ["Predictor"]
 
-# Reads "<how> <repo> <dir>" lines on stdin, answers one JSON line each. No token ever
+# Reads "<how> <repo> <dir> [<revision>]" lines on stdin, answers one JSON line each. No token ever
 # crosses this pipe: the process reads it from HF_TOKEN_PATH like a real predictor.
 _PREDICTOR = r"""
 import json, os, sys, time
 from huggingface_hub import snapshot_download
 for line in sys.stdin:
-    how, repo, out_dir = line.split()
+    how, repo, out_dir, *pinned = line.split()
+    revision = pinned[0] if pinned else None
     started = time.perf_counter()
     try:
         if how == "kserve":
             from kserve_storage import Storage
-            Storage.download(f"hf://{repo}", out_dir)
+            Storage.download(f"hf://{repo}" + (f":{revision}" if revision else ""), out_dir)
         else:
-            snapshot_download(repo, local_dir=out_dir)
+            snapshot_download(repo, revision=revision, local_dir=out_dir)
         files = sorted(
             os.path.relpath(os.path.join(root, name), out_dir)
             for root, _, names in os.walk(out_dir) if ".cache" not in root for name in names
@@ -67,10 +68,14 @@ class Predictor:
         )
         self.pid = self.process.pid
 
-    def download(self, *, repo_id: str, out_dir: Path, how: str = "hub") -> dict[str, Any]:
-        """Download ``repo_id`` into ``out_dir``; ``how`` is ``hub`` or ``kserve``."""
+    def download(
+        self, *, repo_id: str, out_dir: Path, how: str = "hub", revision: str | None = None
+    ) -> dict[str, Any]:
+        """Download ``repo_id`` (at ``revision``, default its main branch) into ``out_dir``;
+        ``how`` is ``hub`` or ``kserve``."""
         assert self.process.stdin is not None and self.process.stdout is not None
-        self.process.stdin.write(f"{how} {repo_id} {out_dir}\n")
+        pinned = f" {revision}" if revision else ""
+        self.process.stdin.write(f"{how} {repo_id} {out_dir}{pinned}\n")
         self.process.stdin.flush()
         line = self.process.stdout.readline()
         if not line:

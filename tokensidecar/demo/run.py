@@ -15,6 +15,13 @@ Each rotation mints a token at the Hub, writes it to Vault as a new KV version, 
 for the sidecar to publish it (the measured propagation time), revokes the old token
 at the Hub, and downloads the model again in the same predictor process — proof that
 rotation reaches the model server with no restart.
+
+Then the gateway flow (:mod:`tokensidecar.demo.gateway_flow`): ``tokensidecar gateway`` in
+front of the same Hub stand-in, a TokenReview stand-in for the workloads' projected
+service-account tokens, three predictor replicas downloading through it with no Hugging
+Face token, the upstream request count against three direct downloads, a service account
+the policy denies, and rotations of the gateway's own upstream credential.
+``--flow sidecar|gateway|both`` picks the flows (default both).
 """
 
 from __future__ import annotations
@@ -43,6 +50,9 @@ VAULT_PATH = "secret/hf/demo-model"
 MODEL_ID = "acme/private-model"
 TOKEN_LIFETIME_SECONDS = 3600
 PROPAGATION_TIMEOUT_SECONDS = 15.0
+# Progress steps of each flow (the two shared ones, OpenBao and the Hub, come first; the
+# cleanup step last).
+FLOW_STEPS = {"sidecar": 3, "gateway": 5}
 
 
 def _fingerprint(value: str) -> str:
@@ -89,7 +99,14 @@ class Demo:
         self.config = config
         self.out = out
         self.rotations_wanted = config.rotations
-        self.forever = bool(config.forever)
+        flow = getattr(config, "demo_flow", None) or "both"
+        self.flows: tuple[str, ...] = ("sidecar", "gateway") if flow == "both" else (flow,)
+        # --forever keeps the last flow rotating; an earlier one does --rotations.
+        self.forever = bool(config.forever) and self.flows == ("sidecar",)
+        self.gateway_forever = bool(config.forever) and "gateway" in self.flows
+        self.total_steps = 2 + sum(FLOW_STEPS[name] for name in self.flows) + 1
+        self._step = 0
+        self.gateway: Any = None  # the GatewayOutcome once the gateway flow ran
         self.pause = float(config.demo_interval)
         self.results: list[dict[str, Any]] = []
         self.summary: dict[str, Any] = {}
@@ -99,8 +116,9 @@ class Demo:
     def say(self, text: str = "") -> None:
         print(text, file=self.out, flush=True)
 
-    def step(self, number: int, text: str) -> None:
-        self.say(f"[{number}/6] {text}")
+    def step(self, text: str) -> None:
+        self._step += 1
+        self.say(f"[{self._step}/{self.total_steps}] {text}")
 
     def detail(self, text: str) -> None:
         self.say(f"      {text}")
@@ -117,7 +135,7 @@ class Demo:
                 self.say("\ninterrupted: cleaning up")
                 ok = False
             finally:
-                self.say("[6/6] Cleaning up everything the demo started")
+                self.say(f"[{self.total_steps}/{self.total_steps}] Cleaning up everything the demo started")
         self.summary["wall_seconds"] = round(time.monotonic() - started, 2)
         self._print_summary()
         return 0 if ok else 1
@@ -137,13 +155,37 @@ class Demo:
     def _flow(self, *, workdir: Path, cleanup: contextlib.ExitStack) -> bool:
         from tokensidecar.demo.hub import HubStandIn, serve_in_thread
         from tokensidecar.demo.openbao import DevServer
-        from tokensidecar.demo.predictor import Predictor
 
-        self.step(1, "Starting a local OpenBao dev server (real Vault API)")
+        self.step("Starting a local OpenBao dev server (real Vault API)")
         t0 = time.monotonic()
         vault = cleanup.enter_context(DevServer())
         vault.start()
         self.detail(f"{vault.addr} ready in {time.monotonic() - t0:.2f}s")
+
+        self.step("Starting the Hugging Face Hub stand-in with a private model")
+        hub = cleanup.enter_context(serve_in_thread(HubStandIn()))
+        self.detail(f"{hub.url} serves {MODEL_ID}; only live, unrevoked tokens can read it")
+
+        if "sidecar" in self.flows and not self._sidecar_flow(
+            vault=vault, hub=hub, workdir=workdir, cleanup=cleanup
+        ):
+            return False
+        if "gateway" in self.flows:
+            from tokensidecar.demo.gateway_flow import GatewayFlow
+
+            flow = GatewayFlow(
+                out=self, vault=vault, hub=hub, workdir=workdir, cleanup=cleanup,
+                rotations=self.rotations_wanted, forever=self.gateway_forever, pause=self.pause,
+                token_lifetime=TOKEN_LIFETIME_SECONDS,
+            )  # fmt: skip
+            self.gateway = flow.outcome
+            if not flow.run():
+                return False
+        return True
+
+    def _sidecar_flow(self, *, vault: Any, hub: Any, workdir: Path, cleanup: contextlib.ExitStack) -> bool:
+        from tokensidecar.demo.predictor import Predictor
+
         policy = vault.read_policy_for(VAULT_PATH, name="hf-demo-reader")
         role_id, secret_id = vault.create_approle("hf-demo", policies=[policy], ttl="5m")
         credentials = workdir / "approle"
@@ -152,17 +194,11 @@ class Demo:
         (credentials / "secret-id").write_text(secret_id)
         os.chmod(credentials / "secret-id", 0o600)
         self.detail(f"AppRole 'hf-demo' may read {VAULT_PATH} and nothing else")
-
-        self.step(2, "Starting the Hugging Face Hub stand-in with a private model")
-        hub = cleanup.enter_context(serve_in_thread(HubStandIn()))
-        self.detail(f"{hub.url} serves {MODEL_ID}; only live, unrevoked tokens can read it")
         current = hub.issue_token(expires_in=TOKEN_LIFETIME_SECONDS)
         self._write_vault(vault, current)
         self.detail(f"seeded {VAULT_PATH} with token {_fingerprint(current)} (fingerprint)")
 
-        self.step(
-            3, "Starting the sidecar: tokensidecar run --source vault --vault-auth approle --verify repo"
-        )
+        self.step("Starting the sidecar: tokensidecar run --source vault --vault-auth approle --verify repo")
         token_file = workdir / "tokensidecar" / "token"
         port = _free_port()
         sidecar_log = workdir / "sidecar.log"
@@ -200,23 +236,24 @@ class Demo:
         self.detail(f"first token on disk {cold_start * 1000:.0f} ms after the process started: {token_file}")
         self.detail(f"probes and metrics at http://127.0.0.1:{port}/readyz, /metrics, /status")
 
-        self.step(
-            4, "Starting the predictor stand-in: HF_TOKEN_PATH set, HF_TOKEN unset, one process for good"
-        )
+        self.step("Starting the predictor stand-in: HF_TOKEN_PATH set, HF_TOKEN unset, one process for good")
         predictor = Predictor(hub_url=hub.url, token_file=token_file, home=workdir / "hf-home")
         cleanup.callback(predictor.close)
+        mark = len(hub.requests)
         first = predictor.download(repo_id=MODEL_ID, out_dir=workdir / "model-0")
+        self.summary["direct_download_requests"] = len(hub.requests) - mark
         if not first["ok"]:
             self.detail(f"download failed: {first}")
             return False
         self.detail(
             f"downloaded {MODEL_ID} ({len(first['files'])} files)"
-            f" in {first['seconds'] * 1000:.0f} ms, pid {first['pid']}"
+            f" in {first['seconds'] * 1000:.0f} ms, pid {first['pid']};"
+            f" {self.summary['direct_download_requests']} requests at the Hub"
         )
 
         total = "∞" if self.forever else str(self.rotations_wanted)
         self.step(
-            5, f"Rotating the token {total} times: Hub mint → Vault write → sidecar → revoke old → download"
+            f"Rotating the token {total} times: Hub mint → Vault write → sidecar → revoke old → download"
         )
         number = 0
         while self.forever or number < self.rotations_wanted:
@@ -312,35 +349,94 @@ class Demo:
         return process.returncode
 
     def _print_summary(self) -> None:
-        rotations = [r for r in self.results if r.get("propagation_seconds") is not None]
-        done = sum(1 for r in rotations if r["ok"])
         self.say()
         self.say("Summary")
+        if "sidecar" in self.flows:
+            self._print_sidecar_summary()
+        if "gateway" in self.flows and self.gateway is not None:
+            self._print_gateway_summary(self.gateway)
+        self.say(f"  {'demo wall time (s)':<30} {self.summary.get('wall_seconds')}")
+
+    def _print_sidecar_summary(self) -> None:
+        rotations = [r for r in self.results if r.get("propagation_seconds") is not None]
+        done = sum(1 for r in rotations if r["ok"])
+        if len(self.flows) > 1:
+            self.say(" sidecar flow")
         wanted = len(self.results) if self.forever else self.rotations_wanted
-        self.say(f"  rotations completed        {done}/{wanted}")
+        self.say(f"  {'rotations completed':<30} {done}/{wanted}")
         if rotations:
             propagation = [r["propagation_seconds"] * 1000 for r in rotations]
             end_to_end = [r["write_to_download_seconds"] * 1000 for r in rotations]
             self.say(
-                f"  Vault write → token file   median {statistics.median(propagation):.0f} ms,"
+                f"  {'Vault write → token file':<30} median {statistics.median(propagation):.0f} ms,"
                 f" max {max(propagation):.0f} ms (sidecar polls every 1s ±10%)"
             )
-            self.say(f"  Vault write → download ok  median {statistics.median(end_to_end):.0f} ms")
+            self.say(f"  {'Vault write → download ok':<30} median {statistics.median(end_to_end):.0f} ms")
         labels = {
             "cold_start_seconds": "sidecar cold start (s)",
+            "direct_download_requests": "Hub requests per download",
             "predictor_restarts": "predictor restarts",
             "hub_whoami_calls": "Hub whoami calls",
             "sidecar_rss_mib": "sidecar RSS (MiB)",
             "sidecar_stop_seconds": "sidecar stop on SIGTERM (s)",
             "sidecar_exit_code": "sidecar exit code",
             "token_in_sidecar_logs": "token in sidecar logs",
-            "wall_seconds": "demo wall time (s)",
         }
         for key, label in labels.items():
             if key in self.summary:
                 value = self.summary[key]
                 shown = f"{value:.1f}" if isinstance(value, float) and key == "sidecar_rss_mib" else value
-                self.say(f"  {label:<26} {shown}")
+                self.say(f"  {label:<30} {shown}")
+
+    def _print_gateway_summary(self, outcome: Any) -> None:
+        if len(self.flows) > 1:
+            self.say(" gateway flow")
+        rows: list[tuple[str, Any]] = []
+        if outcome.predictors:
+            ok = sum(1 for answer in outcome.predictors if answer["ok"])
+            clients = (
+                "2 huggingface_hub + 1 kserve-storage" if outcome.kserve_storage else "3 huggingface_hub"
+            )
+            rows.append(("replicas downloaded", f"{ok}/3 ({clients}), no Hugging Face token in any"))
+        if outcome.upstream_requests is not None:
+            rows.append(
+                (
+                    "upstream requests",
+                    f"{outcome.upstream_requests} through the gateway vs {outcome.direct_requests} direct"
+                    f" (3 x (2 + 2x{outcome.files}) for {outcome.files} files)",
+                )
+            )
+        if outcome.denied is not None:
+            denied = "allowed (WRONG)" if outcome.denied["ok"] else f"denied: {outcome.denied['error']}"
+            rows.append(("sandbox/notebook", denied))
+        if outcome.rotations or outcome.upstream_requests is not None:
+            done = sum(1 for r in outcome.rotations if r["ok"])
+            wanted = len(outcome.rotations) if self.gateway_forever else self.rotations_wanted
+            rows.append(
+                ("upstream credential rotated", f"{done}/{wanted}, old token revoked at the Hub each time")
+            )
+        taken = [r["propagation_seconds"] * 1000 for r in outcome.rotations if "propagation_seconds" in r]
+        if taken:
+            rows.append(("Vault write → gateway uses it", f"median {statistics.median(taken):.0f} ms"))
+        after = [r for r in outcome.rotations if "downloads_ok" in r]
+        if after:
+            rows.append(
+                (
+                    "downloads after rotations",
+                    f"{sum(r['downloads_ok'] for r in after)}/{3 * len(after)} ok"
+                    f" ({sum(r['upstream_requests'] for r in after)} upstream requests, new commits)",
+                )
+            )
+        if outcome.reviews:
+            rows.append(("TokenReviews", outcome.reviews))
+        if outcome.gateway_exit_code is not None:
+            rows.append(("gateway exit code", outcome.gateway_exit_code))
+        if outcome.token_in_gateway_log is not None:
+            rows.append(("token in gateway log", outcome.token_in_gateway_log))
+        if outcome.wall_seconds is not None:
+            rows.append(("gateway flow wall time (s)", outcome.wall_seconds))
+        for label, value in rows:
+            self.say(f"  {label:<30} {value}")
 
 
 @contextlib.contextmanager

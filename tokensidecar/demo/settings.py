@@ -16,9 +16,20 @@ def _positive_int(text: str) -> int:
 
 DEMO_SETTINGS = register(
     Setting(
+        "demo_flow",
+        "TOKENSIDECAR_DEMO_FLOW",
+        "Which flow the demo shows: the sidecar (OpenBao → sidecar → token file → download), "
+        "the gateway (three predictors downloading through 'tokensidecar gateway' with their "
+        "service-account tokens), or both, one after the other.",
+        default="both",
+        choices=("sidecar", "gateway", "both"),
+        flag="--flow",
+        section="demo",
+    ),
+    Setting(
         "rotations",
         "TOKENSIDECAR_DEMO_ROTATIONS",
-        "How many token rotations the demo performs before its summary.",
+        "How many token rotations each flow performs before the summary.",
         default="3",
         parse=_positive_int,
         metavar="N",
@@ -27,7 +38,8 @@ DEMO_SETTINGS = register(
     Setting(
         "forever",
         "TOKENSIDECAR_DEMO_FOREVER",
-        "Keep rotating until Ctrl-C (then print the summary and clean up).",
+        "Keep rotating until Ctrl-C (then print the summary and clean up); with --flow both, "
+        "the sidecar rotates --rotations times and the gateway flow keeps rotating.",
         default="false",
         parse=parse_bool,
         is_bool=True,
