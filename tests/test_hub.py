@@ -1,5 +1,11 @@
 """The Hub side: the stand-in behaves like the Hub for real clients, and the verifier judges
-tokens the way the Hub means its answers (rejection vs. outage)."""
+tokens the way the Hub means its answers (rejection vs. outage).
+
+Documents the stand-in follows here: hub-docs ``security-tokens.md`` "Revoking a leaked
+token" (revocation), ``models-gated.md`` (gated repositories), huggingface_hub
+``hf_api.py`` ``HfApi.auth_check`` (the access check), huggingface.js ``who-am-i.ts`` and
+hub-docs issue #2114 (whoami-v2 shapes).
+"""
 
 from __future__ import annotations
 
@@ -12,13 +18,14 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import httpx2 as httpx
 import pytest
-from huggingface_hub import HfApi, snapshot_download
-from huggingface_hub.errors import HfHubHTTPError
+from huggingface_hub import HfApi, hf_hub_download, snapshot_download
+from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
 
 from tokensidecar.client import read_token, watch_token
 from tokensidecar.config import ConfigError, resolve, sidecar_settings
-from tokensidecar.demo.hub import DEFAULT_FILES, DEFAULT_REPO, HubStandIn
+from tokensidecar.demo.hub import DEFAULT_FILES, DEFAULT_REPO, HubStandIn, serve_in_thread
 from tokensidecar.hub import HubVerifier, revoke
 from tokensidecar.token import Token
 from tokensidecar.verify import HubUnavailable, TokenRejected, build_verifier
@@ -30,7 +37,7 @@ def _token(value: str) -> Token:
 
 def _verifier(hub: HubStandIn, *, mode: str = "whoami", **kwargs: float) -> HubVerifier:
     return HubVerifier(
-        endpoint=hub.url, mode=mode, model_id=DEFAULT_REPO if mode == "repo" else None, **kwargs
+        endpoint=hub.url, mode=mode, model_id=DEFAULT_REPO if mode != "whoami" else None, **kwargs
     )
 
 
@@ -59,7 +66,8 @@ def test_expired_token_stops_working_at_the_hub(hub: HubStandIn) -> None:
 
 
 async def test_verifier_marks_token_verified_with_the_hubs_expiry(hub: HubStandIn) -> None:
-    value = hub.issue_token(expires_in=600)
+    # OAuth tokens: whoami-v2 answers auth.expiresAt (huggingface.js AuthInfo.expiresAt).
+    value = hub.issue_token(expires_in=600, kind="hf_oauth_")
     verified = await _verifier(hub).verify(_token(value))
     assert verified.verified
     assert verified.expires_at is not None
@@ -67,8 +75,29 @@ async def test_verifier_marks_token_verified_with_the_hubs_expiry(hub: HubStandI
     assert hub.calls["whoami"] == 1
 
 
+def test_whoami_answers_in_the_shape_of_each_token_kind(hub: HubStandIn) -> None:
+    api = HfApi(endpoint=hub.url)
+    classic = api.whoami(token=hub.issue_token(role="write"))["auth"]
+    assert classic["type"] == "access_token" and classic["accessToken"]["role"] == "write"
+    assert {"displayName", "createdAt"} <= set(classic["accessToken"])
+    assert "expiresAt" not in classic["accessToken"]  # a token that never expires
+    oauth = api.whoami(token=hub.issue_token(kind="hf_oauth_", expires_in=600))["auth"]
+    assert oauth["type"] == "oauth" and "accessToken" not in oauth and "expiresAt" in oauth
+    fine = api.whoami(
+        token=hub.issue_token(
+            role="fineGrained",
+            scoped=[
+                {"entity": {"type": "model", "name": DEFAULT_REPO}, "permissions": ["repo.content.read"]}
+            ],
+        )
+    )["auth"]["accessToken"]
+    assert fine["role"] == "fineGrained"
+    assert fine["fineGrained"]["scoped"][0]["entity"]["name"] == DEFAULT_REPO
+    assert set(fine["fineGrained"]) == {"canReadGatedRepos", "global", "scoped"}
+
+
 async def test_verifier_keeps_the_sources_own_expiry_over_the_hubs(hub: HubStandIn) -> None:
-    value = hub.issue_token(expires_in=600)
+    value = hub.issue_token(expires_in=600, kind="hf_oauth_")
     from_source = Token(value=value, source="vault").with_expiry(datetime.now(UTC) + timedelta(seconds=90))
     verified = await _verifier(hub).verify(from_source)
     assert verified.expires_at == from_source.expires_at
@@ -85,8 +114,34 @@ async def test_revoked_token_is_rejected(hub: HubStandIn) -> None:
     assert not hub.is_valid(value)
     with pytest.raises(TokenRejected):
         await _verifier(hub).verify(_token(value))
-    # Revoking a dead token again is not an error (RFC 7009 semantics).
+    # Revoking again is harmless and the owner is notified only once (security-tokens.md).
     await revoke(endpoint=hub.url, token=value)
+    assert list(hub.revocation_notices.values()) == [1]
+
+
+def test_revocation_endpoint_answers_as_the_hub_documents(hub: HubStandIn) -> None:
+    # security-tokens.md: {"credentials": [...]}, no authentication, always 202 Accepted.
+    first, second = hub.issue_token(), hub.issue_token()
+    url = f"{hub.url}/api/credentials/revoke"
+    answer = httpx.post(url, json={"credentials": [first, second, "hf_never_issued"]})
+    assert answer.status_code == 202
+    assert not hub.is_valid(first) and not hub.is_valid(second)
+    assert httpx.post(url, json={"credentials": [first]}).status_code == 202
+    # What tokensidecar used to send (the token in {"token"}, as Bearer) is not the documented body.
+    third = hub.issue_token()
+    assert (
+        httpx.post(url, json={"token": third}, headers={"Authorization": f"Bearer {third}"}).status_code
+        == 400
+    )
+    assert hub.is_valid(third)
+
+
+async def test_revocation_is_sent_without_the_token_as_credentials(hub: HubStandIn) -> None:
+    # A token that cannot authenticate (already expired) is still revoked: no auth needed.
+    value = hub.issue_token(expires_in=0.01)
+    time.sleep(0.05)
+    await revoke(endpoint=hub.url, token=value)
+    assert hub.calls["revoke"] == 1 and list(hub.revocation_notices.values()) == [1]
 
 
 @pytest.mark.parametrize("status", [500, 502, 503, 429])
@@ -124,6 +179,38 @@ async def test_repo_verification_fails_for_a_token_without_access_to_the_model(h
     with pytest.raises(TokenRejected, match=f"read access to {DEFAULT_REPO}"):
         await _verifier(hub, mode="repo").verify(_token(outsider))
     assert (await _verifier(hub, mode="repo").verify(_token(member))).verified
+    assert hub.calls["auth_check"] == 2 and hub.calls["model_info"] == 0
+
+
+async def test_repo_verification_refuses_a_token_not_granted_a_gated_model(tmp_path: Path) -> None:
+    # models-gated.md: a gated repo's metadata is public; its files answer 403 GatedRepo until
+    # access is granted. GET /api/models/{id} passes every valid token; auth-check does not.
+    with serve_in_thread(HubStandIn(gated=True)) as gated:
+        waiting = gated.issue_token(gated_access=False)
+        granted = gated.issue_token()
+        api = HfApi(endpoint=gated.url)
+        assert api.model_info(DEFAULT_REPO, token=waiting).gated == "manual"
+        with pytest.raises(GatedRepoError):
+            api.auth_check(DEFAULT_REPO, token=waiting)
+        with pytest.raises(GatedRepoError):
+            hf_hub_download(
+                DEFAULT_REPO, "config.json", token=waiting, endpoint=gated.url, cache_dir=tmp_path
+            )
+        verifier = HubVerifier(endpoint=gated.url, mode="repo", model_id=DEFAULT_REPO)
+        with pytest.raises(TokenRejected, match="gated model, access not granted"):
+            await verifier.verify(_token(waiting))
+        assert (await verifier.verify(_token(granted))).verified
+        api.auth_check(DEFAULT_REPO, token=granted)
+
+
+def test_auth_check_says_repository_not_found_as_the_hub_does(hub: HubStandIn) -> None:
+    api = HfApi(endpoint=hub.url)
+    with pytest.raises(RepositoryNotFoundError):
+        api.auth_check(DEFAULT_REPO, token=hub.issue_token(can_read_repo=False))
+    with pytest.raises(HfHubHTTPError) as no_write:
+        api.auth_check(DEFAULT_REPO, token=hub.issue_token(), write=True)
+    assert no_write.value.response.status_code == 403
+    api.auth_check(DEFAULT_REPO, token=hub.issue_token(role="write"), write=True)
 
 
 def test_repo_verification_requires_a_model_id() -> None:
@@ -163,7 +250,7 @@ async def test_verification_latency_against_the_stand_in(hub: HubStandIn) -> Non
         await verifier.verify(_token(value))
         samples.append(time.perf_counter() - started)
     median = statistics.median(samples)
-    print(f"repo verification (whoami + model info) median {median * 1000:.1f} ms over 20")
+    print(f"repo verification (whoami + auth-check) median {median * 1000:.1f} ms over 20")
     assert median < 0.5
 
 
@@ -234,3 +321,19 @@ async def test_canary_token_never_leaks_from_verification_or_revocation(
     for canary in canaries:
         for text in texts:
             assert canary not in text
+
+
+async def test_revoking_a_short_lived_token_says_the_hub_may_not_invalidate_it_early(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Undocumented whether /api/credentials/revoke kills hf_jwt_ tokens before they expire: with a
+    # Hub that does not, the token stays valid, and the log says it may live until it expires.
+    with serve_in_thread(HubStandIn(revocable_kinds=("hf_",))) as hub:
+        value = hub.issue_token(kind="hf_jwt_", expires_in=600)
+        caplog.set_level(logging.INFO, logger="tokensidecar")
+        await revoke(endpoint=hub.url, token=value)
+        assert hub.is_valid(value)
+        record = next(r for r in caplog.records if "revocation accepted" in r.getMessage())
+        assert "may live until it expires" in record.getMessage()
+        assert getattr(record, "expires_at", None) is not None
+        assert value not in caplog.text

@@ -145,14 +145,14 @@ def test_exchanged_token_is_refreshed_from_expires_in(
 ) -> None:
     hub.exchange_lifetime = 6
     subject_file = tmp_path / "sa-token"
-    subject_file.write_text(oidc_issuer.mint(audience=hub.url))
+    subject_file.write_text(oidc_issuer.mint())
     (tmp_path / "out").mkdir()
     sidecar = SidecarProcess(
         token_file=tmp_path / "out" / "token",
         env={
             "TOKENSIDECAR_SOURCE": "oidc-exchange",
             "HF_ENDPOINT": hub.url,
-            "TOKENSIDECAR_OIDC_RESOURCE": "acme",
+            "TOKENSIDECAR_OIDC_RESOURCE": hub.repo_id,
             "TOKENSIDECAR_OIDC_TOKEN_FILE": str(subject_file),
             "TOKENSIDECAR_VERIFY": "repo",
             "TOKENSIDECAR_MODEL_ID": hub.repo_id,
@@ -165,14 +165,16 @@ def test_exchanged_token_is_refreshed_from_expires_in(
         if value and (not published or published[-1][1] != value):
             published.append((time.monotonic(), value))
             assert hub.is_valid(value), "a published exchanged token must be live at the Hub"
-        return len(published) >= 4
+        return len(published) >= 5
 
     with sidecar:
         wait_for(record, timeout=25, interval=0.05)
         status = sidecar.status()
         assert status["source"] == "oidc-exchange"
         assert sidecar.get("/readyz")[0] == 200
-    gaps = [later[0] - earlier[0] for earlier, later in itertools.pairwise(published)]
+    # The first token is published before /healthz answers, so the test sees it late (by the
+    # sidecar's start-up time on a loaded machine): measure from the first refresh it saw happen.
+    gaps = [later[0] - earlier[0] for earlier, later in itertools.pairwise(published[1:])]
     # 2/3 of a 6 s lifetime is 4 s, ±10% jitter; never after the token has expired.
     assert all(3.0 <= gap <= 5.5 for gap in gaps), gaps
     assert all(value.startswith("hf_jwt_") for _, value in published)

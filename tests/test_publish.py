@@ -199,23 +199,28 @@ def _statfs_type(path: Path) -> str:
     ).stdout.strip()
 
 
-def test_prepare_warns_when_the_token_directory_is_on_disk(
+def test_the_first_publish_warns_when_the_token_directory_is_on_disk(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     if _statfs_type(tmp_path) in ("tmpfs", "ramfs"):
         pytest.skip("the temporary directory is memory-backed on this machine")
+    publisher = Publisher(token_path=tmp_path / "run" / "token")
     with caplog.at_level(logging.INFO, logger="tokensidecar.publish"):
-        Publisher(token_path=tmp_path / "run" / "token").prepare()
+        publisher.prepare()
+        for value in ("hf_abcdefghijkl", "hf_mnopqrstuvwx"):
+            publisher.publish(_token(value))
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert [r.getMessage().split(":")[0] for r in warnings] == ["the token directory is not memory-backed"]
     assert warnings[0].filesystem not in ("tmpfs", "ramfs")  # type: ignore[attr-defined]
 
 
-def test_prepare_is_quiet_on_a_memory_backed_directory(
+def test_publishing_is_quiet_on_a_memory_backed_directory(
     shm_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     assert _statfs_type(shm_path) == "tmpfs"
+    publisher = Publisher(token_path=shm_path / "token")
     with caplog.at_level(logging.INFO, logger="tokensidecar.publish"):
-        Publisher(token_path=shm_path / "token").prepare()
+        publisher.prepare()
+        publisher.publish(_token("hf_abcdefghijkl"))
     assert filesystem_type(shm_path) == "tmpfs"
-    assert not [r for r in caplog.records if r.name == "tokensidecar.publish"]
+    assert not [r for r in caplog.records if r.name == "tokensidecar.publish" and r.levelno >= logging.INFO]

@@ -289,3 +289,24 @@ def test_the_percent_encoding_of_a_remembered_value_is_masked() -> None:
     assert redact(f"form body: secret_id={urllib.parse.quote(value, safe='')}") == (
         f"form body: secret_id=[REDACTED sha256:{fingerprint(value)}]"
     )
+
+
+def test_remembered_values_are_bounded_and_an_evicted_one_leaves_the_index() -> None:
+    from tokensidecar import redact as redactor
+
+    first = "plain-secret-first-0001"
+    remember(first)
+    assert first not in redact(f"x {first} y")
+    newer = [f"plain-secret-later-{n:04d}" for n in range(redactor.MAX_REMEMBERED)]
+    for value in newer:
+        remember(value)
+    # The oldest is gone from the index (bounded memory); every newer one is still masked,
+    # in its base64 form too.
+    assert first in redact(f"x {first} y")
+    for value in (newer[0], newer[-1]):
+        assert value not in redact(f"x {value} y")
+        encoded = base64.b64encode(value.encode()).decode()
+        assert encoded[2:-2] not in redact(f"Basic {encoded}")
+    assert len(redactor._known) == redactor.MAX_REMEMBERED
+    # Values share forms (a truncated base64 core); every form of a value still known stays.
+    assert set(redactor._users) == {form for forms in redactor._known.values() for form in forms}

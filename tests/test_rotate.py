@@ -119,12 +119,12 @@ def test_oidc_exchange_issuer_stores_a_verified_trusted_publisher_token(  # noqa
     capsys: Any,
 ) -> None:
     subject_file = tmp_path / "sa-token"
-    subject_file.write_text(oidc_issuer.mint(audience=hub.url))
+    subject_file.write_text(oidc_issuer.mint())
     env = {
         **secret_env,
         "TOKENSIDECAR_ISSUER": "oidc-exchange",
         "TOKENSIDECAR_OIDC_TOKEN_FILE": str(subject_file),
-        "TOKENSIDECAR_OIDC_RESOURCE": "models/acme/private-model",
+        "TOKENSIDECAR_OIDC_RESOURCE": "acme/private-model",
     }
     run = rotate(env, capsys)
     assert run.code == 0, run.err
@@ -133,17 +133,21 @@ def test_oidc_exchange_issuer_stores_a_verified_trusted_publisher_token(  # noqa
     expires_at = parse_time(annotations["tokensidecar.io/expires-at"])
     assert expires_at is not None and abs((expires_at - utcnow()).total_seconds() - 3600) < 60
 
-    # A subject for another audience is refused by the Hub: one clear line, nothing stored.
+    # A subject for another audience (trusted-publishers.md: aud must be https://huggingface.co)
+    # is named before it is sent: one clear line, nothing stored, nothing asked of the Hub.
+    exchanges = hub.calls["oauth_token"]
     subject_file.write_text(oidc_issuer.mint(audience="https://elsewhere.example"))
     run = rotate(env, capsys)
     assert run.code == 1
-    assert run.err.startswith("error: issuer oidc-exchange failed") and "invalid_grant" in run.err
-    assert secret_state(kube_api)[0] == data
+    assert run.err.startswith("error: issuer oidc-exchange failed: claim aud")
+    assert secret_state(kube_api)[0] == data and hub.calls["oauth_token"] == exchanges
 
 
-def test_enterprise_exchange_issuer_asks_for_the_requested_lifetime(
+def test_enterprise_exchange_issuer_stores_a_token_with_the_apps_lifetime_and_asked_scope(
     kube_api: KubeApi, hub: HubStandIn, tmp_path: Path, secret_env: dict[str, str], capsys: Any
 ) -> None:
+    # oauth.md "Token Exchange for Organizations": 8 h by default (the app's setting), no
+    # lifetime parameter; an optional scope narrows the app's scopes.
     hub.register_client(client_id="acme-app", client_secret="s3cret-client-value", members=("bot@acme.io",))
     (tmp_path / "client-id").write_text("acme-app\n")
     (tmp_path / "client-secret").write_text("s3cret-client-value\n")
@@ -153,15 +157,43 @@ def test_enterprise_exchange_issuer_asks_for_the_requested_lifetime(
         "TOKENSIDECAR_ENTERPRISE_CLIENT_ID_FILE": str(tmp_path / "client-id"),
         "TOKENSIDECAR_ENTERPRISE_CLIENT_SECRET_FILE": str(tmp_path / "client-secret"),
         "TOKENSIDECAR_ENTERPRISE_SUBJECT": "bot@acme.io",
-        "TOKENSIDECAR_REQUESTED_LIFETIME": "20m",
+        "TOKENSIDECAR_ENTERPRISE_SCOPE": "read-repos",
+        "TOKENSIDECAR_VERIFY": "scope",
+        "TOKENSIDECAR_MODEL_ID": hub.repo_id,
     }
     run = rotate(env, capsys)
     assert run.code == 0, run.err
     data, annotations, _ = secret_state(kube_api)
     assert data["token"].startswith("hf_oauth_") and hub.is_valid(data["token"])
+    assert hub.last_exchange["scope"] == "read-repos" and "expires_in" not in hub.last_exchange
     expires_at = parse_time(annotations["tokensidecar.io/expires-at"])
-    assert expires_at is not None and 1140 < (expires_at - utcnow()).total_seconds() <= 1200
+    assert expires_at is not None and abs((expires_at - utcnow()).total_seconds() - 8 * 3600) < 60
+    # The report says which kind was minted and what it can do.
+    assert "kind=oauth role=oauth can_write=False" in run.out
     assert "s3cret-client-value" not in run.out + run.err
+
+
+def test_verify_scope_never_stores_a_token_that_can_write_elsewhere(
+    kube_api: KubeApi, hub: HubStandIn, token_file: Path, secret_env: dict[str, str], capsys: Any
+) -> None:
+    env = {**secret_env, "TOKENSIDECAR_VERIFY": "scope", "TOKENSIDECAR_MODEL_ID": hub.repo_id}
+    read = issue(hub, token_file)
+    run = rotate(env, capsys)
+    assert run.code == 0, run.err
+    assert "kind=classic role=read can_write=False" in run.out
+    before = secret_state(kube_api)
+    issue(hub, token_file, role="write")  # a classic write token: can write to all its owner's repos
+    run = rotate(env, capsys)
+    assert run.code == 1 and "--verify=scope refused the token" in run.err and "nothing was stored" in run.err
+    assert secret_state(kube_api) == before and before[0]["token"] == read
+
+
+def test_requested_lifetime_is_refused_because_the_hub_has_no_such_parameter(
+    hub: HubStandIn, secret_env: dict[str, str]
+) -> None:
+    config = resolve(SETTINGS, {}, {**secret_env, "TOKENSIDECAR_REQUESTED_LIFETIME": "20m"})
+    with pytest.raises(ConfigError, match="TOKENSIDECAR_REQUESTED_LIFETIME"):
+        main(config)
 
 
 # --- verification, freshness, dry run -------------------------------------------------------
@@ -185,6 +217,38 @@ def test_token_failing_verification_is_never_stored(  # noqa: PLR0917 - fixtures
     assert run.err.count("\n") == 1 and run.err.startswith("error: the Hub rejected the new token")
     assert "nothing was stored" in run.err
     assert secret_state(kube_api) == before and before[0]["token"] == good
+
+
+def test_a_minted_token_whose_write_fails_is_revoked_not_dropped(
+    kube_api: KubeApi, hub: HubStandIn, token_file: Path, secret_env: dict[str, str], capsys: Any
+) -> None:
+    first = issue(hub, token_file)
+    assert rotate(secret_env, capsys).code == 0
+    mine = issue(hub, token_file)
+    kube_api.fail_next(1, status=500, method="PATCH")
+    run = rotate({**secret_env, "TOKENSIDECAR_ISSUER_COMMAND_MINTS": "true"}, capsys)
+    assert run.code == 1 and "cannot store the new token" in run.err
+    # The job read the Secret again to be sure the write did not land, then revoked its token.
+    assert secret_state(kube_api)[0] == {"token": first}
+    assert f"revoked {fingerprint(mine)}, minted by this run and not stored: the write failed" in run.out
+    assert not hub.is_valid(mine) and hub.is_valid(first)
+
+
+def test_a_minted_token_the_hub_cannot_verify_is_revoked_or_reported(
+    kube_api: KubeApi, hub: HubStandIn, token_file: Path, secret_env: dict[str, str], capsys: Any
+) -> None:
+    issue(hub, token_file)
+    assert rotate(secret_env, capsys).code == 0
+    mine = issue(hub, token_file)
+    # The Hub is down for verification and for the three revocation attempts that follow.
+    hub.fail_next(4, status=503)
+    run = rotate({**secret_env, "TOKENSIDECAR_ISSUER_COMMAND_MINTS": "true"}, capsys)
+    assert run.code == 1 and "could not verify" in run.err
+    assert (
+        f"left {fingerprint(mine)} to expire: not stored (it failed verification) and revocation failed"
+        in (run.out)
+    )
+    assert "left_to_expire=1" in run.out and hub.is_valid(mine)
 
 
 def test_min_remaining_skips_while_the_stored_token_is_fresh(
@@ -222,7 +286,34 @@ def test_dry_run_mints_and_verifies_but_changes_nothing(
     assert f"would store {fingerprint(new)}" in run.out and f"replacing {fingerprint(second)}" in run.out
     assert f"would revoke {fingerprint(first)}" in run.out
     assert secret_state(kube_api) == before
-    assert hub.calls["revoke"] == 0 and hub.is_valid(first)
+    # The command is not marked as minting: its token may be someone else's, so it is not
+    # revoked, and the output says it is left to expire.
+    assert hub.calls["revoke"] == 0 and hub.is_valid(first) and hub.is_valid(new)
+    assert f"left {fingerprint(new)} to expire" in run.out and "left_to_expire=1" in run.out
+
+
+def test_dry_run_revokes_the_token_it_minted_to_check_the_issuer(
+    kube_api: KubeApi, hub: HubStandIn, tmp_path: Path, secret_env: dict[str, str], capsys: Any
+) -> None:
+    hub.register_client(client_id="acme-app", client_secret="s3cret-client-value", members=("bot@acme.io",))
+    (tmp_path / "client-id").write_text("acme-app\n")
+    (tmp_path / "client-secret").write_text("s3cret-client-value\n")
+    env = {
+        **secret_env,
+        "TOKENSIDECAR_ISSUER": "enterprise-exchange",  # 8 h tokens: not one may be dropped
+        "TOKENSIDECAR_ENTERPRISE_CLIENT_ID_FILE": str(tmp_path / "client-id"),
+        "TOKENSIDECAR_ENTERPRISE_CLIENT_SECRET_FILE": str(tmp_path / "client-secret"),
+        "TOKENSIDECAR_ENTERPRISE_SUBJECT": "bot@acme.io",
+    }
+    assert rotate(env, capsys).code == 0
+    before = secret_state(kube_api)
+    run = rotate({**env, "TOKENSIDECAR_DRY_RUN": "true"}, capsys)
+    assert run.code == 0 and "result=dry_run" in run.out, run.err
+    minted = next(line.split()[2] for line in run.out.splitlines() if line.startswith("rotate: minted "))
+    assert f"revoked {minted}, minted by this run and not stored: this is a dry run" in run.out
+    assert "revoked=1" in run.out and "left_to_expire" not in run.out
+    assert secret_state(kube_api) == before and hub.is_valid(before[0]["token"])
+    assert hub.calls["revoke"] == 1
 
 
 # --- overlap and revocation -----------------------------------------------------------------
@@ -280,6 +371,8 @@ def test_revocation_failure_is_counted_but_not_fatal(  # noqa: PLR0917 - fixture
     assert (
         run.code == 0 and "revoke_failures=1" in run.out and f"could not revoke {fingerprint(a)}" in run.out
     )
+    # Still under 'previous', so the promise is true: the next run tries again.
+    assert "it stays under 'previous', and the next run tries again" in run.out
     assert hub.is_valid(a) and secret_state(kube_api)[0] == {"token": b, "previous": a}
     metrics = metrics_file.read_text()
     assert (
@@ -289,13 +382,61 @@ def test_revocation_failure_is_counted_but_not_fatal(  # noqa: PLR0917 - fixture
     assert 'result="rotated",target="kubernetes-secret"} 2.0' in metrics  # carried over from the first run
     # The next run (a skip) retries and succeeds.
     run = rotate({**env, "TOKENSIDECAR_REVOKE_AFTER": "0", "TOKENSIDECAR_MIN_REMAINING": "0"}, capsys)
-    assert run.code == 0
+    assert run.code == 0 and f"revoked {fingerprint(a)}" in run.out and not hub.is_valid(a)
+
+
+def test_a_token_dropped_from_previous_whose_revocation_fails_is_reported_not_promised(
+    kube_api: KubeApi, hub: HubStandIn, token_file: Path, secret_env: dict[str, str], capsys: Any
+) -> None:
+    a = issue(hub, token_file)
+    assert rotate(secret_env, capsys).code == 0
+    b = issue(hub, token_file)
+    assert rotate({**secret_env, "TOKENSIDECAR_REVOKE_AFTER": "1h"}, capsys).code == 0  # a -> previous
+    c = issue(hub, token_file)
+    # Every attempt at revoking a fails; a leaves the Secret with this write, so nothing can retry it.
+    hub.fail_next(3, status=503, path_prefix="/api/credentials/revoke")
+    run = rotate({**secret_env, "TOKENSIDECAR_REVOKE_AFTER": "0"}, capsys)
+    assert run.code == 0, run.err
+    assert secret_state(kube_api)[0] == {"token": c, "previous": b}
+    assert (
+        f"left {fingerprint(a)} to expire" in run.out and "nothing will retry, revoke it by hand" in run.out
+    )
+    assert "left_to_expire=1" in run.out and "next run" not in run.out
+    assert hub.is_valid(a) and not hub.is_valid(b) and hub.is_valid(c)
+
+
+def test_a_token_dropped_from_previous_without_revoke_after_is_reported_as_left_to_expire(
+    kube_api: KubeApi, hub: HubStandIn, token_file: Path, secret_env: dict[str, str], capsys: Any
+) -> None:
+    a = issue(hub, token_file, kind="hf_jwt_")
+    out = ""
+    for _ in range(3):
+        run = rotate(secret_env, capsys)
+        assert run.code == 0, run.err
+        out += run.out
+        issue(hub, token_file)
+    # The third rotation pushed a out of 'previous': said once, with a's own expiry (its JWT exp).
+    assert out.count(f"left {fingerprint(a)} to expire: it left 'previous' and --revoke-after is unset") == 1
+    assert "it stays valid until 20" in out and hub.calls["revoke"] == 0
 
 
 # --- concurrency ----------------------------------------------------------------------------
 
 
-def test_a_write_between_read_and_store_is_retried_not_lost(  # noqa: PLR0917 - fixtures
+def _intruding_issuer(tmp_path: Path, *, patch: dict[str, Any], token_file: Path) -> list[str]:
+    """argv of an issuer that, while "minting", lets another writer PATCH the Secret first."""
+    script = tmp_path / "racing_issuer.py"
+    script.write_text(
+        "import json, os, sys, kubernetes\n"
+        "kubernetes.config.load_kube_config(config_file=os.environ['KUBECONFIG'])\n"
+        "core = kubernetes.client.CoreV1Api()\n"
+        f"core.patch_namespaced_secret({SECRET!r}, 'default', json.loads({json.dumps(patch)!r}))\n"
+        "print(open(sys.argv[1]).read())\n"
+    )
+    return [sys.executable, str(script), str(token_file)]
+
+
+def test_a_metadata_write_between_read_and_store_is_retried_on_top(  # noqa: PLR0917 - fixtures
     kube_api: KubeApi,
     hub: HubStandIn,
     token_file: Path,
@@ -306,64 +447,132 @@ def test_a_write_between_read_and_store_is_retried_not_lost(  # noqa: PLR0917 - 
 ) -> None:
     first = issue(hub, token_file)
     assert rotate(secret_env, capsys).code == 0
-    # An issuer that, while "minting", lets another writer rotate the Secret first.
-    intruder = hub.issue_token()
-    script = tmp_path / "racing_issuer.py"
-    script.write_text(
-        "import base64, json, os, sys, kubernetes\n"
-        "kubernetes.config.load_kube_config(config_file=os.environ['KUBECONFIG'])\n"
-        "core = kubernetes.client.CoreV1Api()\n"
-        f"patch = {{'data': {{'token': base64.b64encode({intruder!r}.encode()).decode()}},"
-        " 'metadata': {'annotations': {'tokensidecar.io/version': '2'}}}\n"
-        f"core.patch_namespaced_secret({SECRET!r}, 'default', patch)\n"
-        "print(open(sys.argv[1]).read())\n"
+    # Someone annotates the Secret (kubectl annotate) while the job mints: same token, new resourceVersion.
+    argv = _intruding_issuer(
+        tmp_path, patch={"metadata": {"annotations": {"example.com/owner": "ml-team"}}}, token_file=token_file
     )
     mine = issue(hub, token_file)
     env = {
         **secret_env,
-        "TOKENSIDECAR_ISSUER_COMMAND": json.dumps([sys.executable, str(script), str(token_file)]),
+        "TOKENSIDECAR_ISSUER_COMMAND": json.dumps(argv),
         "TOKENSIDECAR_ISSUER_COMMAND_ENV": "KUBECONFIG",  # the script's client reads it
     }
-    monkeypatch.setenv("KUBECONFIG", secret_env["KUBECONFIG"])  # the script's client reads it
+    monkeypatch.setenv("KUBECONFIG", secret_env["KUBECONFIG"])  # passed to the script by name
     run = rotate(env, capsys)
     assert run.code == 0, run.err
-    assert "conflicts=1" in run.out and "reading it again" in run.out
+    assert "conflicts=1" in run.out and "reading it again" in run.out and "result=rotated" in run.out
     data, annotations, _ = secret_state(kube_api)
-    assert data == {"token": mine, "previous": intruder}  # the intruder's token is kept, not lost
-    assert annotations["tokensidecar.io/version"] == "3"
-    assert first != intruder
+    assert data == {"token": mine, "previous": first}
+    assert annotations["example.com/owner"] == "ml-team" and annotations["tokensidecar.io/version"] == "2"
 
 
-def test_two_rotations_racing_on_one_secret_both_finish(
-    kube_api: KubeApi, hub: HubStandIn, tmp_path: Path, secret_env: dict[str, str], capsys: Any
+def test_a_token_stored_by_another_writer_meanwhile_is_kept_and_ours_revoked(  # noqa: PLR0917 - fixtures
+    kube_api: KubeApi,
+    hub: HubStandIn,
+    token_file: Path,
+    secret_env: dict[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: Any,
 ) -> None:
-    start = issue(hub, tmp_path / "start")
-    assert rotate({**secret_env, "TOKENSIDECAR_ISSUER_COMMAND": json.dumps(
-        [sys.executable, "-c", PRINT_FILE, str(tmp_path / "start")])}, capsys).code == 0  # fmt: skip
+    first = issue(hub, token_file)
+    assert rotate(secret_env, capsys).code == 0
+    intruder = hub.issue_token()
+    encoded = {
+        "token": base64.b64encode(intruder.encode()).decode(),
+        "previous": base64.b64encode(first.encode()).decode(),
+    }
+    argv = _intruding_issuer(
+        tmp_path,
+        patch={"data": encoded, "metadata": {"annotations": {"tokensidecar.io/version": "2"}}},
+        token_file=token_file,
+    )
+    mine = issue(hub, token_file)
+    env = {
+        **secret_env,
+        "TOKENSIDECAR_ISSUER_COMMAND": json.dumps(argv),
+        "TOKENSIDECAR_ISSUER_COMMAND_ENV": "KUBECONFIG",
+        "TOKENSIDECAR_ISSUER_COMMAND_MINTS": "true",
+    }
+    monkeypatch.setenv("KUBECONFIG", secret_env["KUBECONFIG"])  # passed to the script by name
+    run = rotate(env, capsys)
+    assert run.code == 0, run.err
+    assert "conflicts=1" in run.out and "result=superseded" in run.out and "not writing on top" in run.out
+    # Nothing lost: the other writer's token and the one it displaced stay; ours is revoked.
+    assert secret_state(kube_api)[0] == {"token": intruder, "previous": first}
+    assert f"revoked {fingerprint(mine)}, minted by this run and not stored" in run.out
+    assert not hub.is_valid(mine) and hub.is_valid(intruder) and hub.is_valid(first)
+
+
+def _barrier_issuer(tmp_path: Path, name: str, token_file: Path) -> list[str]:
+    """argv of an issuer that waits until every racing job has started minting (each job
+    reads its target before it mints), then prints its token: their writes must collide."""
+    script = (
+        "import pathlib, sys, time\n"
+        "here, token = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])\n"
+        "(here / (sys.argv[3] + '.minting')).touch()\n"
+        "deadline = time.monotonic() + 60\n"
+        "while len(list(here.glob('*.minting'))) < 2 and time.monotonic() < deadline:\n"
+        "    time.sleep(0.01)\n"
+        "print(token.read_text())\n"
+    )
+    return [sys.executable, "-c", script, str(tmp_path), str(token_file), name]
+
+
+def _race(tmp_path: Path, hub: HubStandIn, env: dict[str, str]) -> tuple[dict[str, str], dict[str, int]]:
+    """Two jobs at once; returns the token each minted and each exit status."""
     tokens, codes = {}, {}
+    for name in ("one", "two"):
+        tokens[name] = issue(hub, tmp_path / f"{name}.token")
 
     def run_job(name: str) -> None:
-        path = tmp_path / name
-        tokens[name] = issue(hub, path)
-        # Both jobs read the Secret, then spend 0.5 s minting: their writes collide.
-        argv = [sys.executable, "-c", f"import time, sys; time.sleep(0.5); {PRINT_FILE}", str(path)]
-        config = resolve(SETTINGS, {}, {**secret_env, "TOKENSIDECAR_ISSUER_COMMAND": json.dumps(argv)})
+        argv = _barrier_issuer(tmp_path, name, tmp_path / f"{name}.token")
+        config = resolve(SETTINGS, {}, {**env, "TOKENSIDECAR_ISSUER_COMMAND": json.dumps(argv)})
         codes[name] = main(config)
 
-    threads = [threading.Thread(target=run_job, args=(name,)) for name in ("one", "two")]
+    threads = [threading.Thread(target=run_job, args=(name,)) for name in tokens]
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join(timeout=30)
+        thread.join(timeout=90)
+    return tokens, codes
+
+
+def _assert_one_rotated_one_stood_down(
+    out: str, *, hub: HubStandIn, tokens: dict[str, str], current: str, previous: str, start: str
+) -> None:
+    assert out.count("result=rotated") == 1 and out.count("result=superseded") == 1, out
+    assert previous == start  # the token live before the race keeps its overlap
+    winner = next(name for name, token in tokens.items() if token == current)
+    loser = next(name for name in tokens if name != winner)
+    # Every token minted or displaced is stored or revoked, and the output says which.
+    assert hub.is_valid(current) and hub.is_valid(start)
+    assert not hub.is_valid(tokens[loser])
+    assert f"stored {fingerprint(tokens[winner])}" in out and f"previous {fingerprint(start)}" in out
+    assert f"revoked {fingerprint(tokens[loser])}, minted by this run and not stored" in out
+    assert "left_to_expire" not in out
+
+
+def test_two_rotations_racing_on_one_secret_rotate_once_and_lose_no_token(
+    kube_api: KubeApi, hub: HubStandIn, tmp_path: Path, secret_env: dict[str, str], capsys: Any
+) -> None:
+    start = issue(hub, tmp_path / "start")
+    env = {**secret_env, "TOKENSIDECAR_ISSUER_COMMAND_MINTS": "true", "TOKENSIDECAR_REVOKE_AFTER": "1h"}
+    first_env = {
+        **env,
+        "TOKENSIDECAR_ISSUER_COMMAND": json.dumps(
+            [sys.executable, "-c", PRINT_FILE, str(tmp_path / "start")]
+        ),
+    }
+    assert rotate(first_env, capsys).code == 0
+    tokens, codes = _race(tmp_path, hub, env)
     out = capsys.readouterr().out
     assert codes == {"one": 0, "two": 0}
-    assert out.count("conflicts=1") == 1
     data, annotations, _ = secret_state(kube_api)
-    assert annotations["tokensidecar.io/version"] == "3"
-    # The loser re-read and wrote on top of the winner: the winner's token is 'previous'.
-    assert {data["token"], data["previous"]} == {tokens["one"], tokens["two"]}
-    winner = data["previous"]
-    assert f"previous {fingerprint(start)}" in out and f"previous {fingerprint(winner)}" in out
+    assert annotations["tokensidecar.io/version"] == "2" and out.count("conflicts=1") == 1
+    _assert_one_rotated_one_stood_down(
+        out, hub=hub, tokens=tokens, current=data["token"], previous=data["previous"], start=start
+    )
 
 
 # --- Vault: issuer and target ---------------------------------------------------------------
@@ -426,43 +635,27 @@ def test_vault_issuer_copies_into_a_kv_v2_target_with_history(
     assert "version=2" in run.out and hub.is_valid(first)
 
 
-def test_vault_target_check_and_set_conflict_rereads_and_keeps_the_other_write(  # noqa: PLR0917 - fixtures
-    openbao: DevServer,
-    hub: HubStandIn,
-    vault_env: dict[str, str],
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: Any,
+def test_two_rotations_racing_on_one_kv_v2_path_rotate_once_and_lose_no_token(
+    openbao: DevServer, hub: HubStandIn, vault_env: dict[str, str], tmp_path: Path, capsys: Any
 ) -> None:
     target = vault_env["TOKENSIDECAR_VAULT_PATH"]
-    first = hub.issue_token()
-    openbao.put_kv(target, {"token": first})
-    intruder, mine = hub.issue_token(), hub.issue_token()
-    (tmp_path / "mine").write_text(mine)
-    mount, _, rest = target.partition("/")
-    # While "minting", another writer adds version 2: the job's cas=1 write must lose and retry.
-    script = (
-        "import os, sys, hvac\n"
-        "client = hvac.Client(url=os.environ['VAULT_ADDR'], token=os.environ['VAULT_TOKEN'])\n"
-        f"client.secrets.kv.v2.create_or_update_secret(path={rest!r}, mount_point={mount!r},"
-        f" secret={{'token': {intruder!r}}})\n"
-        "print(open(sys.argv[1]).read())\n"
+    start = hub.issue_token()
+    openbao.put_kv(target, {"token": start})
+    env = {**vault_env, "TOKENSIDECAR_ISSUER": "command", "TOKENSIDECAR_ISSUER_COMMAND_MINTS": "true"}
+    tokens, codes = _race(tmp_path, hub, env)
+    out = capsys.readouterr().out
+    assert codes == {"one": 0, "two": 0}
+    assert "check-and-set" in out and out.count("conflicts=1") == 1
+    # One new version on top of the start; the loser's cas=1 write was refused and not retried on top.
+    assert kv_metadata(openbao, target)["current_version"] == 2
+    _assert_one_rotated_one_stood_down(
+        out,
+        hub=hub,
+        tokens=tokens,
+        current=kv(openbao, target)["data"]["token"],
+        previous=kv(openbao, target, version=1)["data"]["token"],
+        start=start,
     )
-    env = {
-        **vault_env,
-        "TOKENSIDECAR_ISSUER": "command",
-        "TOKENSIDECAR_ISSUER_COMMAND": json.dumps([sys.executable, "-c", script, str(tmp_path / "mine")]),
-        "TOKENSIDECAR_ISSUER_COMMAND_ENV": "VAULT_ADDR,VAULT_TOKEN",
-    }
-    # The script reads Vault's address and token from its environment, inherited from this process.
-    monkeypatch.setenv("VAULT_ADDR", openbao.addr)
-    monkeypatch.setenv("VAULT_TOKEN", openbao.root_token)
-    run = rotate(env, capsys)
-    assert run.code == 0, run.err
-    assert "conflicts=1" in run.out and "check-and-set" in run.out
-    assert kv(openbao, target)["data"] == {"token": mine}
-    assert kv(openbao, target, version=2)["data"] == {"token": intruder}
-    assert kv_metadata(openbao, target)["current_version"] == 3
 
 
 # --- command issuer failures and config errors ----------------------------------------------

@@ -527,6 +527,7 @@ INVALID_CASES = [
     ({"tokensidecar.io/secret-name": "hf"}, "tokensidecar.io/secret-name"),
     ({"tokensidecar.io/verify": "always"}, "tokensidecar.io/verify"),
     ({"tokensidecar.io/verify": "repo"}, "tokensidecar.io/model-id"),
+    ({"tokensidecar.io/verify": "scope"}, "tokensidecar.io/model-id"),
     ({"tokensidecar.io/model-id": "no-slash"}, "tokensidecar.io/model-id"),
     ({"tokensidecar.io/cpu-request": "lots"}, "tokensidecar.io/cpu-request"),
     ({"tokensidecar.io/memory-request": "-64Mi"}, "tokensidecar.io/memory-request"),

@@ -25,6 +25,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import jsonpatch
 import pytest
 import requests
 from hypothesis import HealthCheck, given, settings
@@ -40,7 +41,9 @@ from tokensidecar.webhook.server import CertificateReloader, ReviewBudget, build
 
 SERVICE_HOST = "tokensidecar-webhook.tokensidecar-system.svc"
 INJECTION = InjectionSettings(
-    image="ghcr.io/tokensidecar/tokensidecar:0.1.0", vault_addr="https://vault:8200"
+    image="ghcr.io/tokensidecar/tokensidecar:0.1.0",
+    vault_addr="https://vault:8200",
+    gateway_url="http://tokensidecar-gateway.tokensidecar-system.svc:8080",
 )
 
 
@@ -626,6 +629,15 @@ def read_listening_port(
             "TOKENSIDECAR_ALLOWED_SECRET_NAMESPACES",
         ),
         ({"TOKENSIDECAR_ALLOWED_VAULT_ADDRS": "https://vault/v1/secret"}, "TOKENSIDECAR_ALLOWED_VAULT_ADDRS"),
+        (
+            {
+                "TOKENSIDECAR_INJECT_MODE": "gateway",
+                "TOKENSIDECAR_TLS_CERT_FILE": "/nonexistent/tls.crt",
+                "TOKENSIDECAR_TLS_KEY_FILE": "/nonexistent/tls.key",
+            },
+            "TOKENSIDECAR_INJECT_GATEWAY_URL is required when TOKENSIDECAR_INJECT_MODE=gateway",
+        ),
+        ({"TOKENSIDECAR_LOCALMODEL_ANNOTATIONS": "[1]"}, "TOKENSIDECAR_LOCALMODEL_ANNOTATIONS"),
     ],
     ids=[
         "no-certificates",
@@ -636,6 +648,8 @@ def read_listening_port(
         "http-vault",
         "bad-namespace",
         "vault-with-path",
+        "gateway-without-url",
+        "bad-localmodel-annotations",
     ],
 )
 def test_bad_configuration_exits_2_with_one_line(extra: dict[str, str], message: str) -> None:
@@ -753,3 +767,119 @@ def test_the_webhook_command_denies_annotations_outside_what_it_allows(
         process.wait(timeout=10)
         assert process.stderr is not None
         process.stderr.close()
+
+
+def test_the_webhook_command_in_gateway_mode_injects_predictors_and_localmodel_pods(
+    tls_files: tuple[pathlib.Path, pathlib.Path, pathlib.Path],
+) -> None:
+    from tests.test_webhook_gateway import GATEWAY_URL, localmodel_download_pod
+
+    cert_file, key_file, ca_file = tls_files
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENSIDECAR_")}
+    env.update(
+        TOKENSIDECAR_WEBHOOK_LISTEN="127.0.0.1:0",
+        TOKENSIDECAR_TLS_CERT_FILE=str(cert_file),
+        TOKENSIDECAR_TLS_KEY_FILE=str(key_file),
+        TOKENSIDECAR_INJECT_MODE="gateway",
+        TOKENSIDECAR_INJECT_GATEWAY_URL=GATEWAY_URL,
+        TOKENSIDECAR_LOCALMODEL_MODE="gateway",
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tokensidecar", "webhook"], env=env, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        port = read_listening_port(process)
+        url = f"https://127.0.0.1:{port}/mutate"
+        with client(ca_file) as session:
+            predictor = kserve_predictor_pod({"tokensidecar.io/inject": "true"})
+            localmodel = localmodel_download_pod()
+            review = admission_review(localmodel)
+            review["request"]["namespace"] = "kserve-localmodel-jobs"
+            for pod, sent in ((predictor, admission_review(predictor)), (localmodel, review)):
+                reply = session.post(url, json=sent, timeout=10).json()
+                assert reply["response"]["allowed"] is True
+                patched = jsonpatch.apply_patch(pod, decode_patch(reply))
+                containers = patched["spec"].get("initContainers", []) + patched["spec"]["containers"]
+                assert all(c["name"] != "tokensidecar" for c in containers)
+                for item in containers:
+                    env_names = {e["name"]: e.get("value") for e in item.get("env", [])}
+                    assert env_names["HF_ENDPOINT"] == GATEWAY_URL and "HF_TOKEN" not in env_names
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=10)
+        assert process.stderr is not None
+        process.stderr.close()
+
+
+def test_the_webhook_command_judges_gateway_pods_by_the_policy_in_force(
+    tls_files: tuple[pathlib.Path, pathlib.Path, pathlib.Path], tmp_path: pathlib.Path
+) -> None:
+    from tests.test_webhook_gateway import GATEWAY_URL, gateway_predictor
+
+    cert_file, key_file, ca_file = tls_files
+    policy_file = tmp_path / "policy.yaml"
+    policy_file.write_text("rules:\n  - subjects: [{namespace: kserve-test}]\n    repos: [acme/*]\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENSIDECAR_")}
+    env.update(
+        TOKENSIDECAR_WEBHOOK_LISTEN="127.0.0.1:0",
+        TOKENSIDECAR_TLS_CERT_FILE=str(cert_file),
+        TOKENSIDECAR_TLS_KEY_FILE=str(key_file),
+        TOKENSIDECAR_INJECT_GATEWAY_URL=GATEWAY_URL,
+        TOKENSIDECAR_INJECT_GATEWAY_POLICY=str(policy_file),
+    )
+    pod = gateway_predictor(service_account="llama-server", uri="hf://meta-llama/Llama-3.1-8B-Instruct")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tokensidecar", "webhook"], env=env, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        port = read_listening_port(process)
+        url = f"https://127.0.0.1:{port}/mutate"
+        with client(ca_file) as session:
+
+            def allowed() -> bool:
+                reply = session.post(url, json=admission_review(pod), timeout=10)
+                response = reply.json()["response"]
+                if not response["allowed"]:
+                    assert response["status"]["message"].startswith("tokensidecar: storageUri: ")
+                return bool(response["allowed"])
+
+            assert allowed() is False  # denied at admission: no rule grants meta-llama/*
+            # The ConfigMap changes (written whole, as the kubelet swaps it): the new rule holds.
+            staged = tmp_path / "policy.staged"
+            staged.write_text("rules:\n  - subjects: [{namespace: kserve-test}]\n    repos: [meta-llama/*]\n")
+            staged.replace(policy_file)
+            deadline = time.monotonic() + 30
+            while not allowed():
+                assert time.monotonic() < deadline, "the new policy was never applied"
+                time.sleep(0.2)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=10)
+        assert process.stderr is not None
+        process.stderr.close()
+
+
+def test_an_invalid_gateway_policy_file_exits_2_naming_the_setting(
+    tls_files: tuple[pathlib.Path, pathlib.Path, pathlib.Path], tmp_path: pathlib.Path
+) -> None:
+    cert_file, key_file, _ = tls_files
+    policy_file = tmp_path / "policy.yaml"
+    policy_file.write_text("rules: [{subjects: nobody}]\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENSIDECAR_")}
+    env.update(
+        TOKENSIDECAR_WEBHOOK_LISTEN="127.0.0.1:0",
+        TOKENSIDECAR_TLS_CERT_FILE=str(cert_file),
+        TOKENSIDECAR_TLS_KEY_FILE=str(key_file),
+        TOKENSIDECAR_INJECT_GATEWAY_POLICY=str(policy_file),
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "tokensidecar", "webhook"],
+        check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: TOKENSIDECAR_INJECT_GATEWAY_POLICY: "), lines

@@ -106,6 +106,16 @@ COMMANDS = {
             "tokensidecar.rotate.job:main",
         ),
         Command(
+            "gateway",
+            "the cluster's Hugging Face endpoint: authorize, cache, fetch upstream",
+            "Serve a Hugging Face Hub-compatible endpoint for the cluster: authorize each "
+            "workload by its Kubernetes service-account token against the policy, serve model "
+            "files from the cache, and fetch what is missing from the upstream with credentials "
+            "only the gateway holds.",
+            "tokensidecar.gateway.settings",
+            "tokensidecar.gateway.server:main",
+        ),
+        Command(
             "demo",
             "the whole flow on this machine: local OpenBao, Hub stand-in, live rotations",
             "Run the whole flow locally with embedded defaults: a local OpenBao dev server, a "

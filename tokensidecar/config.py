@@ -235,7 +235,7 @@ def all_settings() -> list[Setting]:
 
 SOURCES = ("vault", "kubernetes-secret", "file", "oidc-exchange")
 VAULT_AUTH_METHODS = ("kubernetes", "jwt", "approle", "token")
-VERIFY_MODES = ("none", "whoami", "repo")
+VERIFY_MODES = ("none", "whoami", "repo", "scope")
 
 SA_TOKEN_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 
@@ -270,7 +270,9 @@ HUB_SETTINGS = register(
         "verify",
         "TOKENSIDECAR_VERIFY",
         "Check a new token at the Hub before publishing it: none, whoami "
-        "(GET /api/whoami-v2), or repo (whoami plus read access to --model-id).",
+        "(GET /api/whoami-v2), repo (whoami plus GET /api/models/{id}/auth-check: read access "
+        "to --model-id, gated access included), or scope (repo, and refuse a token that can "
+        "write to any other repository or whose fine-grained scope lacks --model-id).",
         default="whoami",
         choices=VERIFY_MODES,
         section="hub",
@@ -289,7 +291,7 @@ HUB_SETTINGS = register(
     Setting(
         "model_id",
         "TOKENSIDECAR_MODEL_ID",
-        "Model repository (org/name) that --verify=repo proves read access to.",
+        "Model repository (org/name) that --verify=repo and --verify=scope prove read access to.",
         section="hub",
     ),
     Setting(

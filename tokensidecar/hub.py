@@ -4,33 +4,46 @@ Everything that talks to the Hub lives here, so there is one client for it: hugg
 own HTTP session (``huggingface_hub.utils.get_session``), with its user agent and headers
 (``build_hf_headers``), honouring ``HF_ENDPOINT``. The sidecar's verifier, the
 ``oidc-exchange`` source and the rotation job's ``oidc-exchange`` / ``enterprise-exchange``
-issuers and revocation all go through the functions below.
+issuers and revocation all go through the functions below. Each call follows a public
+document, named where it is made:
 
-Trade-off: ``HfApi.whoami`` / ``HfApi.model_info`` would be the obvious calls, but they take
+* ``GET /api/whoami-v2`` — is the token alive, and what may it do (shapes: huggingface.js
+  ``who-am-i.ts``; read by :mod:`tokensidecar.hub_scope`);
+* ``GET /api/models/{id}/auth-check`` and ``…/auth-check/write`` — the Hub's own access
+  check, what ``HfApi.auth_check`` calls (huggingface_hub ``hf_api.py``): 403 ``GatedRepo``
+  for a gated model the token was not granted, 404 ``RepoNotFound`` for one it cannot see.
+  ``GET /api/models/{id}`` is *not* an access check: a gated model's metadata is public;
+* ``POST /oauth/token`` — RFC 8693: Trusted Publishers (hub-docs ``trusted-publishers.md``,
+  a JSON body, no client authentication) and the Enterprise exchange (hub-docs ``oauth.md``
+  "Token Exchange for Organizations": a form body, the org app's credentials as HTTP Basic,
+  a member's e-mail as subject, optional ``scope``, no lifetime parameter);
+* ``POST /api/credentials/revoke`` — hub-docs ``security-tokens.md`` "Revoking a leaked
+  token": ``{"credentials": [...]}``, no authentication, ``202 Accepted`` always.
+
+Trade-off: ``HfApi.whoami`` / ``HfApi.auth_check`` would be the obvious calls, but they take
 no timeout and huggingface_hub's shared session has none (``timeout=None``): one Hub that
 accepts a connection and never answers would pin a worker thread forever, and the refresher
-would wait with it. So the same two endpoints (``GET /api/whoami-v2``,
-``GET /api/models/{id}``) are called on that same session with an explicit timeout, and the
-answer is classified the way the Hub means it:
+would wait with it. So the same endpoints are called on that same session with an explicit
+timeout, and the answer is classified the way the Hub means it:
 
 * 401 / 403 (and 404 from a model the token cannot see) → :class:`TokenRejected`: a verdict;
 * connection error, timeout, 5xx, 429 and anything unexpected → :class:`HubUnavailable`:
   no verdict; the refresher applies ``TOKENSIDECAR_VERIFY_ON_HUB_OUTAGE``.
 
-The exchange follows RFC 8693 the way huggingface_hub's own (private) ``_oidc`` helper sends
-it — a JSON body to ``POST {HF_ENDPOINT}/oauth/token`` — and the Enterprise variant sends
-the org app's client credentials as HTTP Basic (RFC 6749 §2.3.1) with the member's e-mail as
-subject. Errors carry the Hub's ``error`` / ``error_description`` text, redacted; never a token.
+Errors carry the Hub's ``error`` / ``error_description`` text, redacted; never a token.
 The blocking client runs in :func:`asyncio.to_thread`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+import json
 import logging
 import time
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import httpx2
@@ -38,6 +51,7 @@ from huggingface_hub import get_session
 from huggingface_hub.utils import build_hf_headers  # type: ignore[attr-defined]  # public, lazily exported
 
 from tokensidecar.config import ConfigError
+from tokensidecar.hub_scope import TokenScope, judge, scope_from_whoami
 from tokensidecar.redact import fingerprint, redact, remember
 from tokensidecar.token import parse_lifetime, parse_time
 from tokensidecar.verify import HubUnavailable, TokenRejected
@@ -47,9 +61,12 @@ if TYPE_CHECKING:
     from tokensidecar.token import Token
 
 __all__ = [
+    "HUB_AUDIENCE",
     "ExchangeRefused",
     "ExchangedToken",
     "HubVerifier",
+    "InvalidSubjectToken",
+    "check_subject_token",
     "exchange_enterprise",
     "exchange_id_token",
     "revoke",
@@ -63,6 +80,14 @@ HUB_TIMEOUT = 10.0
 TOKEN_EXCHANGE_GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
 ID_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:id_token"
 USER_EMAIL_TYPE = "urn:huggingface:token-type:user-email"
+#: "Its ``aud`` claim **must** be ``https://huggingface.co``" (hub-docs trusted-publishers.md).
+HUB_AUDIENCE = "https://huggingface.co"
+#: What a Trusted Publisher *user* resource grants (hub-docs trusted-publishers.md "Two flavors").
+USER_RESOURCE_SCOPES = ("gated-repos",)
+
+
+class InvalidSubjectToken(Exception):
+    """The subject token would be refused by the Hub; the message names the claim, never the token."""
 
 
 class ExchangeRefused(Exception):
@@ -72,8 +97,8 @@ class ExchangeRefused(Exception):
     message carries the Hub's ``error_description``, redacted.
     """
 
-    def __init__(self, *, status: int, error: str, description: str) -> None:
-        text = f"token exchange refused by the Hub (HTTP {status}): {error}"
+    def __init__(self, *, status: int, error: str, description: str, what: str = "token exchange") -> None:
+        text = f"{what} refused by the Hub (HTTP {status}): {error}"
         if description:
             text += f": {description}"
         super().__init__(redact(text))
@@ -88,6 +113,8 @@ class ExchangedToken:
     value: str = field(repr=False)
     expires_in: float | None
     token_type: str
+    #: The scopes the Hub granted (space-separated in the answer), when it says or documents them.
+    scope: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         remember(self.value)
@@ -137,11 +164,59 @@ def _exchange_answer(response: httpx2.Response) -> ExchangedToken:
         raise HubUnavailable("token exchange answer has no access_token")
     remember(value)
     expires_in = body.get("expires_in")
+    scope = body.get("scope")
     return ExchangedToken(
         value=value,
         expires_in=parse_lifetime(expires_in),  # InvalidTime (ValueError) when out of range
         token_type=str(body.get("token_type") or "bearer"),
+        scope=tuple(scope.split()) if isinstance(scope, str) else None,
     )
+
+
+def check_subject_token(subject_token: str, *, now: float | None = None) -> None:
+    """Check the claims the Hub will check, before sending: a clear error naming the claim.
+
+    The Hub requires ``aud`` = ``https://huggingface.co`` and must fetch the issuer's
+    discovery document and keys (``{iss}/.well-known/openid-configuration``), so ``iss``
+    must be a public ``https://`` URL. A kubelet-projected token carries ``aud`` as an
+    array; it passes when the array holds the Hub's audience (whether the Hub accepts the
+    array form is not documented). The signature is the Hub's to check, not ours.
+    """
+    claims = _jwt_claims(subject_token)
+    if claims is None:
+        raise InvalidSubjectToken("the subject token is not a JWT (an OIDC id_token is needed)")
+    aud = claims.get("aud")
+    audiences = (
+        [aud]
+        if isinstance(aud, str)
+        else [a for a in aud if isinstance(a, str)]
+        if isinstance(aud, list)
+        else []
+    )
+    if HUB_AUDIENCE not in audiences:
+        shown = ", ".join(redact(a)[:100] for a in audiences) or "missing"
+        raise InvalidSubjectToken(
+            f"claim aud of the subject token is {shown}; the Hub requires {HUB_AUDIENCE} "
+            "(set the projected token's audience, e.g. serviceAccountToken.audience)"
+        )
+    exp = claims.get("exp")
+    if not isinstance(exp, int | float) or isinstance(exp, bool):
+        raise InvalidSubjectToken("claim exp of the subject token is missing")
+    if exp <= (time.time() if now is None else now):
+        raise InvalidSubjectToken("claim exp: the subject token has expired")
+    iss = claims.get("iss")
+    if not isinstance(iss, str) or not iss.startswith("https://"):
+        raise InvalidSubjectToken(
+            "claim iss of the subject token is not an https:// URL; the Hub fetches the issuer's "
+            "discovery document and keys from it"
+        )
+    host = iss.removeprefix("https://").split("/", 1)[0].split(":", 1)[0]
+    if host.endswith((".svc", ".cluster.local", ".local", ".internal")) or "." not in host:
+        log.warning(
+            "the subject token's issuer does not look public; the Hub must be able to fetch its "
+            "discovery document (use the cluster's public OIDC issuer URL)",
+            extra={"issuer": redact(iss)[:200]},
+        )
 
 
 async def exchange_id_token(
@@ -149,10 +224,17 @@ async def exchange_id_token(
 ) -> ExchangedToken:
     """RFC 8693 exchange of an OIDC id_token (Trusted Publishers) for an ``hf_jwt_…`` token.
 
-    Raises :class:`ExchangeRefused` (``invalid_grant``: wrong issuer, audience, expired
-    subject…) or :class:`HubUnavailable`.
+    ``resource`` is a repository (``namespace/name``, ``datasets/…``, ``spaces/…``): an
+    ``hf_jwt_…`` token with write access to that one repository; or a username: an
+    ``hf_oauth_…`` read-only token with only the ``gated-repos`` scope, which cannot read
+    private repositories. Both last 60 minutes (hub-docs trusted-publishers.md).
+
+    Raises :class:`InvalidSubjectToken` before sending a subject the Hub would refuse,
+    :class:`ExchangeRefused` (``invalid_grant``: wrong issuer, audience, expired subject…)
+    or :class:`HubUnavailable`.
     """
     remember(subject_token)
+    check_subject_token(subject_token)
     url = endpoint.rstrip("/") + "/oauth/token"
     payload = {
         "grant_type": TOKEN_EXCHANGE_GRANT,
@@ -163,7 +245,10 @@ async def exchange_id_token(
     response = await asyncio.to_thread(
         _request, "POST", url, timeout=request_timeout, json=payload, headers=build_hf_headers(token=False)
     )
-    return _exchange_answer(response)
+    exchanged = _exchange_answer(response)
+    if exchanged.scope is None and "/" not in resource:
+        exchanged = replace(exchanged, scope=USER_RESOURCE_SCOPES)
+    return exchanged
 
 
 async def exchange_enterprise(
@@ -172,13 +257,15 @@ async def exchange_enterprise(
     client_id: str,
     client_secret: str,
     subject: str,
-    requested_lifetime: float | None = None,
+    scope: str | None = None,
     request_timeout: float = HUB_TIMEOUT,
 ) -> ExchangedToken:
     """Enterprise token exchange: an org OAuth app acts for a member (``subject`` = e-mail).
 
-    Returns an ``hf_oauth_…`` token (8 h by default on the Hub; ``requested_lifetime``
-    asks for less).
+    Returns an ``hf_oauth_…`` token limited to the organisation's resources (hub-docs
+    oauth.md). Its lifetime is the app's (8 h by default, set by org admins up to 30 days):
+    the Hub documents no lifetime parameter. ``scope`` (space-separated) narrows the app's
+    scopes; the answer's ``scope`` says what was granted.
     """
     remember(client_secret)
     url = endpoint.rstrip("/") + "/oauth/token"
@@ -187,8 +274,8 @@ async def exchange_enterprise(
         "subject_token_type": USER_EMAIL_TYPE,
         "subject_token": subject,
     }
-    if requested_lifetime is not None:
-        form["expires_in"] = str(int(requested_lifetime))
+    if scope:
+        form["scope"] = scope
     response = await asyncio.to_thread(
         _request,
         "POST",
@@ -202,10 +289,15 @@ async def exchange_enterprise(
 
 
 async def revoke(*, endpoint: str, token: str, request_timeout: float = HUB_TIMEOUT) -> None:
-    """``POST {HF_ENDPOINT}/api/credentials/revoke``: the token authorises its own revocation.
+    """``POST {HF_ENDPOINT}/api/credentials/revoke`` as hub-docs security-tokens.md documents it.
 
-    Revoking a token that is already dead is not an error (the Hub answers 200 or 401);
-    an outage raises :class:`HubUnavailable` so the caller can retry later.
+    Body ``{"credentials": [<token>]}``, no authentication (anyone may invalidate a leaked
+    token). The Hub answers ``202 Accepted`` whether or not the token existed, so the answer
+    says the request was taken, not that a token died; repeating it is harmless. The Hub
+    e-mails the token's owner (once per token): routine rotations notify the owner too.
+    Whether it revokes ``hf_jwt_`` / ``hf_oauth_`` tokens before they expire is not
+    documented; those expire within hours anyway. An outage raises :class:`HubUnavailable`
+    so the caller can retry later.
     """
     remember(token)
     url = endpoint.rstrip("/") + "/api/credentials/revoke"
@@ -214,16 +306,44 @@ async def revoke(*, endpoint: str, token: str, request_timeout: float = HUB_TIME
         "POST",
         url,
         timeout=request_timeout,
-        json={"token": token},
-        headers=build_hf_headers(token=token),
+        json={"credentials": [token]},
+        headers=build_hf_headers(token=False),
     )
-    if response.status_code in (200, 204, 401):
-        log.info("token revoked at the Hub", extra={"fingerprint": fingerprint(token)})
+    if response.status_code in (200, 202, 204):
+        kind = _token_prefix(token)
+        extra = {"fingerprint": fingerprint(token), "kind": kind or "unknown"}
+        if kind in ("hf_jwt_", "hf_oauth_"):
+            # Degrade safely: do not claim what the Hub does not say; the token expires anyway.
+            claims = _jwt_claims(token.removeprefix("hf_jwt_")) or {}
+            exp = claims.get("exp")
+            if isinstance(exp, int | float) and not isinstance(exp, bool):
+                extra["expires_at"] = datetime.fromtimestamp(exp, UTC).isoformat(timespec="seconds")
+            log.warning(
+                "revocation accepted by the Hub; whether it invalidates short-lived hf_jwt_/hf_oauth_ tokens "
+                "before they expire is not documented, so this one may live until it expires",
+                extra=extra,
+            )
+            return
+        log.info("revocation accepted by the Hub", extra=extra)
         return
     if _is_outage(response.status_code):
         raise HubUnavailable(f"revocation failed: the Hub answered HTTP {response.status_code}")
     error, description = _hub_error_text(response)
-    raise ExchangeRefused(status=response.status_code, error=error or "error", description=description)
+    raise ExchangeRefused(
+        status=response.status_code, error=error or "error", description=description, what="revocation"
+    )
+
+
+def _jwt_claims(value: str) -> dict[str, Any] | None:
+    """The claims of a JWT, unverified (the Hub checks the signature), or None."""
+    parts = value.split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        claims: Any = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except (binascii.Error, ValueError, UnicodeDecodeError):
+        return None
+    return claims if isinstance(claims, dict) else None
 
 
 def _hub_expiry(whoami: Any) -> datetime | None:
@@ -244,11 +364,25 @@ def _hub_expiry(whoami: Any) -> datetime | None:
         return None
 
 
+def _token_prefix(value: str) -> str:
+    """The documented kind prefix (``hf_jwt_``, ``hf_oauth_``, ``hf_``), never more of the token."""
+    for prefix in ("hf_jwt_", "hf_oauth_", "hf_"):
+        if value.startswith(prefix):
+            return prefix
+    return ""
+
+
 class HubVerifier:
     """Verifies a new token at the Hub before it is published (``TOKENSIDECAR_VERIFY``).
 
-    ``whoami``: the Hub knows the token. ``repo``: also that it can read ``model_id``. The
-    refresher calls :meth:`verify` once per new token (whoami is rate-limited), never per poll.
+    ``whoami``: the Hub knows the token (``GET /api/whoami-v2``). ``repo``: also that it can
+    read ``model_id`` (``GET /api/models/{id}/auth-check``, which refuses a gated model the
+    token was not granted). ``scope``: ``repo``, plus the token's own permissions
+    (:func:`tokensidecar.hub_scope.judge`, with ``…/auth-check/write`` for what whoami-v2
+    does not say): a token that can write anywhere but the model is refused. The verified
+    token carries its :class:`~tokensidecar.hub_scope.TokenScope` for ``/status``,
+    ``token.json`` and the rotation report. The refresher calls :meth:`verify` once per new
+    token (whoami is rate-limited), never per poll.
     """
 
     def __init__(
@@ -259,10 +393,10 @@ class HubVerifier:
         model_id: str | None = None,
         request_timeout: float = HUB_TIMEOUT,
     ) -> None:
-        if mode not in ("whoami", "repo"):
+        if mode not in ("whoami", "repo", "scope"):
             raise ValueError(f"unknown verification mode {mode!r}")
-        if mode == "repo" and not model_id:
-            raise ValueError("repo verification needs a model id")
+        if mode in ("repo", "scope") and not model_id:
+            raise ValueError(f"{mode} verification needs a model id")
         self.endpoint = endpoint.rstrip("/")
         self.mode = mode
         self.model_id = model_id
@@ -270,8 +404,8 @@ class HubVerifier:
 
     @classmethod
     def from_config(cls, config: Config) -> HubVerifier:
-        if config.verify == "repo":
-            model_id = config.require("model_id", when="--verify=repo")
+        if config.verify in ("repo", "scope"):
+            model_id = config.require("model_id", when=f"--verify={config.verify}")
             if str(model_id).count("/") != 1 or any(not part for part in str(model_id).split("/")):
                 raise ConfigError("TOKENSIDECAR_MODEL_ID", f"{model_id!r} is not a repository id (org/name)")
         endpoint = str(config.hf_endpoint or "").strip()
@@ -281,31 +415,84 @@ class HubVerifier:
 
     async def verify(self, token: Token) -> Token:
         started = time.monotonic()
-        expires_at = await asyncio.to_thread(self._verify_blocking, token.value)
-        log.info(
-            "token verified at the Hub",
-            extra={
-                "fingerprint": token.fingerprint,
-                "mode": self.mode,
-                "duration_ms": round((time.monotonic() - started) * 1000, 1),
-            },
-        )
-        return replace(token, verified=True, expires_at=token.expires_at or expires_at)
+        expires_at, scope = await asyncio.to_thread(self._verify_blocking, token.value, token.granted_scope)
+        extra: dict[str, Any] = {
+            "fingerprint": token.fingerprint,
+            "mode": self.mode,
+            "duration_ms": round((time.monotonic() - started) * 1000, 1),
+        }
+        if scope is not None:
+            extra["scope"] = scope.summary()
+        log.info("token verified at the Hub", extra=extra)
+        return replace(token, verified=True, expires_at=token.expires_at or expires_at, scope=scope)
 
-    def _verify_blocking(self, value: str) -> datetime | None:
+    def _verify_blocking(
+        self, value: str, granted_scope: tuple[str, ...] | None
+    ) -> tuple[datetime | None, TokenScope | None]:
         headers = build_hf_headers(token=value)
+        prefix = _token_prefix(value)
         response = _request("GET", f"{self.endpoint}/api/whoami-v2", timeout=self.timeout, headers=headers)
-        self._judge(response, what="whoami")
-        try:
-            whoami: Any = response.json()
-        except ValueError:
-            raise HubUnavailable("whoami answer is not JSON") from None
-        if self.mode == "repo":
-            response = _request(
-                "GET", f"{self.endpoint}/api/models/{self.model_id}", timeout=self.timeout, headers=headers
+        whoami: Any = None
+        if response.status_code == 401 and prefix == "hf_jwt_":
+            # Undocumented whether whoami-v2 accepts Trusted Publisher tokens at all. With a model,
+            # auth-check is the verdict; without one there is no verdict to be had: report it as
+            # "cannot verify" (the outage policy applies, and says so), never as a silent pass.
+            if self.mode == "whoami":
+                raise HubUnavailable(
+                    "whoami-v2 refused a Trusted Publisher (hf_jwt_) token, and whether it accepts them "
+                    "is not documented; set --verify=repo with --model-id to verify it with auth-check"
+                )
+            log.warning(
+                "whoami-v2 refused a Trusted Publisher token; judging it by auth-check on the model",
+                extra={"model_id": self.model_id},
             )
+        else:
+            self._judge(response, what="whoami")
+            try:
+                whoami = response.json()
+            except ValueError:
+                raise HubUnavailable("whoami answer is not JSON") from None
+        if self.mode == "whoami":
+            return _hub_expiry(whoami), scope_from_whoami(
+                whoami, token_prefix=prefix, oauth_scopes=granted_scope
+            )
+        model = f"{self.endpoint}/api/models/{self.model_id}"
+        response = _request("GET", f"{model}/auth-check", timeout=self.timeout, headers=headers)
+        try:
             self._judge(response, what=f"read access to {self.model_id}")
-        return _hub_expiry(whoami)
+        except TokenRejected as refused:
+            if granted_scope == USER_RESOURCE_SCOPES and response.headers.get("X-Error-Code") != "GatedRepo":
+                # trusted-publishers.md: a user-resource token "cannot read your private repos".
+                raise TokenRejected(
+                    f"{refused}; a Trusted Publisher token for a user resource is read-only with only the "
+                    "gated-repos scope and cannot read private repositories: use the model repository as "
+                    "TOKENSIDECAR_OIDC_RESOURCE"
+                ) from None
+            raise
+        writes_model: bool | None = None
+        if self.mode == "scope":
+            response = _request("GET", f"{model}/auth-check/write", timeout=self.timeout, headers=headers)
+            if response.status_code == 200:
+                writes_model = True
+            elif response.status_code in (401, 403, 404):
+                writes_model = False
+            else:
+                self._judge(response, what=f"write access to {self.model_id}")
+        scope = scope_from_whoami(
+            whoami,
+            model_id=self.model_id,
+            token_prefix=prefix,
+            oauth_scopes=granted_scope,
+            writes_model=writes_model,
+        )
+        if self.mode == "scope":
+            assert self.model_id is not None
+            verdict = judge(scope, model_id=self.model_id)
+            if not verdict.ok:
+                raise TokenRejected(
+                    f"--verify=scope refused the token: {verdict.reason} ({scope.describe()})"
+                )
+        return _hub_expiry(whoami), scope
 
     @staticmethod
     def _judge(response: httpx2.Response, *, what: str) -> None:
@@ -313,7 +500,10 @@ class HubVerifier:
         if status == 200:
             return
         error, description = _hub_error_text(response)
+        code = response.headers.get("X-Error-Code", "")
         detail = f": {description or error}" if description or error else ""
+        if code == "GatedRepo":
+            detail = f": gated model, access not granted to this token's owner{detail}"
         if status in (401, 403) or (status == 404 and what != "whoami"):
             raise TokenRejected(f"the Hub rejected the token ({what}: HTTP {status}{detail})")
         raise HubUnavailable(f"the Hub could not verify the token ({what}: HTTP {status}{detail})")

@@ -18,7 +18,7 @@ metadata describing the previous token, which the next publish corrects.
 The temporary file is created with ``O_CREAT | O_EXCL | O_NOFOLLOW`` at a random name: it
 is always a new inode of ours, never an existing file or a symlink someone planted at a
 name they could predict (the old ``.<name>.tmp-<pid>`` with ``O_TRUNC`` wrote through one).
-And because the token should never reach a disk, :meth:`Publisher.prepare` warns when the
+And because the token should never reach a disk, the first publish warns when the
 directory is not memory-backed (tmpfs/ramfs, as ``emptyDir{medium: Memory}`` is), reading
 the filesystem type from ``/proc/self/mountinfo``.
 """
@@ -79,6 +79,7 @@ class Publisher:
         self.mode = mode
         self._published_value: str | None = None
         self._published_metadata: dict[str, object] | None = None
+        self._checked_filesystem = False
 
     def prepare(self) -> None:
         """Create the directory if needed, and sweep temporary files a killed run left."""
@@ -87,17 +88,6 @@ class Publisher:
         for leftover in directory.glob(".*.tmp-*"):
             with contextlib.suppress(OSError):
                 leftover.unlink()
-        kind = filesystem_type(directory)
-        if kind is None:
-            log.info(
-                "cannot tell whether the token directory is memory-backed", extra={"path": str(directory)}
-            )
-        elif kind not in MEMORY_FILESYSTEMS:
-            log.warning(
-                "the token directory is not memory-backed: the token can reach a disk "
-                "(mount an emptyDir with medium: Memory, or a tmpfs)",
-                extra={"path": str(directory), "filesystem": kind},
-            )
 
     def publish(self, token: Token) -> bool:
         """Write the token and its metadata; return True if anything on disk changed.
@@ -117,6 +107,8 @@ class Publisher:
                 raise PublishError(f"cannot write {self.token_path}: {exc.strerror}") from None
             self._published_value = value
             changed = True
+            if not self._checked_filesystem:
+                self._check_memory_backed()
         if metadata != self._published_metadata:
             body = json.dumps(metadata, indent=None, sort_keys=True).encode() + b"\n"
             try:
@@ -132,6 +124,22 @@ class Publisher:
             self._published_metadata = metadata
             changed = True
         return changed
+
+    def _check_memory_backed(self) -> None:
+        """Warn (once, when the first token is written) if the directory is on a disk."""
+        self._checked_filesystem = True
+        directory = self.token_path.parent
+        kind = filesystem_type(directory)
+        if kind is None:
+            log.info(
+                "cannot tell whether the token directory is memory-backed", extra={"path": str(directory)}
+            )
+        elif kind not in MEMORY_FILESYSTEMS:
+            log.warning(
+                "the token directory is not memory-backed: the token can reach a disk "
+                "(mount an emptyDir with medium: Memory, or a tmpfs)",
+                extra={"path": str(directory), "filesystem": kind},
+            )
 
     @staticmethod
     def _create_temporary(path: Path) -> tuple[Path, int]:

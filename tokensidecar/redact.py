@@ -70,6 +70,8 @@ _lock = threading.Lock()
 _known: OrderedDict[str, tuple[str, ...]] = OrderedDict()
 # First _MIN_SECRET_LEN characters of each form -> (form, mask), longest form first.
 _index: dict[str, tuple[tuple[str, str], ...]] = {}
+# The remembered values each indexed form hides, the one it masks as first.
+_users: dict[str, list[str]] = {}
 MAX_REMEMBERED = 256
 
 # Values this short are not worth hiding and would garble ordinary words if replaced.
@@ -106,24 +108,48 @@ def _encoded_forms(value: str) -> tuple[str, ...]:
     return tuple(sorted(forms, key=len, reverse=True))
 
 
-def _rebuild() -> None:
-    """Re-index every remembered form by its first characters. Called with ``_lock`` held.
+def _set_entry(form: str, mask: str | None) -> None:
+    """Put ``form`` in the index with ``mask`` (None: take it out), longest form first."""
+    prefix = form[:_MIN_SECRET_LEN]
+    entries = [entry for entry in _index.get(prefix, ()) if entry[0] != form]
+    if mask is not None:
+        entries.append((form, mask))
+        entries.sort(key=lambda entry: len(entry[0]), reverse=True)
+    if entries:
+        _index[prefix] = tuple(entries)
+    else:
+        _index.pop(prefix, None)
+
+
+def _index_forms(value: str, forms: tuple[str, ...]) -> None:
+    """Add a newly remembered value's forms to the index. Called with ``_lock`` held.
 
     One pass over the text with a dict lookup per position costs the same whether 1 or
     1,000 forms are known (a regex alternation of them, or ``in`` per form, grows with the
     count); forms sharing a prefix are tried longest first, so a secret that contains
-    another is replaced whole.
+    another is replaced whole. The index changes per value, never rebuilt whole: a process
+    that sees many tokens (the gateway's callers) pays microseconds per new one. Values can
+    share a form (a truncated base64 core), so each form counts the values it hides.
     """
-    global _index
-    masks: dict[str, str] = {}
-    for value, forms in _known.items():
-        mask = _mask(value)
-        for form in forms:
-            masks.setdefault(form, mask)
-    index: dict[str, list[tuple[str, str]]] = {}
-    for form in sorted(masks, key=len, reverse=True):
-        index.setdefault(form[:_MIN_SECRET_LEN], []).append((form, masks[form]))
-    _index = {prefix: tuple(entries) for prefix, entries in index.items()}
+    for form in forms:
+        users = _users.setdefault(form, [])
+        users.append(value)
+        if len(users) == 1:
+            _set_entry(form, _mask(value))
+
+
+def _unindex_forms(value: str, forms: tuple[str, ...]) -> None:
+    """Drop an evicted value's forms from the index. Called with ``_lock`` held."""
+    for form in forms:
+        users = _users.get(form, [])
+        was_first = bool(users) and users[0] == value
+        if value in users:
+            users.remove(value)
+        if not users:
+            _users.pop(form, None)
+            _set_entry(form, None)
+        elif was_first:
+            _set_entry(form, _mask(users[0]))
 
 
 def _replace_known(text: str) -> str:
@@ -159,11 +185,13 @@ def remember(value: str | None) -> None:
         if value in _known:
             _known.move_to_end(value, last=False)
             return
-        _known[value] = _encoded_forms(value)
+        forms = _encoded_forms(value)
+        _known[value] = forms
         _known.move_to_end(value, last=False)
+        _index_forms(value, forms)
         while len(_known) > MAX_REMEMBERED:
-            _known.popitem(last=True)
-        _rebuild()
+            evicted, evicted_forms = _known.popitem(last=True)
+            _unindex_forms(evicted, evicted_forms)
 
 
 def _basic_credentials(candidate: str) -> bool:

@@ -176,7 +176,40 @@ def metric_groups() -> list[tuple[str, str, list[MetricEntry]]]:
                 _metric_entries(webhook_metrics),
             )
         )
+    gateway_metrics = _gateway_metrics()
+    if gateway_metrics is not None:
+        groups.append(
+            (
+                "Gateway (`tokensidecar gateway`)",
+                "Served on `/metrics` of `TOKENSIDECAR_GATEWAY_LISTEN` (default port 8080), with the "
+                "control plane's authorization, policy and TokenReview metrics and each credential's "
+                "refresh metrics (labelled `credential`).",
+                sorted(
+                    [*_metric_entries(gateway_metrics), *_metric_entries(_gateway_control_metrics())],
+                    key=lambda entry: entry.name,
+                ),
+            )
+        )
     return groups
+
+
+def _gateway_control_metrics() -> object:
+    from prometheus_client import CollectorRegistry
+
+    from tokensidecar.gateway.authz import ControlPlaneMetrics
+
+    return ControlPlaneMetrics(registry=CollectorRegistry(auto_describe=True))
+
+
+def _gateway_metrics() -> object | None:
+    try:
+        module = importlib.import_module("tokensidecar.gateway.metrics")
+    except ModuleNotFoundError:
+        return None
+    from prometheus_client import CollectorRegistry
+
+    holder: object = module.GatewayMetrics(registry=CollectorRegistry(auto_describe=True))
+    return holder
 
 
 def _webhook_metrics() -> object | None:

@@ -113,6 +113,7 @@ class RefreshState:
             "fetched_at": format_time(good.fetched_at) if good else None,
             "expires_at": format_time(good.expiry()) if good else None,
             "verified": good.verified if good else None,
+            "scope": good.scope.summary() if good and good.scope else None,
             "next_refresh_at": format_time(self.next_refresh_at),
             "last_error": self.last_error,
             "last_error_at": format_time(self.last_error_at),
@@ -207,7 +208,12 @@ class Refresher:
         verified_before = self._verified
         if verified_before is not None and token.fingerprint == verified_before.fingerprint:
             # Already accepted by the Hub: keep its verdict and the expiry it gave.
-            again = replace(token, expires_at=token.expires_at or verified_before.expires_at, verified=True)
+            again = replace(
+                token,
+                expires_at=token.expires_at or verified_before.expires_at,
+                verified=True,
+                scope=verified_before.scope,
+            )
             self._verified = again
             return again
         try:

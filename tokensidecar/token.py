@@ -13,9 +13,12 @@ import json
 import math
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tokensidecar.redact import fingerprint, remember
+
+if TYPE_CHECKING:
+    from tokensidecar.hub_scope import TokenScope
 
 __all__ = [
     "MAX_TOKEN_BYTES",
@@ -165,6 +168,10 @@ class Token:
     expires_at: datetime | None = None
     fetched_at: datetime = field(default_factory=utcnow)
     verified: bool = False
+    #: OAuth scopes an exchange granted (the Hub's whoami-v2 does not list them).
+    granted_scope: tuple[str, ...] | None = None
+    #: What the Hub says the token may do, set by verification (:mod:`tokensidecar.hub_scope`).
+    scope: TokenScope | None = None
 
     def __post_init__(self) -> None:
         remember(self.value.strip())
@@ -192,4 +199,5 @@ class Token:
             "source": self.source,
             "fetched_at": format_time(self.fetched_at),
             "expires_at": format_time(self.expiry()),
+            **({"scope": self.scope.summary()} if self.scope is not None else {}),
         }

@@ -37,7 +37,7 @@ def _token(value: str) -> Token:
     return Token(value=value, source="faults", version=value[3:9])
 
 
-def _reader(directory: str, allowed: frozenset[str], stop: Any, results: Any) -> None:
+def _reader(directory: str, allowed: frozenset[str], stop: Any, results: Any, ready: Any) -> None:
     """Read token and token.json as fast as possible; report counts, not values (a big
     message would block this child's exit if the parent stopped reading early)."""
     token_path = os.path.join(directory, "token")
@@ -45,6 +45,7 @@ def _reader(directory: str, allowed: frozenset[str], stop: Any, results: Any) ->
     allowed_fingerprints = {_token(value).fingerprint for value in allowed}
     distinct: set[str] = set()
     reads = empty = missing = bad_metadata = unknown = 0
+    ready.release()
     while not stop.is_set():
         try:
             with open(token_path, "rb") as handle:
@@ -79,14 +80,18 @@ def _reader(directory: str, allowed: frozenset[str], stop: Any, results: Any) ->
 
 
 def _read_concurrently(directory: Path, values: list[str], readers: int) -> tuple[tuple[Any, Any], list[Any]]:
-    context = multiprocessing.get_context("fork")
-    stop, results = context.Event(), context.Queue()
+    # spawn, not fork: a child forked while another thread of this test process holds a
+    # lock (logging's, the redactor's) can hang before it reports; that hung CI once.
+    context = multiprocessing.get_context("spawn")
+    stop, results, ready = context.Event(), context.Queue(), context.Semaphore(0)
     processes = [
-        context.Process(target=_reader, args=(str(directory), frozenset(values), stop, results))
+        context.Process(target=_reader, args=(str(directory), frozenset(values), stop, results, ready))
         for _ in range(readers)
     ]
     for process in processes:
         process.start()
+    for _ in processes:  # every reader is reading before the first rotation
+        assert ready.acquire(timeout=120), "a reader process did not start"
     return (stop, results), processes
 
 

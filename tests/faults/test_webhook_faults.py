@@ -77,6 +77,8 @@ _annotation_values = st.sampled_from(
         "1e3",
         "-1",
         "injected",
+        "gateway",
+        "sidecar",
         CANARY,
         "",
     ]
@@ -165,12 +167,26 @@ def test_10000_mutated_reviews_get_well_formed_replies_and_applicable_patches(
         return
     RESULTS["injected"] += 1
     patched = jsonpatch.apply_patch(copy.deepcopy(pod), patch)  # what the API server does
-    assert _sidecars(patched) == 1
+    # Gateway mode puts no sidecar in the pod, only the identity volume.
+    expected = (0, 1) if _mode(pod) == "gateway" else (1, 0)
+    assert (_sidecars(patched), _volumes(patched, "tokensidecar-identity")) == expected
     # Reinvocation (reinvocationPolicy: IfNeeded): a second review never adds a second sidecar.
     again = review(json.dumps(admission_review(patched, uid=uid)).encode(), settings=INJECTION)
     assert again.status == 200 and again.body["response"]["allowed"]
     repatched = jsonpatch.apply_patch(copy.deepcopy(patched), decode_patch(again.body))
-    assert _sidecars(repatched) == 1
+    assert (_sidecars(repatched), _volumes(repatched, "tokensidecar-identity")) == expected
+
+
+def _mode(pod: Any) -> str:
+    value = pod["metadata"]["annotations"].get("tokensidecar.io/mode", "sidecar")
+    return value.strip() if isinstance(value, str) else ""
+
+
+def _volumes(pod: Any, name: str) -> int:
+    volumes = pod["spec"].get("volumes") if isinstance(pod.get("spec"), dict) else None
+    if not isinstance(volumes, list):
+        return 0
+    return sum(1 for volume in volumes if isinstance(volume, dict) and volume.get("name") == name)
 
 
 @pytest.fixture(scope="module")

@@ -114,6 +114,10 @@ class Issuer(abc.ABC):
     """Obtain one fresh token."""
 
     kind: ClassVar[str]
+    #: Whether each token is a new credential minted for this run, which the job may revoke
+    #: when it does not store it (a dry run, a concurrent run that rotated first, a failed
+    #: write). False for issuers that copy a token someone else holds and still uses.
+    mints: bool = False
 
     @abc.abstractmethod
     async def issue(self) -> Token:
@@ -146,15 +150,25 @@ class CommandIssuer(Issuer):
 
     kind = "command"
 
-    def __init__(self, *, argv: tuple[str, ...], timeout: float, pass_env: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, *, argv: tuple[str, ...], timeout: float, pass_env: tuple[str, ...] = (), mints: bool = False
+    ) -> None:
         self.argv = argv
         self.timeout = timeout
         self.pass_env = pass_env
+        # The program may mint (mint-hf-token) or copy a token held elsewhere; only the
+        # operator knows, and revoking a copied token would cut off everyone using it.
+        self.mints = mints
 
     @classmethod
     def from_config(cls, config: Config) -> CommandIssuer:
         argv: tuple[str, ...] = config.require("issuer_command", when="--issuer=command")
-        return cls(argv=argv, timeout=config.issuer_timeout, pass_env=tuple(config.issuer_command_env or ()))
+        return cls(
+            argv=argv,
+            timeout=config.issuer_timeout,
+            pass_env=tuple(config.issuer_command_env or ()),
+            mints=bool(config.issuer_command_mints),
+        )
 
     async def issue(self) -> Token:
         program = self.argv[0]
@@ -353,10 +367,15 @@ def _run_command(argv: tuple[str, ...], *, env: dict[str, str], timeout: float) 
 
 
 class OidcExchangeIssuer(Issuer):
-    """Trusted Publishers: exchange the job's projected service-account token (audience =
-    the Hub) for a short-lived ``hf_jwt_…`` token, through the sidecar's exchange client."""
+    """Trusted Publishers: exchange an OIDC id_token (the job's projected service-account
+    token, or a CI provider's — GitHub Actions, GitLab CI — written to the file) whose
+    ``aud`` is ``https://huggingface.co`` for a 60-minute token, through the sidecar's
+    exchange client. A repository resource gives ``hf_jwt_…`` (write access to that one
+    repository); a username gives ``hf_oauth_…`` (read-only, ``gated-repos`` scope only:
+    it cannot read private repositories)."""
 
     kind = "oidc-exchange"
+    mints = True
 
     def __init__(self, *, endpoint: str, resource: str, subject_token_file: str) -> None:
         self.endpoint = endpoint
@@ -382,7 +401,7 @@ class OidcExchangeIssuer(Issuer):
             exchanged = await hub.exchange_id_token(
                 endpoint=self.endpoint, subject_token=subject, resource=self.resource
             )
-        except (hub.ExchangeRefused, HubUnavailable) as exc:
+        except (hub.ExchangeRefused, hub.InvalidSubjectToken, HubUnavailable) as exc:
             raise IssuerError(str(exc)) from None
         except InvalidTime as exc:  # the answer's expires_in (hub.parse_lifetime)
             raise IssuerError(f"the Hub's token exchange answer has an unusable lifetime: {exc}") from None
@@ -391,9 +410,13 @@ class OidcExchangeIssuer(Issuer):
 
 class EnterpriseExchangeIssuer(Issuer):
     """Enterprise token exchange: the org's OAuth app (client credentials from files) asks
-    the Hub for an ``hf_oauth_…`` token acting as a member or service identity."""
+    the Hub for an ``hf_oauth_…`` token for an organisation member, named by e-mail (the
+    only documented subject type: a service identity needs a member account with an
+    e-mail). The token reaches only the organisation's resources; its lifetime is the
+    app's (8 h by default); ``TOKENSIDECAR_ENTERPRISE_SCOPE`` narrows the app's scopes."""
 
     kind = "enterprise-exchange"
+    mints = True
 
     def __init__(
         self,
@@ -402,13 +425,13 @@ class EnterpriseExchangeIssuer(Issuer):
         client_id_file: str,
         client_secret_file: str,
         subject: str,
-        requested_lifetime: float | None,
+        scope: str | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.client_id_file = client_id_file
         self.client_secret_file = client_secret_file
         self.subject = subject
-        self.requested_lifetime = requested_lifetime
+        self.scope = scope
 
     @classmethod
     def from_config(cls, config: Config) -> EnterpriseExchangeIssuer:
@@ -418,7 +441,7 @@ class EnterpriseExchangeIssuer(Issuer):
             client_id_file=config.require("enterprise_client_id_file", when=when),
             client_secret_file=config.require("enterprise_client_secret_file", when=when),
             subject=config.require("enterprise_subject", when=when),
-            requested_lifetime=config.requested_lifetime,
+            scope=" ".join(str(config.enterprise_scope or "").split()) or None,
         )
 
     async def issue(self) -> Token:
@@ -435,7 +458,7 @@ class EnterpriseExchangeIssuer(Issuer):
                 client_id=client_id,
                 client_secret=client_secret,
                 subject=self.subject,
-                requested_lifetime=self.requested_lifetime,
+                scope=self.scope,
             )
         except (hub.ExchangeRefused, HubUnavailable) as exc:
             raise IssuerError(str(exc)) from None
@@ -511,7 +534,7 @@ def _hub_endpoint(config: Config) -> str:
 
 def _exchanged_token(exchanged: ExchangedToken, *, source: str) -> Token:
     expires_at = utcnow() + timedelta(seconds=exchanged.expires_in) if exchanged.expires_in else None
-    return Token(value=exchanged.value, source=source, expires_at=expires_at)
+    return Token(value=exchanged.value, source=source, expires_at=expires_at, granted_scope=exchanged.scope)
 
 
 _ISSUERS: dict[str, type[CommandIssuer | OidcExchangeIssuer | EnterpriseExchangeIssuer | VaultIssuer]] = {
@@ -525,4 +548,10 @@ _ISSUERS: dict[str, type[CommandIssuer | OidcExchangeIssuer | EnterpriseExchange
 def build_issuer(config: Config) -> Issuer:
     """Check the chosen issuer's settings and build it (raises ConfigError)."""
     issuer = config.require("issuer", when="running rotate")
+    if config.requested_lifetime is not None:
+        raise ConfigError(
+            "TOKENSIDECAR_REQUESTED_LIFETIME",
+            "is no longer supported: the Hub documents no lifetime parameter for token exchanges "
+            "(the org OAuth app's token duration decides); unset it",
+        )
     return _ISSUERS[issuer].from_config(config)

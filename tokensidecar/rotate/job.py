@@ -1,17 +1,31 @@
 """The rotation job's order of work: read → (skip when fresh) → mint → validate → verify → store → revoke.
 
 The order is the safety argument. A token is verified at the Hub *before* it is stored, so
-sidecars never see a token the Hub refuses; it is stored with a conditional write, so two
-jobs racing on one Secret both finish and neither update is lost; and a token is revoked
-only after it has sat under ``previous`` for the whole overlap, so every sidecar and every
-reader of ``previous`` had time to move on. Revocation runs last and its failure is not
-fatal: the new token is already in place, and the next run tries again.
+sidecars never see a token the Hub refuses; it is stored with a conditional write, so of
+two jobs racing on one target exactly one rotates and the other stands down (it re-reads,
+sees the target rotated since its read, and does not write on top: writing on top would
+push the token that was live a moment ago out of ``previous`` before its overlap, unrevoked);
+and a token is revoked only after it has sat under ``previous`` for the whole overlap, so
+every sidecar and every reader of ``previous`` had time to move on.
+
+No token is lost track of. Every token this run mints or displaces ends in one of three
+states, and the job says which (a progress line, a log record with its fingerprint, and
+the summary's ``revoked=`` / ``left_to_expire=`` counts):
+
+* **stored** — under the target's current key, or kept as ``previous``;
+* **revoked** — at the Hub (``POST /api/credentials/revoke``): a minted token this run does
+  not store (dry run, a concurrent run rotated first, a failed write or verification), and
+  a stored one past its overlap;
+* **left to expire** — still valid and no longer stored: revocation failed (nothing retries
+  a token that is stored nowhere, so the log says so and names it), ``--revoke-after`` is
+  unset, it left ``previous`` before its overlap ended, or the issuer copies tokens it does
+  not own (``vault``; ``command`` unless ``TOKENSIDECAR_ISSUER_COMMAND_MINTS``).
 
 The job talks to people on stdout (one progress line per step and a summary line, with
 fingerprints — never tokens), to collectors through JSON logs on stderr, and optionally
-to node-exporter through ``--metrics-file``. Exit status: 0 rotated / skipped / dry run,
-1 on failure (one ``error:`` line on stderr), 2 on configuration errors (raised as
-:class:`~tokensidecar.config.ConfigError` for the CLI).
+to node-exporter through ``--metrics-file``. Exit status: 0 rotated / skipped / unchanged
+/ superseded / dry run, 1 on failure (one ``error:`` line on stderr), 2 on configuration
+errors (raised as :class:`~tokensidecar.config.ConfigError` for the CLI).
 """
 
 from __future__ import annotations
@@ -21,10 +35,11 @@ import logging
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, TextIO
 
+from tokensidecar.backoff import Backoff
 from tokensidecar.redact import fingerprint, safe_error
 from tokensidecar.rotate.issuers import Issuer, IssuerError, build_issuer
 from tokensidecar.rotate.report import write_metrics_file
@@ -34,11 +49,16 @@ from tokensidecar.verify import HubUnavailable, TokenRejected, build_verifier
 
 if TYPE_CHECKING:
     from tokensidecar.config import Config
+    from tokensidecar.hub_scope import TokenScope
     from tokensidecar.verify import Verifier
 
 __all__ = ["Outcome", "Progress", "RotationFailed", "RotationPolicy", "main", "rotate"]
 
 log = logging.getLogger(__name__)
+
+#: Revocation attempts for a token stored nowhere (nothing later can retry it), with the
+#: project's backoff between them; a token still under 'previous' gets one per run.
+UNSTORED_REVOKE_ATTEMPTS = 3
 
 #: Conditional writes retried after a conflict before giving up. Each retry re-reads, so
 #: this bounds a pathological writer storm, not normal races (which settle in one retry).
@@ -64,7 +84,7 @@ class RotationPolicy:
 class Outcome:
     """What one run did. Fingerprints only; the summary line and the metrics file read it."""
 
-    result: str = "failed"  # rotated | skipped | unchanged | dry_run | failed
+    result: str = "failed"  # rotated | skipped | unchanged | superseded | dry_run | failed
     issuer: str = ""
     target: str = ""
     minted: str | None = None
@@ -74,9 +94,13 @@ class Outcome:
     version: int | None = None
     expires_at: datetime | None = None
     revoked: list[str] = field(default_factory=list)
+    #: Fingerprints of tokens still valid that this run neither stored nor revoked.
+    left_to_expire: list[str] = field(default_factory=list)
     revoke_failures: int = 0
     conflicts: int = 0
     error: str | None = None
+    #: What the Hub says the stored token may do (set by verification; never the token).
+    scope: TokenScope | None = None
     durations: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -96,7 +120,11 @@ class Outcome:
         if self.version is not None:
             parts.append(f"version={self.version}")
         parts.append(f"expires_at={format_time(self.expires_at) or 'unknown'}")
+        if self.scope is not None:
+            parts.append(f"kind={self.scope.kind} role={self.scope.role} can_write={self.scope.can_write}")
         parts.append(f"revoked={len(self.revoked)}")
+        if self.left_to_expire:
+            parts.append(f"left_to_expire={len(self.left_to_expire)}")
         if self.revoke_failures:
             parts.append(f"revoke_failures={self.revoke_failures}")
         if self.conflicts:
@@ -159,6 +187,14 @@ class _Phase:
         self.outcome.durations[self.name] = self.outcome.durations.get(self.name, 0.0) + spent
 
 
+class _Superseded(Exception):
+    """A concurrent writer stored another token since this run read the target."""
+
+    def __init__(self, now_stored: StoredToken) -> None:
+        super().__init__(now_stored.where)
+        self.now_stored = now_stored
+
+
 async def rotate(
     *,
     issuer: Issuer,
@@ -170,9 +206,11 @@ async def rotate(
     outcome: Outcome,
 ) -> Outcome:
     """Run one rotation; fills and returns ``outcome`` or raises :class:`RotationFailed`
-    (``outcome`` then says how far it got)."""
+    (``outcome`` then says how far it got). Every token minted here is stored or disposed
+    of (:func:`_dispose_unstored`) before this returns or raises."""
     started = time.monotonic()
     outcome.issuer, outcome.target = issuer.kind, target.kind
+    disposal = _Disposal(issuer=issuer, target=target, revoke=revoke, progress=progress, outcome=outcome)
     try:
         with _Phase(outcome, "read"):
             try:
@@ -209,10 +247,15 @@ async def rotate(
                 policy=policy, progress=progress, outcome=outcome,
             )  # fmt: skip
             return outcome
-
-        token = await _verify(
-            token=token, verifier=verifier, policy=policy, progress=progress, outcome=outcome
-        )
+        disposal.pending = token
+        try:
+            token = await _verify(
+                token=token, verifier=verifier, policy=policy, progress=progress, outcome=outcome
+            )
+        except RotationFailed:
+            await disposal.dispose(reason="it failed verification")
+            raise
+        disposal.pending = token
         outcome.expires_at = token.expiry()
 
         if policy.dry_run:
@@ -235,11 +278,27 @@ async def rotate(
                 stored=after, replaced=stored, new_token=token, target=target, revoke=revoke,
                 policy=policy, progress=progress, outcome=outcome,
             )  # fmt: skip
+            await disposal.dispose(reason="this is a dry run")
             return outcome
 
-        replaced, after = await _store(
-            token=token, stored=stored, target=target, progress=progress, outcome=outcome
-        )
+        try:
+            replaced, after = await _store(
+                token=token, stored=stored, target=target, progress=progress, outcome=outcome
+            )
+        except _Superseded as superseded:
+            now_stored = superseded.now_stored
+            outcome.result = "superseded"
+            outcome.version, outcome.expires_at = now_stored.version, stored_expiry(now_stored)
+            progress.say(
+                f"another run stored {now_stored.current_fingerprint or 'nothing'} in {now_stored.where} "
+                f"(version {now_stored.version}) since this run read it: not writing on top"
+            )
+            await disposal.dispose(reason="a concurrent run rotated first")
+            return outcome
+        except RotationFailed:
+            await disposal.dispose(reason="the write failed", confirm_absent=True)
+            raise
+        disposal.pending = None
         outcome.result = "rotated"
         await _revoke_past_overlap(
             stored=after, replaced=replaced, new_token=token, target=target, revoke=revoke,
@@ -248,6 +307,10 @@ async def rotate(
         return outcome
     except RotationFailed as exc:
         outcome.result, outcome.error = "failed", str(exc)
+        raise
+    except Exception:
+        # A bug or an unexpected client error: still account for the token minted here.
+        await disposal.dispose(reason="the run failed unexpectedly", confirm_absent=True)
         raise
     finally:
         outcome.durations["total"] = time.monotonic() - started
@@ -281,7 +344,7 @@ async def _mint(*, issuer: Issuer, progress: Progress, outcome: Outcome) -> Toke
         except InvalidToken as exc:
             raise RotationFailed(f"issuer {issuer.kind} returned an invalid token: {exc}") from None
     if value != token.value:
-        token = Token(value=value, source=token.source, version=token.version, expires_at=token.expires_at)
+        token = replace(token, value=value)
     outcome.minted = token.fingerprint
     progress.say(
         f"minted {token.fingerprint} with {issuer.kind} in {outcome.durations['mint']:.3f}s, "
@@ -319,14 +382,24 @@ async def _verify(
             )
             return token
     outcome.verified = "ok"
-    progress.say(f"verified {token.fingerprint} at the Hub in {outcome.durations['verify']:.3f}s")
+    outcome.scope = verified.scope
+    scope = f": {verified.scope.describe()}" if verified.scope is not None else ""
+    progress.say(f"verified {token.fingerprint} at the Hub in {outcome.durations['verify']:.3f}s{scope}")
     return verified
 
 
 async def _store(
     *, token: Token, stored: StoredToken, target: Target, progress: Progress, outcome: Outcome
 ) -> tuple[StoredToken, StoredToken]:
-    """Conditional write with re-read on conflict; returns (the state replaced, the new state)."""
+    """Conditional write; returns (the state replaced, the new state).
+
+    On a conflict the target is read again. If its current token is still the one this
+    run read (someone changed only metadata: an annotation, a revocation mark), the write
+    is retried on top. If another token is current now, a concurrent run rotated first:
+    :class:`_Superseded` is raised and nothing is written, so the token it displaced stays
+    under ``previous`` for its overlap instead of being pushed out unrevoked.
+    """
+    read_current = stored.current
     with _Phase(outcome, "store"):
         for attempt in range(1, MAX_STORE_ATTEMPTS + 1):
             try:
@@ -340,6 +413,11 @@ async def _store(
                     stored = await target.read()
                 except TargetError as read_exc:
                     raise RotationFailed(f"cannot read {stored.where} again: {read_exc}") from None
+                if stored.current == token.value:
+                    # Our own write landed after all (an answer lost on the way back).
+                    return stored, stored
+                if stored.current != read_current:
+                    raise _Superseded(stored) from None
                 continue
             except TargetError as exc:
                 raise RotationFailed(f"cannot store the new token in {stored.where}: {exc}") from None
@@ -358,6 +436,122 @@ async def _store(
     )
 
 
+def _until(token_expiry: datetime | None) -> str:
+    return f"until {format_time(token_expiry)}" if token_expiry else "until it expires (expiry unknown)"
+
+
+def _left_to_expire(
+    *, shown: str, expires_at: datetime | None, why: str, progress: Progress, outcome: Outcome
+) -> None:
+    """Record, truthfully and loudly, a valid token that is stored nowhere and not revoked."""
+    outcome.left_to_expire.append(shown)
+    progress.say(f"left {shown} to expire: {why}; it stays valid {_until(expires_at)}")
+    log.warning(
+        "token left to expire: not stored and not revoked",
+        extra={"fingerprint": shown, "reason": why, "expires_at": format_time(expires_at)},
+    )
+
+
+async def _revoke_with_retries(*, revoke: Revoke, value: str, attempts: int) -> BaseException | None:
+    """Revoke ``value``; None on success, else the last error."""
+    backoff = Backoff(base=1.0, cap=4.0)
+    error: BaseException | None = None
+    for attempt in range(attempts):
+        if attempt:
+            await asyncio.sleep(backoff.next_delay())
+        try:
+            await revoke(value)
+        except Exception as exc:
+            error = exc
+            continue
+        return None
+    return error
+
+
+@dataclass
+class _Disposal:
+    """What happens to a token this run minted but does not store."""
+
+    issuer: Issuer
+    target: Target
+    revoke: Revoke | None
+    progress: Progress
+    outcome: Outcome
+    pending: Token | None = None
+
+    async def dispose(self, *, reason: str, confirm_absent: bool = False) -> None:
+        token, self.pending = self.pending, None
+        if token is None:
+            return
+        shown, expires_at = token.fingerprint, token.expiry()
+        if not self.issuer.mints:
+            hint = (
+                " (set TOKENSIDECAR_ISSUER_COMMAND_MINTS=true if the command mints a new token each run)"
+                if self.issuer.kind == "command"
+                else ""
+            )
+            self.progress.say(
+                f"not storing {shown}: {reason}; the {self.issuer.kind} issuer does not mint it, "
+                f"so it is not revoked{hint}"
+            )
+            if self.issuer.kind == "command":
+                _left_to_expire(
+                    shown=shown,
+                    expires_at=expires_at,
+                    why=f"not stored ({reason}), and the command issuer is not marked as minting",
+                    progress=self.progress,
+                    outcome=self.outcome,
+                )
+            return
+        if confirm_absent:
+            # A write that failed on the way back may still have landed: never revoke a
+            # token that is stored. Unsure (the target cannot be read) means not revoking.
+            try:
+                now_stored = await self.target.read()
+            except TargetError as exc:
+                _left_to_expire(
+                    shown=shown,
+                    expires_at=expires_at,
+                    why=f"not stored ({reason}), and whether it is cannot be checked ({exc})",
+                    progress=self.progress,
+                    outcome=self.outcome,
+                )
+                return
+            if token.value in (now_stored.current, now_stored.previous):
+                self.progress.say(f"{shown} is in {now_stored.where} after all; keeping it")
+                return
+        if self.revoke is None:
+            _left_to_expire(
+                shown=shown,
+                expires_at=expires_at,
+                why=f"not stored ({reason}), and no revoker is configured",
+                progress=self.progress,
+                outcome=self.outcome,
+            )
+            return
+        with _Phase(self.outcome, "revoke"):
+            error = await _revoke_with_retries(
+                revoke=self.revoke, value=token.value, attempts=UNSTORED_REVOKE_ATTEMPTS
+            )
+        if error is not None:
+            self.outcome.revoke_failures += 1
+            _left_to_expire(
+                shown=shown,
+                expires_at=expires_at,
+                why=f"not stored ({reason}) and revocation failed ({safe_error(error)}); nothing will retry, "
+                "revoke it by hand",
+                progress=self.progress,
+                outcome=self.outcome,
+            )
+            return
+        self.outcome.revoked.append(shown)
+        self.progress.say(f"revoked {shown}, minted by this run and not stored: {reason}")
+        log.info(
+            "revoked a token this run minted and did not store",
+            extra={"fingerprint": shown, "reason": reason},
+        )
+
+
 async def _revoke_past_overlap(
     *,
     stored: StoredToken,
@@ -373,10 +567,9 @@ async def _revoke_past_overlap(
 
     Two candidates: the token now under ``previous`` (marked revoked in the target so the
     next run does not revoke it again), and, when this run stored a token, the one that
-    was under ``previous`` before and has just been dropped from the target.
+    was under ``previous`` before and has just been dropped from the target. A dropped one
+    that is not revoked is stored nowhere any more, so it is reported as left to expire.
     """
-    if policy.revoke_after is None or revoke is None:
-        return
     now = utcnow()
     live = {value for value in (stored.current, new_token.value if new_token else None) if value}
     candidates: list[tuple[str, datetime | None, bool]] = []
@@ -390,30 +583,69 @@ async def _revoke_past_overlap(
             shown = fingerprint(value)
             if value in live:
                 continue  # never the current token, whatever the bookkeeping says
+            dropped = not still_stored and not policy.dry_run
+            expires_at = jwt_expiry(value)
+            if policy.revoke_after is None or revoke is None:
+                if dropped:
+                    _left_to_expire(
+                        shown=shown,
+                        expires_at=expires_at,
+                        why="it left 'previous' and --revoke-after is unset",
+                        progress=progress,
+                        outcome=outcome,
+                    )
+                continue
             if rotated_out_at is None:
-                progress.say(f"not revoking {shown}: when it was rotated out is unknown")
+                if dropped:
+                    _left_to_expire(
+                        shown=shown,
+                        expires_at=expires_at,
+                        why="it left 'previous', and when it was rotated out is unknown",
+                        progress=progress,
+                        outcome=outcome,
+                    )
+                else:
+                    progress.say(f"not revoking {shown}: when it was rotated out is unknown")
                 continue
             # Seconds, not datetime arithmetic: a stored rotated-at near year 9999 must not overflow.
             overlap_left = (rotated_out_at - now).total_seconds() + policy.revoke_after
             if overlap_left > 0:
-                if not still_stored:
-                    progress.say(
-                        f"not revoking {shown}: it left 'previous' {_human(overlap_left)} before its overlap "
-                        "ended (rotating more often than --revoke-after)"
+                if dropped:
+                    _left_to_expire(
+                        shown=shown,
+                        expires_at=expires_at,
+                        why=f"it left 'previous' {_human(overlap_left)} before its overlap ended "
+                        "(rotating more often than --revoke-after)",
+                        progress=progress,
+                        outcome=outcome,
                     )
                 continue
             if policy.dry_run:
                 progress.say(f"dry run: would revoke {shown} (rotated out at {format_time(rotated_out_at)})")
                 continue
-            try:
-                await revoke(value)
-            except Exception as exc:
+            error = await _revoke_with_retries(
+                revoke=revoke, value=value, attempts=1 if still_stored else UNSTORED_REVOKE_ATTEMPTS
+            )
+            if error is not None:
                 outcome.revoke_failures += 1
-                log.warning(
-                    "revocation failed; will try again next run",
-                    extra={"fingerprint": shown, "error": safe_error(exc)},
-                )
-                progress.say(f"could not revoke {shown}: {safe_error(exc)}")
+                if still_stored:
+                    progress.say(
+                        f"could not revoke {shown}: {safe_error(error)}; it stays under 'previous', "
+                        "and the next run tries again"
+                    )
+                    log.warning(
+                        "revocation failed; the token stays under 'previous' for the next run to revoke",
+                        extra={"fingerprint": shown, "error": safe_error(error)},
+                    )
+                else:
+                    _left_to_expire(
+                        shown=shown,
+                        expires_at=expires_at,
+                        why=f"it left 'previous' and revocation failed ({safe_error(error)}); nothing will "
+                        "retry, revoke it by hand",
+                        progress=progress,
+                        outcome=outcome,
+                    )
                 continue
             outcome.revoked.append(shown)
             progress.say(f"revoked {shown} (rotated out at {format_time(rotated_out_at)})")
@@ -437,7 +669,9 @@ def rotation_verifier(config: Config) -> Verifier | None:
 
 
 def rotation_revoker(config: Config) -> Revoke | None:
-    if config.revoke_after is None:
+    """Revocation at the Hub, used for stored tokens past ``--revoke-after`` and for tokens
+    this run minted and did not store (whatever ``--revoke-after`` says)."""
+    if not config.hf_endpoint:
         return None
     from tokensidecar import hub
 

@@ -2,7 +2,8 @@
 
 A CronJob has no ``/metrics`` endpoint to scrape and nothing to push to by default, so
 the outcome goes to a file that node-exporter's textfile collector (or a sidecar that
-serves it) exposes. The file is rewritten whole and atomically (temp file + rename, what
+serves it) exposes. The stored token's scope summary (kind, role, write access, scoped entities — never the
+token) is written beside the outcome. The file is rewritten whole and atomically (temp file + rename, what
 ``prometheus_client.write_to_textfile`` does) so the collector never reads half of it.
 Each run starts a fresh process, so the two series that must outlive a run — the run
 counters and the last success time — are carried over from the file the previous run left.
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
 
 __all__ = ["RESULTS", "write_metrics_file"]
 
-RESULTS = ("rotated", "skipped", "unchanged", "dry_run", "failed")
+RESULTS = ("rotated", "skipped", "unchanged", "superseded", "dry_run", "failed")
 
 _RUNS = "tokensidecar_rotate_runs_total"
 _LAST_SUCCESS = "tokensidecar_rotate_last_success_timestamp_seconds"
@@ -45,6 +46,34 @@ def _carried_over(path: Path) -> tuple[dict[str, float], float]:
             elif sample.name == _LAST_SUCCESS:
                 last_success = sample.value
     return runs, last_success
+
+
+def _scope_gauges(registry: CollectorRegistry, *, labels: dict[str, str], outcome: Outcome) -> None:
+    """What the stored token may do, as the Hub said at verification (docs/rotation.md): one
+    info-style series with its kind, role and write access, and its scoped entity count.
+    Absent when the run verified nothing, so a dashboard never shows a stale scope as current."""
+    scope = outcome.scope
+    if scope is None:
+        return
+    Gauge(
+        "tokensidecar_rotate_token_scope_info",
+        "1, labelled with what the stored token may do: kind (classic, fine-grained, oauth, "
+        "trusted-publisher-repo), role, fine_grained, can_write (true, false, unknown).",
+        [*labels, "kind", "role", "fine_grained", "can_write"],
+        registry=registry,
+    ).labels(
+        **labels,
+        kind=scope.kind,
+        role=scope.role or "",
+        fine_grained=str(scope.fine_grained).lower(),
+        can_write="unknown" if scope.can_write is None else str(scope.can_write).lower(),
+    ).set(1)
+    Gauge(
+        "tokensidecar_rotate_token_scoped_entities",
+        "Entities (users, orgs, repositories) a fine-grained stored token is scoped to; 0 otherwise.",
+        list(labels),
+        registry=registry,
+    ).labels(**labels).set(scope.scoped_entities)
 
 
 def write_metrics_file(path: str, *, outcome: Outcome, now: float | None = None) -> None:
@@ -70,7 +99,7 @@ def write_metrics_file(path: str, *, outcome: Outcome, now: float | None = None)
         runs_total.labels(**labels, result=result).set(value)
     Gauge(
         "tokensidecar_rotate_success",
-        "1 when the last run succeeded (rotated, skipped, unchanged or dry run).",
+        "1 when the last run succeeded (rotated, skipped, unchanged, superseded or dry run).",
         label_names,
         registry=registry,
     ).labels(**labels).set(1 if outcome.succeeded else 0)
@@ -98,18 +127,21 @@ def write_metrics_file(path: str, *, outcome: Outcome, now: float | None = None)
     ).labels(**labels).set(outcome.version if outcome.version is not None else math.nan)
     revocations = Gauge(
         "tokensidecar_rotate_revocations",
-        "Revocations attempted by the last run, by result.",
+        "Tokens the last run revoked, failed to revoke, or left to expire (neither stored nor revoked).",
         [*label_names, "result"],
         registry=registry,
     )
     revocations.labels(**labels, result="revoked").set(len(outcome.revoked))
     revocations.labels(**labels, result="failed").set(outcome.revoke_failures)
+    # Valid tokens this run neither stored nor revoked (the log names each one).
+    revocations.labels(**labels, result="left_to_expire").set(len(outcome.left_to_expire))
     Gauge(
         "tokensidecar_rotate_conflicts",
         "Conditional writes of the last run refused because another writer got there first.",
         label_names,
         registry=registry,
     ).labels(**labels).set(outcome.conflicts)
+    _scope_gauges(registry, labels=labels, outcome=outcome)
     durations = Gauge(
         "tokensidecar_rotate_duration_seconds",
         "Time the last run spent in each phase (read, mint, verify, store, revoke, total).",

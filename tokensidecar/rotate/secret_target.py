@@ -15,7 +15,9 @@ Layout of the Secret after a rotation (what ``--source=kubernetes-secret`` and p
 
 Every write is a merge PATCH that carries the ``metadata.resourceVersion`` the job read:
 the API server refuses it with 409 Conflict when anybody wrote the Secret in between, and
-the job reads again and retries — two jobs racing both finish and neither token is lost.
+the job reads again: it retries on top when only metadata changed, and stands down when
+another run stored a new token (see :mod:`tokensidecar.rotate.job`) — two jobs racing both
+finish, exactly one rotates, and no token is lost.
 Creating an absent Secret is a POST, whose race loser gets 409 AlreadyExists, handled the
 same way. The blocking official client runs in :func:`asyncio.to_thread`.
 """

@@ -99,6 +99,17 @@ ROTATE_SETTINGS = register(
         section="rotate",
     ),
     Setting(
+        "issuer_command_mints",
+        "TOKENSIDECAR_ISSUER_COMMAND_MINTS",
+        "The command mints a new credential on every run, so a token the job does not store (dry run, "
+        "a concurrent run rotated first, a failed write) is revoked instead of left to expire. Leave it "
+        "off when the command prints a token that something else keeps using.",
+        default="false",
+        parse=parse_bool,
+        is_bool=True,
+        section="rotate",
+    ),
+    Setting(
         "issuer_timeout",
         "TOKENSIDECAR_ISSUER_TIMEOUT",
         "How long the issuer may take (the command and every process it started are killed after it).",
@@ -138,9 +149,17 @@ ROTATE_SETTINGS = register(
         section="rotate",
     ),
     Setting(
+        "enterprise_scope",
+        "TOKENSIDECAR_ENTERPRISE_SCOPE",
+        "OAuth scopes asked of the Enterprise exchange, space-separated (e.g. 'read-repos'); "
+        "unset: the org app's scopes. The granted scopes are what --verify=scope judges.",
+        section="rotate",
+    ),
+    Setting(
         "requested_lifetime",
         "TOKENSIDECAR_REQUESTED_LIFETIME",
-        "Lifetime asked of the issuer (enterprise-exchange expires_in); the Hub may grant less.",
+        "Removed: the Hub documents no lifetime parameter for token exchanges (the org OAuth app's "
+        "token duration decides, 8h by default). Setting it is an error.",
         parse=parse_positive_duration,
         section="rotate",
     ),
@@ -148,7 +167,8 @@ ROTATE_SETTINGS = register(
         "revoke_after",
         "TOKENSIDECAR_REVOKE_AFTER",
         "Overlap: revoke the token kept under 'previous' once it was rotated out this long ago "
-        "(POST {HF_ENDPOINT}/api/credentials/revoke). Unset: never revoke.",
+        "(POST {HF_ENDPOINT}/api/credentials/revoke). Unset: never revoke a token that was stored "
+        "(each one dropped from 'previous' is logged as left to expire).",
         parse=parse_duration,
         section="rotate",
     ),
@@ -163,7 +183,9 @@ ROTATE_SETTINGS = register(
     Setting(
         "dry_run",
         "TOKENSIDECAR_DRY_RUN",
-        "Mint and verify, but write and revoke nothing; print the fingerprints that would change.",
+        "Mint and verify, but store nothing and revoke nothing that is stored; print the fingerprints "
+        "that would change. The token minted to check the issuer is revoked again (oidc-exchange, "
+        "enterprise-exchange, or a command with TOKENSIDECAR_ISSUER_COMMAND_MINTS).",
         default="false",
         parse=parse_bool,
         is_bool=True,

@@ -4,8 +4,9 @@ A target is read and written with optimistic concurrency, because the job is "sa
 twice at once" (docs/rotation.md): :meth:`Target.read` returns what is stored together with
 the revision it was read at (a Secret's ``resourceVersion``, a KV v2 version), and
 :meth:`Target.store` writes only if nothing changed since — otherwise it raises
-:class:`StoreConflict` and the job reads again and retries. No lock is held anywhere, so
-a job killed halfway leaves nothing to clean up.
+:class:`StoreConflict` and the job reads again (retrying, or standing down when another
+run stored a new token meanwhile). No lock is held anywhere, so a job killed halfway leaves
+nothing to clean up.
 
 What is stored besides the token is the overlap bookkeeping: the token it replaced (the
 Secret's ``previous`` key; the KV v2 version before the current one), when that happened

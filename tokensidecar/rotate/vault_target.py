@@ -2,10 +2,11 @@
 
 Each rotation writes a new KV v2 version holding ``{TOKENSIDECAR_KEY: <new>}`` with
 ``cas`` = the version read, so a concurrent job's write makes this one fail with a
-check-and-set conflict instead of silently replacing it; the job then reads again and
-writes on top. The previous token is not copied anywhere: KV v2 keeps it as the version
-before the current one, which is where the overlap bookkeeping reads it from, and its
-"rotated out" time is the current version's ``created_time``.
+check-and-set conflict instead of silently replacing it; the job then reads again, and
+writes on top only if the current token is still the one it read. The previous token is
+not copied anywhere: KV v2 keeps it as the version before the current one, which is where
+the overlap bookkeeping reads it from, and its "rotated out" time is the current
+version's ``created_time``.
 
 KV v2 ``custom_metadata`` belongs to the secret, not to a version, and is written after the
 data (:meth:`VaultSession.write_kv`): between the two a reader sees the new token with

@@ -1,10 +1,15 @@
 """The ``oidc-exchange`` source: Hugging Face token exchange with the pod's own identity.
 
 No Hugging Face secret is stored anywhere: the pod's projected service-account token (an
-OIDC id_token signed by the cluster, audience = the Hub) is exchanged at
-``POST {HF_ENDPOINT}/oauth/token`` (RFC 8693, Trusted Publishers) for a short-lived
-``hf_jwt_…`` token. The exchanged token's lifetime comes back as ``expires_in``; the
-source turns it into ``expires_at`` and the refresher comes back at 2/3 of it.
+OIDC id_token signed by the cluster, audience ``https://huggingface.co``) is exchanged at
+``POST {HF_ENDPOINT}/oauth/token`` (RFC 8693, Trusted Publishers) for a 60-minute token:
+``hf_jwt_…`` with write access to one repository when the resource is a repository, or a
+read-only ``hf_oauth_…`` (``gated-repos`` scope, no private repositories) when it is a
+username. The Hub fetches the issuer's discovery document and keys, so the cluster's
+service-account issuer must be public (managed clusters publish one); the claims the Hub
+checks (``aud``, ``exp``, ``iss``) are checked here first, for an error that names them.
+The exchanged token's lifetime comes back as ``expires_in``; the source turns it into
+``expires_at`` and the refresher comes back at 2/3 of it.
 
 The subject file is read afresh on every fetch, because kubelet rotates the projected
 token in place (at 80% of its lifetime) and a cached copy would expire under us. The
@@ -19,7 +24,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from tokensidecar.config import Config, ConfigError
-from tokensidecar.hub import ExchangeRefused, exchange_id_token
+from tokensidecar.hub import ExchangeRefused, InvalidSubjectToken, exchange_id_token
 from tokensidecar.redact import remember
 from tokensidecar.sources import Source, SourceError
 from tokensidecar.token import Token
@@ -65,6 +70,9 @@ class OidcExchangeSource(Source):
             exchanged = await exchange_id_token(
                 endpoint=self.endpoint, subject_token=subject, resource=self.resource
             )
+        except InvalidSubjectToken as invalid:
+            # Named claim, checked before sending: the Hub would refuse it the same way.
+            raise SourceError(f"{self.subject_token_file}: {invalid}", retryable=False) from None
         except ExchangeRefused as refused:
             # invalid_grant and friends need a change on the Hub side (trusted issuer,
             # audience, subject claims) or a fresh subject token: retry, but it is not transient.
@@ -78,4 +86,5 @@ class OidcExchangeSource(Source):
             source=self.kind,
             expires_at=expires_at,
             fetched_at=requested_at,
+            granted_scope=exchanged.scope,
         )

@@ -23,11 +23,14 @@ import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tokensidecar.config import SOURCES, VERIFY_MODES, Config, ConfigError, parse_positive_duration
 from tokensidecar.webhook.confine import image_allowed, normalize_vault_addr
 from tokensidecar.webhook.quantity import check_quantity, parse_quantity
+
+if TYPE_CHECKING:
+    from tokensidecar.gateway.policy import Policy
 
 __all__ = [
     "ANNOTATION_PREFIX",
@@ -48,6 +51,8 @@ STATUS_INJECTED = "injected"
 SIDECAR_NAME = "tokensidecar"
 LEGACY_INIT_NAME = "tokensidecar-init"
 TOKEN_VOLUME = "tokensidecar-token"
+# Gateway mode: the pod's projected identity for the gateway, where the token file would be.
+IDENTITY_VOLUME = "tokensidecar-identity"
 SA_TOKEN_VOLUME = "tokensidecar-sa-token"
 KUBE_API_VOLUME = "tokensidecar-kube-api-access"
 SOURCE_MOUNT_NAME_PREFIX = "tokensidecar-source"
@@ -112,6 +117,7 @@ _GENERAL_ANNOTATIONS = frozenset(
     {
         "inject",
         "status",
+        "mode",
         "source",
         "key",
         "model-id",
@@ -127,6 +133,13 @@ _GENERAL_ANNOTATIONS = frozenset(
     }
 )
 KNOWN_ANNOTATIONS = _GENERAL_ANNOTATIONS.union(*_SOURCE_ANNOTATIONS.values())
+# What still means something in gateway mode: there is no sidecar to configure.
+_GATEWAY_ANNOTATIONS = frozenset({"inject", "status", "mode", "containers"})
+MODES = ("sidecar", "gateway")
+
+# KServe's LocalModelNode controller names its download container so
+# (pkg/controller/v1alpha1/localmodelnode/controller.go: DownloadContainerName).
+LOCALMODEL_CONTAINER = "kserve-localmodel-download"
 
 
 class InvalidInjection(ValueError):
@@ -160,8 +173,24 @@ class InjectionSettings:
     allow_insecure_vault: bool = False
     allowed_images: tuple[str, ...] = ()
     allowed_secret_namespaces: tuple[str, ...] = ()
+    # Gateway mode and KServe's LocalModelCache download pods.
+    mode: str = "sidecar"
+    gateway_url: str | None = None
+    gateway_audience: str = "tokensidecar-gateway"
+    #: The gateway's policy (--gateway-policy), in force now: a gateway-mode pod whose
+    #: ``hf://`` model its service account may not read is denied at admission.
+    gateway_policy: Policy | None = None
+    localmodel_namespace: str = "kserve-localmodel-jobs"
+    localmodel_mode: str = "off"
+    localmodel_annotations: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        for env, mode in (
+            ("TOKENSIDECAR_INJECT_MODE", self.mode),
+            ("TOKENSIDECAR_LOCALMODEL_MODE", self.localmodel_mode),
+        ):
+            if mode == "gateway" and not self.gateway_url:
+                raise ConfigError("", f"TOKENSIDECAR_INJECT_GATEWAY_URL is required when {env}=gateway")
         if self.vault_addr is not None:
             try:
                 normalize_vault_addr(self.vault_addr)
@@ -198,6 +227,12 @@ class InjectionSettings:
             allow_insecure_vault=bool(config.allow_insecure_vault),
             allowed_images=config.allowed_images or (),
             allowed_secret_namespaces=config.allowed_secret_namespaces or (),
+            mode=config.inject_mode,
+            gateway_url=config.inject_gateway_url,
+            gateway_audience=config.inject_gateway_audience,
+            localmodel_namespace=config.localmodel_namespace,
+            localmodel_mode=config.localmodel_mode,
+            localmodel_annotations=config.localmodel_annotations or {},
         )
 
 
@@ -206,6 +241,7 @@ class _Plan:
     """What one pod's annotations ask for, validated."""
 
     source: str
+    mode: str = "sidecar"
     env: list[dict[str, Any]] = field(default_factory=list)
     image: str = ""
     resources: dict[str, dict[str, str]] = field(default_factory=dict)
@@ -236,19 +272,106 @@ def inject(
 ) -> list[dict[str, Any]]:
     """The RFC 6902 patch that makes ``pod`` an injected pod; ``[]`` when it already is one
     or does not ask for injection. Raises :class:`InvalidInjection` for bad annotations.
-    ``namespace`` (the review's) stands in when the pod itself names none."""
-    if not wants_injection(pod):
+    ``namespace`` (the review's) stands in when the pod itself names none.
+
+    A pod asks with ``tokensidecar.io/inject: "true"``; a LocalModelCache download pod
+    (see :func:`is_localmodel_download`) asks through the webhook's ``--localmodel-*``
+    settings instead."""
+    namespace = _pod_namespace(pod) or namespace
+    localmodel = not wants_injection(pod)
+    if localmodel and not is_localmodel_download(pod, settings=settings, namespace=namespace):
         return []
     spec = pod.get("spec")
     if not isinstance(spec, Mapping):
         raise InvalidInjection("spec", "the pod has no spec")
-    plan = _read_annotations(pod, settings=settings, namespace=_pod_namespace(pod) or namespace)
+    if not localmodel:
+        plan = _read_annotations(pod, ours=_our_annotations(pod), settings=settings, namespace=namespace)
+    else:
+        ours = {"inject": "true", "mode": settings.localmodel_mode, **settings.localmodel_annotations}
+        try:
+            plan = _read_annotations(pod, ours=ours, settings=settings, namespace=namespace)
+        except InvalidInjection as exc:
+            # The pod carries none of these: the webhook's own setting is at fault.
+            raise InvalidInjection(
+                f"TOKENSIDECAR_LOCALMODEL_ANNOTATIONS ({exc.subject})", exc.problem
+            ) from None
     patch: list[dict[str, Any]] = []
     patch += _status_patch(pod)
     patch += _volume_patch(spec, plan=plan, settings=settings)
-    patch += _target_patch(spec, plan=plan)
-    patch += _sidecar_patch(spec, plan=plan, settings=settings)
+    patch += _target_patch(spec, plan=plan, settings=settings)
+    if plan.mode == "sidecar":
+        patch += _sidecar_patch(spec, plan=plan, settings=settings)
+    elif settings.gateway_policy is not None:
+        _check_gateway_policy(pod, spec, namespace=namespace, policy=settings.gateway_policy)
     return patch
+
+
+# Where a KServe pod names its model: the annotation the InferenceService controller puts on
+# the predictor pod (kserve pkg/constants: StorageInitializerSourceUriInternalAnnotationKey),
+# and the first argument of the storage-initializer and of the LocalModelCache download
+# container (``[<storage URI>, <destination>]``).
+STORAGE_URI_ANNOTATION = "internal.serving.kserve.io/storage-initializer-sourceuri"
+_STORAGE_URI_CONTAINERS = frozenset({"storage-initializer", LOCALMODEL_CONTAINER})
+
+
+def storage_uris(pod: Mapping[str, Any]) -> list[str]:
+    """Every storage URI the pod is about to download, in the order found, once each."""
+    found: list[str] = []
+    annotated = _annotations(pod).get(STORAGE_URI_ANNOTATION)
+    if isinstance(annotated, str) and annotated:
+        found.append(annotated)
+    spec = pod.get("spec")
+    for key in ("initContainers", "containers"):
+        for container in _list(spec, key):
+            if not isinstance(container, Mapping) or container.get("name") not in _STORAGE_URI_CONTAINERS:
+                continue
+            args = container.get("args")
+            if isinstance(args, list) and args and isinstance(args[0], str) and args[0] not in found:
+                found.append(args[0])
+    return found
+
+
+def _check_gateway_policy(
+    pod: Mapping[str, Any], spec: Mapping[str, Any], *, namespace: str | None, policy: Policy
+) -> None:
+    """Deny now what the gateway would refuse at download time (a pod stuck in Init otherwise)."""
+    from tokensidecar.gateway.policy import admission_decision
+
+    account = spec.get("serviceAccountName")
+    service_account = account if isinstance(account, str) and account else "default"
+    for uri in storage_uris(pod):
+        try:
+            decision = admission_decision(
+                policy, namespace=namespace or "default", service_account=service_account, storage_uri=uri
+            )
+        except ValueError as exc:
+            raise InvalidInjection("storageUri", str(exc)) from None
+        if decision is not None and not decision.allowed:
+            raise InvalidInjection(
+                "storageUri",
+                f"{uri} may not be read by service account {namespace}/{service_account} under the "
+                f"gateway's policy ({decision.reason})",
+            )
+
+
+def is_localmodel_download(
+    pod: Mapping[str, Any], *, settings: InjectionSettings, namespace: str | None
+) -> bool:
+    """A download pod of KServe's LocalModelNode controller that the webhook is set to inject:
+    in ``--localmodel-namespace``, with the ``kserve-localmodel-download`` container, and no
+    ``tokensidecar.io/`` annotation of its own (``status``, which this webhook writes, aside)."""
+    if settings.localmodel_mode == "off" or namespace != settings.localmodel_namespace:
+        return False
+    if any(
+        isinstance(key, str) and key.startswith(ANNOTATION_PREFIX) and key != STATUS_ANNOTATION
+        for key in _annotations(pod)
+    ):
+        return False
+    spec = pod.get("spec")
+    return any(
+        isinstance(item, Mapping) and item.get("name") == LOCALMODEL_CONTAINER
+        for item in _list(spec, "containers")
+    )
 
 
 # --- annotations ------------------------------------------------------------------------
@@ -266,7 +389,8 @@ def _pod_namespace(pod: Mapping[str, Any]) -> str | None:
     return namespace if isinstance(namespace, str) and namespace else None
 
 
-def _read_annotations(pod: Mapping[str, Any], *, settings: InjectionSettings, namespace: str | None) -> _Plan:
+def _our_annotations(pod: Mapping[str, Any]) -> dict[str, str]:
+    """The pod's ``tokensidecar.io/`` annotations by short name, values stripped."""
     ours: dict[str, str] = {}
     for key, value in _annotations(pod).items():
         if not isinstance(key, str) or not key.startswith(ANNOTATION_PREFIX):
@@ -277,167 +401,235 @@ def _read_annotations(pod: Mapping[str, Any], *, settings: InjectionSettings, na
         if not isinstance(value, str):
             raise InvalidInjection(key, "annotation values must be strings")
         ours[short] = value.strip()
+    return ours
 
-    def name(short: str) -> str:
-        return ANNOTATION_PREFIX + short
 
+def _name(short: str) -> str:
+    return ANNOTATION_PREFIX + short
+
+
+def _gateway_plan(ours: Mapping[str, str], *, settings: InjectionSettings) -> _Plan:
+    """Gateway mode: which containers, and nothing else to choose."""
+    for short in sorted(ours.keys() - _GATEWAY_ANNOTATIONS):
+        raise InvalidInjection(_name(short), "does not apply to mode 'gateway' (no sidecar is injected)")
+    if not settings.gateway_url:
+        raise InvalidInjection(
+            _name("mode"), "gateway mode needs the webhook's --inject-gateway-url, which is not set"
+        )
+    plan = _Plan(source="gateway", mode="gateway")
+    plan.targets = _targets(ours)
+    return plan
+
+
+def _targets(ours: Mapping[str, str]) -> frozenset[str] | None:
+    if "containers" not in ours:
+        return None
+    names = [part.strip() for part in ours["containers"].split(",") if part.strip()]
+    if not names:
+        raise InvalidInjection(_name("containers"), "lists no container")
+    for container_name in names:
+        if not _DNS_LABEL.match(container_name):
+            raise InvalidInjection(_name("containers"), f"{container_name!r} is not a container name")
+        if container_name in (SIDECAR_NAME, LEGACY_INIT_NAME):
+            raise InvalidInjection(_name("containers"), f"{container_name!r} is the sidecar itself")
+    return frozenset(names)
+
+
+@dataclass(frozen=True)
+class _Asked:
+    """A pod's annotations (short names), and the source they are read for."""
+
+    ours: Mapping[str, str]
+    source: str
+
+    def get(self, short: str, default: str | None = None) -> str | None:
+        return self.ours.get(short, default)
+
+    def __contains__(self, short: str) -> bool:
+        return short in self.ours
+
+    def required(self, short: str, what: str) -> str:
+        value = self.ours.get(short, "")
+        if not value:
+            raise InvalidInjection(_name(short), f"is required for source {self.source!r} ({what})")
+        return value
+
+
+def _read_annotations(
+    pod: Mapping[str, Any], *, ours: Mapping[str, str], settings: InjectionSettings, namespace: str | None
+) -> _Plan:
+    """Annotations → a validated plan: the mode, the source's settings, then what every
+    sidecar takes (verification, image, resources, targets)."""
+    mode = ours.get("mode", settings.mode)
+    if mode not in MODES:
+        raise InvalidInjection(_name("mode"), f"{mode!r} is not one of {', '.join(MODES)}")
+    if mode == "gateway":
+        return _gateway_plan(ours, settings=settings)
     source = ours.get("source", "vault")
     if source not in SOURCES:
-        raise InvalidInjection(name("source"), f"{source!r} is not one of {', '.join(SOURCES)}")
+        raise InvalidInjection(_name("source"), f"{source!r} is not one of {', '.join(SOURCES)}")
     for other, keys in _SOURCE_ANNOTATIONS.items():
         if other == source:
             continue
         for short in sorted(keys & ours.keys()):
-            raise InvalidInjection(name(short), f"does not apply to source {source!r} (it is for {other!r})")
-
-    def required(short: str, what: str) -> str:
-        value = ours.get(short, "")
-        if not value:
-            raise InvalidInjection(name(short), f"is required for source {source!r} ({what})")
-        return value
-
+            raise InvalidInjection(_name(short), f"does not apply to source {source!r} (it is for {other!r})")
+    asked = _Asked(ours=ours, source=source)
     plan = _Plan(source=source)
-    env = plan.env
-    env.append({"name": "TOKENSIDECAR_SOURCE", "value": source})
-
+    plan.env.append({"name": "TOKENSIDECAR_SOURCE", "value": source})
     if source == "vault":
-        vault_addr = ours.get("vault-addr") or settings.vault_addr
-        if not vault_addr:
-            raise InvalidInjection(
-                name("vault-addr"), "is required: the webhook has no default (--inject-vault-addr)"
-            )
-        if "vault-addr" in ours:
-            _confine_vault_addr(vault_addr, settings=settings, subject=name("vault-addr"))
-        vault_path = required("vault-path", "the KV secret as <mount>/<path>, e.g. secret/hf/model-a")
-        mount, _, rest = vault_path.strip("/").partition("/")
-        if not mount or not rest:
-            raise InvalidInjection(name("vault-path"), f"{vault_path!r} is not <mount>/<path>")
-        auth = ours.get("vault-auth", "kubernetes")
-        if auth not in WEBHOOK_VAULT_AUTH:
-            raise InvalidInjection(
-                name("vault-auth"),
-                f"{auth!r} is not one of {', '.join(WEBHOOK_VAULT_AUTH)} "
-                "(approle and token need credential files the webhook cannot provide)",
-            )
-        role = required("vault-role", f"the Vault role for {auth} auth")
-        env += [
-            {"name": "VAULT_ADDR", "value": vault_addr},
-            {"name": "TOKENSIDECAR_VAULT_PATH", "value": vault_path},
-            {"name": "TOKENSIDECAR_VAULT_AUTH", "value": auth},
-            {"name": "TOKENSIDECAR_VAULT_ROLE", "value": role},
-        ]
-        if ours.get("vault-auth-mount"):
-            env.append({"name": "TOKENSIDECAR_VAULT_AUTH_MOUNT", "value": ours["vault-auth-mount"]})
-        if "vault-kv-version" in ours:
-            if ours["vault-kv-version"] not in ("1", "2"):
-                raise InvalidInjection(name("vault-kv-version"), "must be 1 or 2")
-            env.append({"name": "TOKENSIDECAR_VAULT_KV_VERSION", "value": ours["vault-kv-version"]})
-        # A projected token with a dedicated audience for both methods: Vault (its
-        # kubernetes auth through a TokenReview with the role's audience) accepts it, and
-        # anyone who reads it there cannot replay it against the API server, which the
-        # pod's own service-account token would allow.
-        plan.sa_token_audience = ours.get("token-audience") or settings.vault_token_audience
-        env.append({"name": "TOKENSIDECAR_VAULT_JWT_FILE", "value": SA_TOKEN_PATH})
+        _plan_vault(asked, plan=plan, settings=settings)
     elif source == "kubernetes-secret":
-        secret_name = required("secret-name", "the Secret holding the token")
-        if not _DNS_SUBDOMAIN.match(secret_name):
-            raise InvalidInjection(name("secret-name"), f"{secret_name!r} is not a valid Secret name")
-        env.append({"name": "TOKENSIDECAR_SECRET_NAME", "value": secret_name})
-        secret_namespace = ours.get("secret-namespace")
-        if secret_namespace:
-            if not _DNS_LABEL.match(secret_namespace):
-                raise InvalidInjection(name("secret-namespace"), f"{secret_namespace!r} is not a namespace")
-            _confine_secret_namespace(
-                secret_namespace, namespace=namespace, settings=settings, subject=name("secret-namespace")
-            )
-            env.append({"name": "TOKENSIDECAR_SECRET_NAMESPACE", "value": secret_namespace})
-        else:
-            # The downward API names the namespace even when no service-account files are mounted.
-            env.append(
-                {
-                    "name": "TOKENSIDECAR_SECRET_NAMESPACE",
-                    "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}},
-                }
-            )
-        plan.needs_kube_api = True
+        _plan_kubernetes_secret(asked, plan=plan, settings=settings, namespace=namespace)
     elif source == "file":
-        volume = required("source-volume", "the pod volume holding the token file")
-        volumes = [v.get("name") for v in _list(pod.get("spec"), "volumes") if isinstance(v, Mapping)]
-        if volume not in volumes:
-            raise InvalidInjection(name("source-volume"), f"the pod has no volume named {volume!r}")
-        if volume in (TOKEN_VOLUME, SA_TOKEN_VOLUME, KUBE_API_VOLUME):
-            raise InvalidInjection(name("source-volume"), f"{volume!r} is the webhook's own volume")
-        relative = ours.get("source-file") or ours.get("key") or "token"
-        parts = relative.split("/")
-        if relative.startswith("/") or any(part in ("", ".", "..") for part in parts):
-            raise InvalidInjection(
-                name("source-file"), f"{relative!r} must be a relative path inside the volume"
-            )
-        plan.source_volume = volume
-        env.append({"name": "TOKENSIDECAR_SOURCE_FILE", "value": f"{SOURCE_DIR}/{relative}"})
-    else:  # oidc-exchange
-        resource = required("oidc-resource", "the resource requested in the token exchange")
-        plan.sa_token_audience = ours.get("token-audience") or settings.oidc_token_audience
-        env += [
-            {"name": "TOKENSIDECAR_OIDC_RESOURCE", "value": resource},
-            {"name": "TOKENSIDECAR_OIDC_TOKEN_FILE", "value": SA_TOKEN_PATH},
-        ]
-    if "token-audience" in ours and not ours["token-audience"]:
-        raise InvalidInjection(name("token-audience"), "must not be empty")
-    if "token-audience" in ours and plan.sa_token_audience is None:
-        raise InvalidInjection(name("token-audience"), f"does not apply to source {source!r}")
+        _plan_file(asked, plan=plan, pod=pod)
+    else:
+        _plan_oidc_exchange(asked, plan=plan, settings=settings)
+    if "token-audience" in asked and not asked.get("token-audience"):
+        raise InvalidInjection(_name("token-audience"), "must not be empty")
+    if "token-audience" in asked and plan.sa_token_audience is None:
+        raise InvalidInjection(_name("token-audience"), f"does not apply to source {source!r}")
+    _plan_verification(asked, plan=plan, settings=settings)
+    plan.image = _sidecar_image(asked, settings=settings)
+    plan.resources = _resources(ours, settings=settings)
+    plan.targets = _targets(ours)
+    return plan
 
-    if "key" in ours:
-        if not ours["key"] or any(c.isspace() for c in ours["key"]):
-            raise InvalidInjection(name("key"), "must be a non-empty key without whitespace")
-        if source != "file":
-            env.append({"name": "TOKENSIDECAR_KEY", "value": ours["key"]})
 
-    verify = ours.get("verify", settings.verify)
+def _plan_vault(asked: _Asked, *, plan: _Plan, settings: InjectionSettings) -> None:
+    vault_addr = asked.get("vault-addr") or settings.vault_addr
+    if not vault_addr:
+        raise InvalidInjection(
+            _name("vault-addr"), "is required: the webhook has no default (--inject-vault-addr)"
+        )
+    if "vault-addr" in asked:
+        _confine_vault_addr(vault_addr, settings=settings, subject=_name("vault-addr"))
+    vault_path = asked.required("vault-path", "the KV secret as <mount>/<path>, e.g. secret/hf/model-a")
+    mount, _, rest = vault_path.strip("/").partition("/")
+    if not mount or not rest:
+        raise InvalidInjection(_name("vault-path"), f"{vault_path!r} is not <mount>/<path>")
+    auth = asked.get("vault-auth", "kubernetes") or ""
+    if auth not in WEBHOOK_VAULT_AUTH:
+        raise InvalidInjection(
+            _name("vault-auth"),
+            f"{auth!r} is not one of {', '.join(WEBHOOK_VAULT_AUTH)} "
+            "(approle and token need credential files the webhook cannot provide)",
+        )
+    role = asked.required("vault-role", f"the Vault role for {auth} auth")
+    plan.env += [
+        {"name": "VAULT_ADDR", "value": vault_addr},
+        {"name": "TOKENSIDECAR_VAULT_PATH", "value": vault_path},
+        {"name": "TOKENSIDECAR_VAULT_AUTH", "value": auth},
+        {"name": "TOKENSIDECAR_VAULT_ROLE", "value": role},
+    ]
+    auth_mount = asked.get("vault-auth-mount")
+    if auth_mount:
+        plan.env.append({"name": "TOKENSIDECAR_VAULT_AUTH_MOUNT", "value": auth_mount})
+    kv_version = asked.get("vault-kv-version")
+    if kv_version is not None:
+        if kv_version not in ("1", "2"):
+            raise InvalidInjection(_name("vault-kv-version"), "must be 1 or 2")
+        plan.env.append({"name": "TOKENSIDECAR_VAULT_KV_VERSION", "value": kv_version})
+    # A projected token with a dedicated audience for both methods: Vault (its kubernetes
+    # auth through a TokenReview with the role's audience) accepts it, and anyone who reads
+    # it there cannot replay it against the API server, which the pod's own
+    # service-account token would allow.
+    plan.sa_token_audience = asked.get("token-audience") or settings.vault_token_audience
+    plan.env.append({"name": "TOKENSIDECAR_VAULT_JWT_FILE", "value": SA_TOKEN_PATH})
+
+
+def _plan_kubernetes_secret(
+    asked: _Asked, *, plan: _Plan, settings: InjectionSettings, namespace: str | None
+) -> None:
+    secret_name = asked.required("secret-name", "the Secret holding the token")
+    if not _DNS_SUBDOMAIN.match(secret_name):
+        raise InvalidInjection(_name("secret-name"), f"{secret_name!r} is not a valid Secret name")
+    plan.env.append({"name": "TOKENSIDECAR_SECRET_NAME", "value": secret_name})
+    secret_namespace = asked.get("secret-namespace")
+    if secret_namespace:
+        if not _DNS_LABEL.match(secret_namespace):
+            raise InvalidInjection(_name("secret-namespace"), f"{secret_namespace!r} is not a namespace")
+        _confine_secret_namespace(
+            secret_namespace, namespace=namespace, settings=settings, subject=_name("secret-namespace")
+        )
+        plan.env.append({"name": "TOKENSIDECAR_SECRET_NAMESPACE", "value": secret_namespace})
+    else:
+        # The downward API names the namespace even when no service-account files are mounted.
+        plan.env.append(
+            {
+                "name": "TOKENSIDECAR_SECRET_NAMESPACE",
+                "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}},
+            }
+        )
+    plan.needs_kube_api = True
+
+
+def _plan_file(asked: _Asked, *, plan: _Plan, pod: Mapping[str, Any]) -> None:
+    volume = asked.required("source-volume", "the pod volume holding the token file")
+    volumes = [v.get("name") for v in _list(pod.get("spec"), "volumes") if isinstance(v, Mapping)]
+    if volume not in volumes:
+        raise InvalidInjection(_name("source-volume"), f"the pod has no volume named {volume!r}")
+    if volume in (TOKEN_VOLUME, SA_TOKEN_VOLUME, KUBE_API_VOLUME):
+        raise InvalidInjection(_name("source-volume"), f"{volume!r} is the webhook's own volume")
+    relative = asked.get("source-file") or asked.get("key") or "token"
+    parts = relative.split("/")
+    if relative.startswith("/") or any(part in ("", ".", "..") for part in parts):
+        raise InvalidInjection(
+            _name("source-file"), f"{relative!r} must be a relative path inside the volume"
+        )
+    plan.source_volume = volume
+    plan.env.append({"name": "TOKENSIDECAR_SOURCE_FILE", "value": f"{SOURCE_DIR}/{relative}"})
+
+
+def _plan_oidc_exchange(asked: _Asked, *, plan: _Plan, settings: InjectionSettings) -> None:
+    resource = asked.required("oidc-resource", "the resource requested in the token exchange")
+    plan.sa_token_audience = asked.get("token-audience") or settings.oidc_token_audience
+    plan.env += [
+        {"name": "TOKENSIDECAR_OIDC_RESOURCE", "value": resource},
+        {"name": "TOKENSIDECAR_OIDC_TOKEN_FILE", "value": SA_TOKEN_PATH},
+    ]
+
+
+def _plan_verification(asked: _Asked, *, plan: _Plan, settings: InjectionSettings) -> None:
+    """The key, what the Hub must confirm, and how often to read: the same for every source."""
+    key = asked.get("key")
+    if key is not None:
+        if not key or any(c.isspace() for c in key):
+            raise InvalidInjection(_name("key"), "must be a non-empty key without whitespace")
+        if asked.source != "file":
+            plan.env.append({"name": "TOKENSIDECAR_KEY", "value": key})
+    verify = asked.get("verify", settings.verify) or ""
     if verify not in VERIFY_MODES:
-        raise InvalidInjection(name("verify"), f"{verify!r} is not one of {', '.join(VERIFY_MODES)}")
-    env.append({"name": "TOKENSIDECAR_VERIFY", "value": verify})
-    model_id = ours.get("model-id")
+        raise InvalidInjection(_name("verify"), f"{verify!r} is not one of {', '.join(VERIFY_MODES)}")
+    plan.env.append({"name": "TOKENSIDECAR_VERIFY", "value": verify})
+    model_id = asked.get("model-id")
     if model_id is not None:
         if not _MODEL_ID.match(model_id):
-            raise InvalidInjection(name("model-id"), f"{model_id!r} is not <org>/<name>")
-        env.append({"name": "TOKENSIDECAR_MODEL_ID", "value": model_id})
-    elif verify == "repo":
-        raise InvalidInjection(name("model-id"), "is required when tokensidecar.io/verify is 'repo'")
+            raise InvalidInjection(_name("model-id"), f"{model_id!r} is not <org>/<name>")
+        plan.env.append({"name": "TOKENSIDECAR_MODEL_ID", "value": model_id})
+    elif verify in ("repo", "scope"):
+        raise InvalidInjection(_name("model-id"), f"is required when tokensidecar.io/verify is {verify!r}")
     if settings.hf_endpoint:
-        env.append({"name": "HF_ENDPOINT", "value": settings.hf_endpoint})
-
-    if "refresh-interval" in ours:
+        plan.env.append({"name": "HF_ENDPOINT", "value": settings.hf_endpoint})
+    interval = asked.get("refresh-interval")
+    if interval is not None:
         try:
-            parse_positive_duration(ours["refresh-interval"])
+            parse_positive_duration(interval)
         except ValueError as exc:
-            raise InvalidInjection(name("refresh-interval"), str(exc)) from None
-        env.append({"name": "TOKENSIDECAR_REFRESH_INTERVAL", "value": ours["refresh-interval"]})
+            raise InvalidInjection(_name("refresh-interval"), str(exc)) from None
+        plan.env.append({"name": "TOKENSIDECAR_REFRESH_INTERVAL", "value": interval})
 
-    image = ours.get("image", settings.image)
+
+def _sidecar_image(asked: _Asked, *, settings: InjectionSettings) -> str:
+    image = asked.get("image", settings.image) or ""
     if not _IMAGE.match(image):
-        raise InvalidInjection(name("image"), f"{image!r} is not an image reference")
+        raise InvalidInjection(_name("image"), f"{image!r} is not an image reference")
     if not image_allowed(image, default=settings.image, patterns=settings.allowed_images):
         raise InvalidInjection(
-            name("image"),
+            _name("image"),
             f"{image!r} is not an allowed image (the default {settings.image!r} or "
             f"--allowed-images: {', '.join(settings.allowed_images) or 'none'})",
         )
-    plan.image = image
-
-    plan.resources = _resources(ours, settings=settings)
-
-    if "containers" in ours:
-        names = [part.strip() for part in ours["containers"].split(",") if part.strip()]
-        if not names:
-            raise InvalidInjection(name("containers"), "lists no container")
-        for container_name in names:
-            if not _DNS_LABEL.match(container_name):
-                raise InvalidInjection(name("containers"), f"{container_name!r} is not a container name")
-            if container_name in (SIDECAR_NAME, LEGACY_INIT_NAME):
-                raise InvalidInjection(name("containers"), f"{container_name!r} is the sidecar itself")
-        plan.targets = frozenset(names)
-    return plan
+    return image
 
 
 def _confine_vault_addr(address: str, *, settings: InjectionSettings, subject: str) -> None:
@@ -535,7 +727,7 @@ def _status_patch(pod: Mapping[str, Any]) -> list[dict[str, Any]]:
                 "value": STATUS_INJECTED,
             }
         ]
-    # Unreachable through inject() (the inject annotation exists), kept for a pod without any.
+    # A LocalModelCache download pod may carry no annotations at all.
     return [{"op": "add", "path": "/metadata/annotations", "value": {STATUS_ANNOTATION: STATUS_INJECTED}}]
 
 
@@ -592,11 +784,32 @@ def _volumes_wanted(
     return wanted
 
 
+def _identity_volume(settings: InjectionSettings) -> dict[str, Any]:
+    # The kubelet rewrites the token before it expires; huggingface_hub reads the file again
+    # on every request (HF_TOKEN_PATH), so the gateway always sees a live identity.
+    return {
+        "name": IDENTITY_VOLUME,
+        "projected": {
+            "sources": [
+                {
+                    "serviceAccountToken": {
+                        "audience": settings.gateway_audience,
+                        "expirationSeconds": settings.token_lifetime_seconds,
+                        "path": "token",
+                    }
+                }
+            ]
+        },
+    }
+
+
 def _volume_patch(
     spec: Mapping[str, Any], *, plan: _Plan, settings: InjectionSettings
 ) -> list[dict[str, Any]]:
     existing = {v.get("name") for v in _list(spec, "volumes") if isinstance(v, Mapping)}
-    if _sidecar_present(spec):
+    if plan.mode == "gateway":
+        missing = [_identity_volume(settings)] if IDENTITY_VOLUME not in existing else []
+    elif _sidecar_present(spec):
         # Already injected: only the token volume is guaranteed to be needed again.
         missing = [TOKEN_VOLUME_SPEC] if TOKEN_VOLUME not in existing else []
     else:
@@ -628,7 +841,15 @@ def _sidecar_present(spec: Mapping[str, Any]) -> bool:
     )
 
 
-def _target_patch(spec: Mapping[str, Any], *, plan: _Plan) -> list[dict[str, Any]]:
+def _target_patch(
+    spec: Mapping[str, Any], *, plan: _Plan, settings: InjectionSettings
+) -> list[dict[str, Any]]:
+    volume = TOKEN_VOLUME
+    variables = [("HF_TOKEN_PATH", TOKEN_PATH)]
+    if plan.mode == "gateway":
+        assert settings.gateway_url  # _gateway_plan refused the pod otherwise
+        volume = IDENTITY_VOLUME
+        variables.append(("HF_ENDPOINT", settings.gateway_url))
     patch: list[dict[str, Any]] = []
     for key in ("initContainers", "containers"):
         for index, container in enumerate(_list(spec, key)):
@@ -639,31 +860,37 @@ def _target_patch(spec: Mapping[str, Any], *, plan: _Plan) -> list[dict[str, Any
                 continue
             if plan.targets is not None and container_name not in plan.targets:
                 continue
-            patch += _mount_patch(container, base=("spec", key, index))
-            patch += _env_patch(container, base=("spec", key, index))
+            patch += _mount_patch(container, base=("spec", key, index), volume=volume)
+            patch += _env_patch(container, base=("spec", key, index), variables=variables)
     return patch
 
 
-def _mount_patch(container: Mapping[str, Any], *, base: tuple[str, str, int]) -> list[dict[str, Any]]:
+def _mount_patch(
+    container: Mapping[str, Any], *, base: tuple[str, str, int], volume: str
+) -> list[dict[str, Any]]:
     mounts = _list(container, "volumeMounts")
     for mount in mounts:
         if not isinstance(mount, Mapping):
             continue
-        if mount.get("name") == TOKEN_VOLUME:
+        if mount.get("name") == volume:
             return []
         if mount.get("mountPath") == TOKEN_DIR:
             raise InvalidInjection(
                 f"spec.{base[1]}[{container.get('name')}]",
                 f"already mounts volume {mount.get('name')!r} at {TOKEN_DIR}",
             )
-    mount_spec = {"name": TOKEN_VOLUME, "mountPath": TOKEN_DIR, "readOnly": True}
+    mount_spec = {"name": volume, "mountPath": TOKEN_DIR, "readOnly": True}
     if not isinstance(container.get("volumeMounts"), list):
         return [{"op": "add", "path": _pointer(*base, "volumeMounts"), "value": [mount_spec]}]
     return [{"op": "add", "path": _pointer(*base, "volumeMounts", "-"), "value": mount_spec}]
 
 
-def _env_patch(container: Mapping[str, Any], *, base: tuple[str, str, int]) -> list[dict[str, Any]]:
+def _env_patch(
+    container: Mapping[str, Any], *, base: tuple[str, str, int], variables: Sequence[tuple[str, str]]
+) -> list[dict[str, Any]]:
+    """Drop the variables that override the token file, set ``variables`` (last, in order)."""
     current = _list(container, "env")
+    ours = {variable_name for variable_name, _ in variables}
     # Variables set through envFrom (a whole Secret) cannot be removed from here; an
     # explicit empty value wins over envFrom, and huggingface_hub treats an empty
     # HF_TOKEN as unset and falls through to HF_TOKEN_PATH.
@@ -675,13 +902,13 @@ def _env_patch(container: Mapping[str, Any], *, base: tuple[str, str, int]) -> l
             if blank_overrides and variable == {"name": variable_name, "value": ""}:
                 wanted.append(variable)
             continue
-        if variable_name == "HF_TOKEN_PATH":
+        if variable_name in ours:
             continue
         wanted.append(variable)
     if blank_overrides:
         present = {v.get("name") for v in wanted if isinstance(v, Mapping)}
         wanted += [{"name": n, "value": ""} for n in OVERRIDING_TOKEN_VARS if n not in present]
-    wanted.append({"name": "HF_TOKEN_PATH", "value": TOKEN_PATH})
+    wanted += [{"name": variable_name, "value": value} for variable_name, value in variables]
     if _same_env(current, wanted):
         return []
     op = "replace" if isinstance(container.get("env"), list) else "add"

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tokensidecar.redact import redact, safe_error
-from tokensidecar.webhook.inject import InjectionSettings, InvalidInjection, inject, wants_injection
+from tokensidecar.webhook.inject import InjectionSettings, InvalidInjection, inject
 
 __all__ = ["ADMISSION_API_VERSION", "ReviewOutcome", "review"]
 
@@ -109,8 +109,6 @@ def _decide(
     pod = request.get("object")
     if not isinstance(pod, dict):
         raise InvalidInjection("request.object", "the review carries no pod")
-    if not wants_injection(pod):
-        return _allow(uid=uid, patch=[])
     namespace = request.get("namespace")
     return _allow(
         uid=uid,

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -37,7 +38,8 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -50,6 +52,9 @@ from tokensidecar.webhook.inject import InjectionSettings
 from tokensidecar.webhook.metrics import WebhookMetrics
 from tokensidecar.webhook.review import review
 from tokensidecar.webhook.settings import MAX_REVIEW_BYTES
+
+if TYPE_CHECKING:
+    from tokensidecar.gateway.policy import PolicyFile
 
 __all__ = ["CertificateReloader", "ReviewBudget", "build_app", "main", "serve"]
 
@@ -197,8 +202,12 @@ def build_app(
     on_invalid: str = "deny",
     max_body_bytes: int = MAX_REVIEW_BYTES,
     max_inflight_bytes: int = MAX_REVIEW_BYTES,
+    gateway_policy: PolicyFile | None = None,
 ) -> web.Application:
-    """The webhook's routes: ``POST /mutate``, ``GET /healthz``, ``GET /metrics``."""
+    """The webhook's routes: ``POST /mutate``, ``GET /healthz``, ``GET /metrics``.
+
+    ``gateway_policy`` (``--gateway-policy``): each review is judged against the version of
+    the gateway's policy in force at that moment."""
     budget = ReviewBudget(max_inflight_bytes)
 
     def too_large() -> web.Response:
@@ -215,7 +224,12 @@ def build_app(
                 body = await request.read()
             except web.HTTPRequestEntityTooLarge:
                 return too_large()
-            outcome = review(body, settings=settings, on_invalid=on_invalid)
+            active = (
+                settings
+                if gateway_policy is None
+                else dataclasses.replace(settings, gateway_policy=gateway_policy.current)
+            )
+            outcome = review(body, settings=active, on_invalid=on_invalid)
             del body
             # Encoded inside the budget too: a large pod's patch, base64 and reply are
             # part of what parsing it costs.
@@ -321,6 +335,7 @@ async def serve(config: Config, *, ready: asyncio.Future[int] | None = None) -> 
     from tokensidecar.webhook.certs import CertificateError
 
     settings = InjectionSettings.from_config(config)
+    gateway_policy = _gateway_policy(config.inject_gateway_policy)
     metrics = WebhookMetrics()
     self_signed: _SelfSigned | None = None
     tasks: list[asyncio.Task[None]] = []
@@ -348,6 +363,7 @@ async def serve(config: Config, *, ready: asyncio.Future[int] | None = None) -> 
             on_invalid=config.on_invalid,
             max_body_bytes=config.max_body_bytes,
             max_inflight_bytes=config.max_inflight_bytes,
+            gateway_policy=gateway_policy,
         )
         runner = web.AppRunner(
             app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE_SECONDS
@@ -358,6 +374,8 @@ async def serve(config: Config, *, ready: asyncio.Future[int] | None = None) -> 
         await site.start()
         bound = runner.addresses[0][1] if runner.addresses else port
         tasks.append(asyncio.create_task(reloader.watch(), name="certificate-reloader"))
+        if gateway_policy is not None:
+            tasks.append(asyncio.create_task(gateway_policy.watch(), name="gateway-policy"))
         if self_signed is not None:
             tasks.append(asyncio.create_task(self_signed.upkeep(), name="ca-bundle-upkeep"))
         log.info(
@@ -386,6 +404,19 @@ async def serve(config: Config, *, ready: asyncio.Future[int] | None = None) -> 
             await runner.cleanup()
         if self_signed is not None:
             self_signed.close()
+
+
+def _gateway_policy(path: str | None) -> PolicyFile | None:
+    """The gateway's policy file, loaded now (a bad one is a configuration error) and kept
+    current by its own watch; the gateway's module is imported only when it is used."""
+    if not path:
+        return None
+    from tokensidecar.gateway.policy import PolicyError, PolicyFile
+
+    try:
+        return PolicyFile(Path(path))
+    except PolicyError as exc:
+        raise ConfigError("TOKENSIDECAR_INJECT_GATEWAY_POLICY", str(exc)) from None
 
 
 def main(config: Config) -> int:

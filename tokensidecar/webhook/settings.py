@@ -11,6 +11,9 @@ This module stays light (no kubernetes, no aiohttp): the CLI imports it for ``--
 
 from __future__ import annotations
 
+import json
+import urllib.parse
+
 from tokensidecar import __version__
 from tokensidecar.config import (
     COMMON_SETTINGS,
@@ -34,6 +37,40 @@ __all__ = ["MAX_REVIEW_BYTES", "SETTINGS", "WEBHOOK_SETTINGS", "parse_positive_i
 # userInfo, options): 128 KiB of headroom covers both. The webhook only reviews CREATE,
 # so there is no oldObject beside it.
 MAX_REVIEW_BYTES = 3 * 1024 * 1024 + 128 * 1024
+
+
+INJECT_MODES = ("sidecar", "gateway")
+
+
+def parse_gateway_url(text: str) -> str:
+    parts = urllib.parse.urlsplit(text.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        raise ValueError(f"{text!r} is not an http(s) URL")
+    return text.strip().rstrip("/")
+
+
+def parse_namespace(text: str) -> str:
+    (namespace,) = parse_namespaces(text) or ("",)
+    if namespace in ("", "*"):
+        raise ValueError(f"{text!r} is not a namespace name")
+    return namespace
+
+
+def parse_localmodel_annotations(text: str) -> dict[str, str]:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        raise ValueError("is not a JSON object") from None
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise ValueError("must be a JSON object of strings")
+    for key in value:
+        if key.startswith("tokensidecar.io/") or key in ("inject", "mode", "status"):
+            raise ValueError(
+                f"{key!r}: give annotation names without the prefix; inject and mode are implied"
+            )
+    return dict(value)
 
 
 def parse_positive_int(text: str) -> int:
@@ -235,6 +272,73 @@ WEBHOOK_SETTINGS = register(
         "auth: the Vault role's audience (bound_audiences for jwt) must match. The pod's own "
         "token, whose audience is the API server, is never what the sidecar sends to Vault.",
         default="vault",
+        section="injection",
+    ),
+    # Gateway mode (docs/annotations.md): no sidecar, no Hugging Face credential in the pod; the
+    # pod's own projected identity goes to the cluster's gateway instead.
+    Setting(
+        "inject_mode",
+        "TOKENSIDECAR_INJECT_MODE",
+        "Mode of a pod that does not choose one with tokensidecar.io/mode: sidecar (a token "
+        "sidecar in the pod) or gateway (HF_ENDPOINT points at the gateway, which the pod "
+        "authenticates to with its projected service-account token).",
+        default="sidecar",
+        choices=INJECT_MODES,
+        section="injection",
+    ),
+    Setting(
+        "inject_gateway_url",
+        "TOKENSIDECAR_INJECT_GATEWAY_URL",
+        "The gateway's URL, given as HF_ENDPOINT to pods in gateway mode (required for gateway "
+        "mode, e.g. http://tokensidecar-gateway.tokensidecar-system.svc:8080).",
+        parse=parse_gateway_url,
+        section="injection",
+    ),
+    Setting(
+        "inject_gateway_audience",
+        "TOKENSIDECAR_INJECT_GATEWAY_AUDIENCE",
+        "Audience of the projected service-account token given to pods in gateway mode: the "
+        "gateway's --gateway-audience (TOKENSIDECAR_GATEWAY_AUDIENCE) must match.",
+        default="tokensidecar-gateway",
+        section="injection",
+    ),
+    Setting(
+        "inject_gateway_policy",
+        "TOKENSIDECAR_INJECT_GATEWAY_POLICY",
+        "The gateway's policy file (the same ConfigMap the gateway reads, reloaded on change): a "
+        "gateway-mode pod whose hf:// storage URI its service account may not read is denied at "
+        "admission instead of failing at download time. Unset: no admission check.",
+        flag="--gateway-policy",
+        section="injection",
+    ),
+    # KServe's LocalModelCache (docs/annotations.md): its download Job pods carry no annotations of
+    # ours; they are recognised by namespace and container name.
+    Setting(
+        "localmodel_namespace",
+        "TOKENSIDECAR_LOCALMODEL_NAMESPACE",
+        "Namespace of the download Jobs of KServe's LocalModelNode controller (its localModel.jobNamespace).",
+        default="kserve-localmodel-jobs",
+        parse=parse_namespace,
+        section="injection",
+    ),
+    Setting(
+        "localmodel_mode",
+        "TOKENSIDECAR_LOCALMODEL_MODE",
+        "How the LocalModelCache download pods (container kserve-localmodel-download, no "
+        "tokensidecar.io/ annotations, in --localmodel-namespace) are injected: gateway, "
+        "sidecar (with --localmodel-annotations), or off.",
+        default="off",
+        choices=(*INJECT_MODES, "off"),
+        section="injection",
+    ),
+    Setting(
+        "localmodel_annotations",
+        "TOKENSIDECAR_LOCALMODEL_ANNOTATIONS",
+        "The tokensidecar.io/ annotations a LocalModelCache download pod is injected with, "
+        'as a JSON object of names without the prefix (e.g. {"source": "kubernetes-secret", '
+        '"secret-name": "hf-cache-token"}); the webhook\'s defaults fill the rest.',
+        default="{}",
+        parse=parse_localmodel_annotations,
         section="injection",
     ),
     # What a pod's annotations may choose (docs/security.md). Anything outside is denied,

@@ -1,0 +1,1 @@
+"""Gateway faults: the real process killed mid-download, the upstream cut, the disk full."""
