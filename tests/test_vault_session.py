@@ -22,12 +22,16 @@ from tests.fixtures.openbao import (
 )
 from tokensidecar.config import Config, ConfigError, resolve, sidecar_settings
 from tokensidecar.demo.openbao import DevServer
+from tokensidecar.sources import SourceError
+from tokensidecar.upstream_errors import UpstreamRefused, UpstreamUnavailable
 from tokensidecar.vault import (
     KvPath,
     VaultCasConflict,
     VaultError,
     VaultPermissionDenied,
+    VaultRefused,
     VaultSession,
+    VaultUnavailable,
 )
 
 
@@ -573,6 +577,37 @@ async def test_unreachable_vault_is_a_retryable_error(restartable_openbao: DevSe
         assert restartable_openbao.root_token not in str(unreachable.value)
     finally:
         await session.aclose()
+
+
+async def test_vault_errors_say_unavailable_or_refused_and_are_not_source_errors(
+    restartable_openbao: DevServer,
+) -> None:
+    """The session is Vault's client for the sidecar and the rotation job alike: its errors
+    speak the upstream vocabulary (an outage to retry, or a verdict), never the sidecar's."""
+    server = restartable_openbao
+    refused_session = VaultSession.from_config(
+        vault_config(server, TOKENSIDECAR_VAULT_AUTH="token", VAULT_TOKEN="hvs.not-a-token-vault-knows")
+    )
+    down_session = VaultSession.from_config(
+        vault_config(server, TOKENSIDECAR_VAULT_AUTH="token", VAULT_TOKEN=server.root_token)
+    )
+    try:
+        with pytest.raises(VaultError, match="Vault refused the login") as refused:
+            await refused_session.read_kv(KvPath.parse("secret/hf/model"))
+        server.stop()
+        with pytest.raises(VaultError, match="cannot connect") as unreachable:
+            await down_session.read_kv(KvPath.parse("secret/hf/model"))
+    finally:
+        await refused_session.aclose()
+        await down_session.aclose()
+
+    assert isinstance(refused.value, VaultRefused) and isinstance(refused.value, UpstreamRefused)
+    assert not refused.value.retryable
+    assert isinstance(unreachable.value, VaultUnavailable) and isinstance(
+        unreachable.value, UpstreamUnavailable
+    )
+    assert unreachable.value.retryable
+    assert not isinstance(refused.value, SourceError) and not isinstance(unreachable.value, SourceError)
 
 
 # -- configuration ----------------------------------------------------------------------

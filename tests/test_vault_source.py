@@ -48,6 +48,26 @@ async def open_source(openbao: DevServer) -> AsyncIterator[Callable[..., VaultSo
         await source.aclose()
 
 
+async def test_vault_errors_become_source_errors_at_the_source_boundary(
+    restartable_openbao: DevServer, open_source: Callable[..., VaultSource]
+) -> None:
+    """The source turns Vault's errors into its own, keeping the message and whether the
+    upstream refused (a verdict) or could not answer (an outage)."""
+    path = f"secret/{unique('hf')}/model-a"
+    refused_source = open_source(
+        server=restartable_openbao, TOKENSIDECAR_VAULT_PATH=path, VAULT_TOKEN="hvs.not-a-token-vault-knows"
+    )
+    down_source = open_source(server=restartable_openbao, TOKENSIDECAR_VAULT_PATH=path)
+    with pytest.raises(SourceError, match="Vault refused the login") as refused:
+        await refused_source.fetch()
+    restartable_openbao.stop()
+    with pytest.raises(SourceError, match="cannot connect") as down:
+        await down_source.fetch()
+
+    assert type(refused.value) is SourceError and not refused.value.retryable
+    assert type(down.value) is SourceError and down.value.retryable
+
+
 def policy_token(openbao: DevServer, rules: str) -> str:
     name = unique("policy")
     openbao.write_policy(name, rules)

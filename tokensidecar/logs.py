@@ -17,7 +17,7 @@ from typing import Any, TextIO
 
 from tokensidecar.redact import redact
 
-__all__ = ["configure", "get_logger"]
+__all__ = ["JsonFormatter", "TextFormatter", "configure"]
 
 # Attributes every LogRecord has; anything else was passed through ``extra=``.
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None)).keys()) | {
@@ -100,7 +100,3 @@ def configure(*, fmt: str = "json", level: str = "info", stream: TextIO | None =
     root.setLevel(level.upper())
     for name in _NOISY_LIBRARIES:
         logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
-
-
-def get_logger(name: str) -> logging.Logger:
-    return logging.getLogger(name)

@@ -37,7 +37,10 @@ Login credentials (JWT, AppRole secret_id, token file) are read from their files
 every login, because kubelet rotates projected tokens.
 
 Every credential read here is registered with :func:`tokensidecar.redact.remember`, and
-every hvac/requests error becomes a :class:`VaultError` with a redacted message.
+every hvac/requests error becomes a :class:`VaultError` with a redacted message: a
+:class:`VaultUnavailable` when Vault could not answer (retry later), a
+:class:`VaultRefused` when it answered no (see :mod:`tokensidecar.upstream_errors`).
+Neither is a source error: the ``vault`` source translates them at its boundary.
 """
 
 from __future__ import annotations
@@ -55,8 +58,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from tokensidecar.backoff import Backoff
 from tokensidecar.config import ConfigError
 from tokensidecar.redact import redact, remember, safe_error
-from tokensidecar.sources import SourceError
 from tokensidecar.token import parse_time
+from tokensidecar.upstream_errors import UpstreamError, UpstreamRefused, UpstreamUnavailable
 
 if TYPE_CHECKING:
     import hvac
@@ -71,7 +74,9 @@ __all__ = [
     "VaultError",
     "VaultLogin",
     "VaultPermissionDenied",
+    "VaultRefused",
     "VaultSession",
+    "VaultUnavailable",
 ]
 
 log = logging.getLogger(__name__)
@@ -91,19 +96,33 @@ MAX_BACKOFF = 60.0
 REQUEST_TIMEOUT = (5.0, 10.0)
 
 
-class VaultError(SourceError):
-    """Vault could not do what was asked. The message is redacted and names the path."""
+class VaultError(UpstreamError):
+    """Vault could not do what was asked. The message is redacted and names the path.
 
-    def __init__(self, message: str, *, status: int | None = None, retryable: bool = True) -> None:
-        super().__init__(redact(message), retryable=retryable)
+    Raised as one of :class:`VaultUnavailable` and :class:`VaultRefused`; catch this class
+    for "anything from Vault".
+    """
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(redact(message))
         self.status = status
 
 
-class VaultPermissionDenied(VaultError):
+class VaultUnavailable(VaultError, UpstreamUnavailable):
+    """Vault could not answer (unreachable, timed out, sealed, 5xx, 429), or a login
+    credential file could not be read yet: the same request can succeed later."""
+
+
+class VaultRefused(VaultError, UpstreamRefused):
+    """Vault answered no (login refused, no secret there, another 4xx), or the session
+    cannot ask any more (closed, nothing to log in with): a verdict, not an outage."""
+
+
+class VaultPermissionDenied(VaultRefused):
     """403 even after logging in again: the policy does not allow this path."""
 
 
-class VaultCasConflict(VaultError):
+class VaultCasConflict(VaultRefused):
     """A KV v2 check-and-set write lost: the secret's current version is not the one given."""
 
 
@@ -192,9 +211,9 @@ def _read_secret_file(path: str, *, setting: str) -> str:
     try:
         value = pathlib.Path(path).read_text(encoding="utf-8").strip()
     except OSError as exc:
-        raise VaultError(f"cannot read {setting} {path}: {exc.strerror or safe_error(exc)}") from None
+        raise VaultUnavailable(f"cannot read {setting} {path}: {exc.strerror or safe_error(exc)}") from None
     if not value:
-        raise VaultError(f"{setting} {path} is empty")
+        raise VaultUnavailable(f"{setting} {path} is empty")
     remember(value)
     return value
 
@@ -420,7 +439,7 @@ class VaultSession:
     async def _call(self, request: Callable[[hvac.Client], T], *, what: str, path: KvPath | None = None) -> T:
         """Run one hvac request in a thread; on 403 tell a denial from a dead token."""
         if self._closed:
-            raise VaultError(f"cannot {what}: the Vault session is closed", retryable=False)
+            raise VaultRefused(f"cannot {what}: the Vault session is closed")
         await self.ensure_login()
         for attempt in (1, 2):
             client, generation = self._client, self._generation
@@ -551,7 +570,7 @@ class VaultSession:
             elif login.token:
                 value = login.token
             else:
-                raise VaultError("no Vault token configured", retryable=False)
+                raise VaultRefused("no Vault token configured")
             client.token = value
             try:
                 response = await asyncio.to_thread(client.auth.token.lookup_self)
@@ -601,7 +620,7 @@ class VaultSession:
         auth = response.get("auth") or {}
         client_token = auth.get("client_token")
         if not client_token:
-            raise VaultError(f"{what}: the response carried no client token")
+            raise VaultRefused(f"{what}: the response carried no client token")
         remember(client_token)
         client.token = client_token
         ttl = float(auth.get("lease_duration") or 0)
@@ -730,7 +749,7 @@ def _vault_error(
         return exc
     if isinstance(exc, requests.exceptions.ConnectionError | requests.exceptions.Timeout):
         kind = "timed out" if isinstance(exc, requests.exceptions.Timeout) else "cannot connect"
-        return VaultError(f"cannot {what}: Vault {kind} ({type(exc).__name__})")
+        return VaultUnavailable(f"cannot {what}: Vault {kind} ({type(exc).__name__})")
     if isinstance(exc, hvac.exceptions.VaultError):
         # hvac's str() appends the method and URL; the errors list alone says what Vault said.
         detail = ", ".join(str(e) for e in (exc.errors or [])) or str(exc.args[0] if exc.args else "")
@@ -746,7 +765,7 @@ def _vault_error(
             hvac.exceptions.VaultDown: 503,
         }.get(type(exc))
         if login and isinstance(exc, hvac.exceptions.Forbidden | hvac.exceptions.InvalidRequest):
-            return VaultError(
+            return VaultRefused(
                 f"cannot {what}: Vault refused the login (check the role, its bound claims and "
                 f"the credentials){_detail(detail)}",
                 status=status,
@@ -759,15 +778,17 @@ def _vault_error(
             hint = ""
             if path is not None and path.path.startswith(("data/", "metadata/")):
                 hint = f" (give the path without '/data/': {path.mount}/{path.path.split('/', 1)[1]})"
-            return VaultError(f"cannot {what}: no secret there{hint}", status=404)
+            return VaultRefused(f"cannot {what}: no secret there{hint}", status=404)
         if isinstance(exc, hvac.exceptions.InvalidRequest) and "check-and-set" in detail:
             return VaultCasConflict(f"cannot {what}: check-and-set lost{_detail(detail)}", status=400)
-        return VaultError(
-            f"cannot {what}: Vault answered {status or 'an error'}{_detail(detail)}", status=status
-        )
+        # 429 and 5xx (sealed, not initialized, down) are outages; the other 4xx are answers.
+        # An hvac error without a known status (UnexpectedError) is taken as an outage.
+        answered = status is not None and 400 <= status < 500 and status != 429
+        error = VaultRefused if answered else VaultUnavailable
+        return error(f"cannot {what}: Vault answered {status or 'an error'}{_detail(detail)}", status=status)
     if isinstance(exc, asyncio.CancelledError):
         raise exc
-    return VaultError(f"cannot {what}: {safe_error(exc)}")
+    return VaultUnavailable(f"cannot {what}: {safe_error(exc)}")
 
 
 def _detail(text: str) -> str:

@@ -24,8 +24,13 @@ __all__ = ["Source", "SourceError", "build_source"]
 class SourceError(Exception):
     """The source could not deliver a token. The message is redacted and user-facing.
 
-    ``retryable`` is False only for errors that retrying cannot fix without a config
-    change (a role that does not exist); the refresher still retries them, slower.
+    ``retryable`` carries the upstream's meaning across the source's boundary (see
+    :mod:`tokensidecar.upstream_errors`): False when the upstream gave a verdict that
+    the same request will meet again until something changes (an exchange refused, a
+    Vault login refused, a path denied), True for outages and everything else. The
+    refresher does not act on it and retries both on the same backoff, on purpose: what
+    fixes a refusal usually happens outside the pod (a policy edited, kubelet rotating the
+    subject token), and the sidecar must pick that up without a restart.
     """
 
     def __init__(self, message: str, *, retryable: bool = True) -> None:

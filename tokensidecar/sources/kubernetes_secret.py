@@ -4,14 +4,16 @@ A kubelet-mounted Secret volume takes 60-90 s to show a change; a watch sees it 
 milliseconds. The watch is built in layers, each with one job (the shape of kopf's
 ``kopf/_cogs/clients/watching.py``):
 
-* :meth:`KubernetesSecretSource.watch` never stops on its own: it lists the Secret
-  (field selector on its name), yields that state, then watches from the list's
-  resourceVersion; on ``410 Gone`` it lists again and yields the re-listed state when it
-  changed, so an update made while the watch was broken is still delivered; on a dropped
-  connection it resumes from the last resourceVersion after a short jittered backoff,
-  and gives up (raises, so the refresher counts a failure and backs off) only after
-  several reconnects in a row fail.
-* :meth:`KubernetesSecretSource._stream` is one HTTP watch stream, as raw JSON events.
+* :meth:`KubernetesSecretSource.watch` reconnects forever: after a dropped connection it
+  resumes from the last resourceVersion after a short jittered backoff, and gives up
+  (raises, so the refresher counts a failure and backs off) only after several
+  reconnects in a row fail; after ``410 Gone`` it lists again, with a backoff of its own.
+* :meth:`KubernetesSecretSource._list_then_watch` lists the Secret (field selector on its
+  name), yields that state, then watches from the list's resourceVersion, stream after
+  stream; it returns on ``410 Gone``, and the re-listed state is yielded when it changed,
+  so an update made while the watch was broken is still delivered.
+* :meth:`KubernetesSecretSource._watch_stream` turns one watch stream into tokens, and
+  :meth:`KubernetesSecretSource._stream` is that HTTP stream, as raw JSON events.
 
 The official client is synchronous (urllib3), so each stream is read in a thread that
 hands lines to the event loop with ``loop.call_soon_threadsafe``. Closing the stream
@@ -38,6 +40,7 @@ import logging
 import random
 import threading
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from tokensidecar import kube
@@ -73,6 +76,20 @@ RECONNECT_BACKOFF = (0.2, 5.0)
 
 class _Gone(Exception):
     """410 Gone: the resourceVersion we resume from has been compacted away; list again."""
+
+
+@dataclass
+class _WatchState:
+    """Where a watch stands, kept across reconnects and relists by :meth:`KubernetesSecretSource.watch`."""
+
+    #: Backoff between reconnects after drops or failed requests; reset by any event.
+    reconnects: Backoff
+    #: Backoff between relists after 410 Gone; reset by any event that is not an ERROR.
+    relists: Backoff
+    #: resourceVersion to resume watching from; None: list first.
+    resource_version: str | None = None
+    #: resourceVersion of the state last yielded ("" = absent, None = nothing yet).
+    last_yielded: str | None = None
 
 
 class KubernetesSecretSource(Source):
@@ -178,60 +195,113 @@ class KubernetesSecretSource(Source):
         return (items[0] if items else None), str(listing["metadata"]["resourceVersion"])
 
     async def watch(self) -> AsyncIterator[Token | SourceError]:
+        """Reconnect forever: keep a list-then-watch going through what networks and API servers do.
+
+        * ``410 Gone`` (the resourceVersion was compacted away): :meth:`_list_then_watch`
+          returns, and runs again, listing first, after the relist backoff. When the API
+          server keeps answering 410 (a storm), relists slow down, as client-go's reflector
+          does, instead of spinning list+watch as fast as the server replies; a real event
+          resets that backoff.
+        * A dropped connection, a read timeout, a refused connection, a 5xx: resume from the
+          last resourceVersion after a short jittered backoff; after
+          :data:`MAX_QUIET_RECONNECTS` in a row, raise :class:`SourceError` (the refresher
+          counts a failure, backs off and starts the watch again).
+        * 401, 403, 404 (RBAC, the namespace gone), and an ERROR event other than 410: raise
+          at once; retrying here will not help.
+        """
         from kubernetes.client.exceptions import ApiException
 
-        backoff = Backoff(base=self.reconnect_backoff[0], cap=self.reconnect_backoff[1])
-        # 410 Gone is answered by listing again; when the API server keeps answering 410
-        # (a storm), the relists back off too, as client-go's reflector does, instead of
-        # spinning list+watch as fast as the server replies. A real event resets it.
-        relist_backoff = Backoff(base=self.reconnect_backoff[0], cap=self.reconnect_backoff[1])
-        resource_version: str | None = None
-        last_yielded: str | None = None  # resourceVersion of the state last yielded ("" = absent)
+        state = _WatchState(
+            reconnects=Backoff(base=self.reconnect_backoff[0], cap=self.reconnect_backoff[1]),
+            relists=Backoff(base=self.reconnect_backoff[0], cap=self.reconnect_backoff[1]),
+        )
         while True:
             try:
-                if resource_version is None:
-                    secret, listed_at = await asyncio.to_thread(self._list)
-                    resource_version = listed_at
-                    state = (secret or {}).get("metadata", {}).get("resourceVersion", "")
-                    if state != last_yielded:
-                        last_yielded = state
-                        yield self._outcome(secret, event_type="LISTED")
-                async with contextlib.aclosing(self._stream(resource_version)) as events:
-                    async for event in events:
-                        backoff.reset()
-                        event_type = event.get("type")
-                        obj = event.get("object") or {}
-                        if event_type == "ERROR":
-                            if obj.get("code") == 410:
-                                raise _Gone(obj.get("message", ""))
-                            raise SourceError(
-                                f"watch of secret {self.ref} failed: {obj.get('code')} {obj.get('reason')} "
-                                f"({obj.get('message', '')})"
-                            )
-                        relist_backoff.reset()
-                        resource_version = obj.get("metadata", {}).get("resourceVersion") or resource_version
-                        if event_type in ("ADDED", "MODIFIED", "DELETED"):
-                            last_yielded = "" if event_type == "DELETED" else resource_version
-                            yield self._outcome(obj, event_type=event_type)
-                # The server closed the stream (timeoutSeconds): resume where we are.
-            except _Gone as exc:
-                # 410 Gone: the resourceVersion is too old (etcd compacted it). List again;
-                # whatever changed meanwhile comes out of the listing.
-                log.info("watch expired, listing again", extra={"secret": self.ref, "reason": str(exc)})
-                resource_version = None
-                await asyncio.sleep(relist_backoff.next_delay())
+                async with contextlib.aclosing(self._list_then_watch(state)) as outcomes:
+                    async for outcome in outcomes:
+                        yield outcome
+                await asyncio.sleep(state.relists.next_delay())  # it returned: 410 Gone
             except ApiException as exc:
-                if exc.status == 410:
-                    resource_version = None
-                    await asyncio.sleep(relist_backoff.next_delay())
-                    continue
-                if exc.status in (401, 403, 404):  # RBAC, namespace gone: retrying here will not help
+                if exc.status in (401, 403, 404):
                     raise SourceError(kube.describe_error(exc, action=f"watch secret {self.ref}")) from None
-                await self._pause(backoff, exc)
+                await self._pause(state.reconnects, exc)
             except SourceError:
                 raise
             except Exception as exc:  # dropped connection, read timeout, connection refused
-                await self._pause(backoff, exc)
+                await self._pause(state.reconnects, exc)
+
+    async def _list_then_watch(self, state: _WatchState) -> AsyncGenerator[Token | SourceError, None]:
+        """List the Secret, then watch it from the list's resourceVersion; return on ``410 Gone``.
+
+        It lists only when there is no resourceVersion to resume from (the first time, and
+        after a 410), and yields the listed state only when it differs from the one last
+        yielded: an update made while the watch was broken is delivered, a relist that
+        finds nothing new repeats nothing. Then it watches, one stream after another: the
+        API server ends each stream after ``timeoutSeconds``, and the next one resumes
+        where it stopped.
+
+        ``410 Gone`` means the resourceVersion is too old (etcd compacted it). A real API
+        server sends it as an ERROR event carrying a 410 Status inside a 200 stream; it can
+        also answer the watch request itself with HTTP 410. Either way the resourceVersion
+        is forgotten and this returns, so the caller lists again. Anything else is raised.
+        """
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            if state.resource_version is None:
+                listed = await self._relist(state)
+                if listed is not None:
+                    yield listed
+            while True:
+                async with contextlib.aclosing(self._watch_stream(state)) as outcomes:
+                    async for outcome in outcomes:
+                        yield outcome
+        except _Gone as exc:
+            log.info("watch expired, listing again", extra={"secret": self.ref, "reason": str(exc)})
+        except ApiException as exc:
+            if exc.status != 410:
+                raise
+        state.resource_version = None
+
+    async def _relist(self, state: _WatchState) -> Token | SourceError | None:
+        """List the Secret and move ``state`` to the list's resourceVersion; return the
+        listed outcome, or None when it is the state last yielded."""
+        secret, state.resource_version = await asyncio.to_thread(self._list)
+        seen = (secret or {}).get("metadata", {}).get("resourceVersion", "")
+        if seen == state.last_yielded:
+            return None
+        state.last_yielded = seen
+        return self._outcome(secret, event_type="LISTED")
+
+    async def _watch_stream(self, state: _WatchState) -> AsyncGenerator[Token | SourceError, None]:
+        """One watch stream from ``state.resource_version``: the outcome of each ADDED,
+        MODIFIED and DELETED event. Every event moves the resourceVersion on (bookmarks
+        too), so the next stream resumes where this one stopped."""
+        since = state.resource_version
+        assert since is not None, "list before watching"
+        async with contextlib.aclosing(self._stream(since)) as events:
+            async for event in events:
+                state.reconnects.reset()
+                event_type = event.get("type")
+                obj = event.get("object") or {}
+                if event_type == "ERROR":
+                    raise self._watch_error(obj)
+                state.relists.reset()
+                state.resource_version = (
+                    obj.get("metadata", {}).get("resourceVersion") or state.resource_version
+                )
+                if event_type in ("ADDED", "MODIFIED", "DELETED"):
+                    state.last_yielded = "" if event_type == "DELETED" else state.resource_version
+                    yield self._outcome(obj, event_type=event_type)
+
+    def _watch_error(self, status: dict[str, Any]) -> Exception:
+        """What an ERROR event (its object a ``Status``) means: 410 lists again, the rest ends it."""
+        if status.get("code") == 410:
+            return _Gone(status.get("message", ""))
+        return SourceError(
+            f"watch of secret {self.ref} failed: {status.get('code')} {status.get('reason')} "
+            f"({status.get('message', '')})"
+        )
 
     async def _pause(self, backoff: Backoff, exc: Exception) -> None:
         message = kube.describe_error(exc, action=f"watch secret {self.ref}")

@@ -17,6 +17,10 @@ is in the future: an expiry left over from an older token must not refuse a new 
 full rule is in :mod:`tokensidecar.sources.expiry`).
 
 Login, token renewal, re-login and revocation belong to :class:`~tokensidecar.vault.VaultSession`.
+Its errors speak of Vault (:class:`~tokensidecar.vault.VaultError`: unavailable or refused);
+this source turns them into :class:`~tokensidecar.sources.SourceError` at its boundary,
+with the same message and retryability, so the rotation job, which uses the same session,
+never sees a "source" error.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from tokensidecar.config import ConfigError
 from tokensidecar.sources import Source, SourceError
 from tokensidecar.sources.expiry import StoredExpiry
 from tokensidecar.token import Token
-from tokensidecar.vault import KvPath, KvSecret, VaultPermissionDenied, VaultSession
+from tokensidecar.vault import KvPath, KvSecret, VaultError, VaultPermissionDenied, VaultSession
 
 if TYPE_CHECKING:
     from tokensidecar.config import Config
@@ -82,6 +86,13 @@ class VaultSource(Source):
         )
 
     async def fetch(self) -> Token:
+        try:
+            return await self._read_through_session()
+        except VaultError as exc:
+            raise SourceError(str(exc), retryable=exc.retryable) from None
+
+    async def _read_through_session(self) -> Token:
+        """The current token: the previous one when KV v2 metadata says it has not moved."""
         if self._metadata_allowed and self._last is not None:
             try:
                 metadata = await self.session.read_kv_metadata(self.path)
