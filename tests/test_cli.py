@@ -553,3 +553,59 @@ def test_errors_found_after_parsing_name_what_the_user_typed(
             patch.setenv(name, value)
         assert cli.main(["run", "--listen=127.0.0.1:0", "--source=vault", *args]) == 2
     assert _one_error_line(capsys.readouterr().err).startswith(expected)
+
+
+def _once_verified(source: Path, out: Path, endpoint: str) -> int:
+    return cli.main(
+        [
+            "once",
+            "--source=file",
+            f"--source-file={source}",
+            f"--token-file={out}",
+            "--verify=whoami",
+            f"--hf-endpoint={endpoint}",
+        ]
+    )
+
+
+def test_once_with_an_endpoint_that_does_not_exist_is_a_configuration_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Was: the DNS failure counted as a Hub outage, and the token went out unverified (exit 0).
+    source = tmp_path / "source"
+    source.write_text("hf_dnsfailure0000000000")
+    out = tmp_path / "token"
+    assert _once_verified(source, out, "https://hf.invalid") == 2  # RFC 2606: never resolves
+    line = _one_error_line(capsys.readouterr().err)
+    assert "HF_ENDPOINT" in line and "'hf.invalid' does not exist" in line, line
+    assert "hf_dnsfailure" not in line
+    assert not out.exists()
+
+
+def test_once_with_an_endpoint_that_is_not_a_hub_is_a_configuration_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import http.server
+    import threading
+
+    class NotAHub(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # a web server with no Hub API: 404 for /api/whoami-v2
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NotAHub)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        source = tmp_path / "source"
+        source.write_text("hf_notahub00000000000")
+        out = tmp_path / "token"
+        assert _once_verified(source, out, f"http://127.0.0.1:{server.server_address[1]}") == 2
+    finally:
+        server.shutdown()
+    line = _one_error_line(capsys.readouterr().err)
+    assert "is not a Hugging Face Hub" in line, line
+    assert not out.exists()

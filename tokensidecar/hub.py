@@ -41,7 +41,9 @@ import base64
 import binascii
 import json
 import logging
+import socket
 import time
+import urllib.parse
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -54,7 +56,7 @@ from tokensidecar.config import ConfigError
 from tokensidecar.hub_scope import TokenScope, judge, scope_from_whoami
 from tokensidecar.redact import fingerprint, redact, remember
 from tokensidecar.token import parse_lifetime, parse_time
-from tokensidecar.verify import HubUnavailable, TokenRejected
+from tokensidecar.verify import HubMisconfigured, HubUnavailable, TokenRejected
 
 if TYPE_CHECKING:
     from tokensidecar.config import Config
@@ -145,8 +147,30 @@ def _request(method: str, url: str, *, timeout: float, **kwargs: Any) -> httpx2.
     except httpx2.TimeoutException:
         raise HubUnavailable(f"the Hub did not answer within {timeout:g}s") from None
     except httpx2.HTTPError as exc:
+        if _name_does_not_exist(exc):
+            host = urllib.parse.urlsplit(url).hostname
+            raise HubMisconfigured(
+                f"HF_ENDPOINT: the host {host!r} does not exist (DNS: no such name); "
+                "check the endpoint, this is not an outage"
+            ) from None
         # The message names the URL and the OS error, never a header.
         raise HubUnavailable(redact(f"cannot reach the Hub: {type(exc).__name__}: {exc}")) from None
+
+
+# getaddrinfo's "no such name" (NXDOMAIN) answers; EAI_AGAIN (the resolver could not be
+# reached or timed out) stays an outage, since it passes.
+_NO_SUCH_NAME = {socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)}
+
+
+def _name_does_not_exist(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    for _ in range(8):  # the cause chain: httpx2 → httpcore2 → OSError
+        if seen is None:
+            return False
+        if isinstance(seen, socket.gaierror):
+            return seen.errno in _NO_SUCH_NAME
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _exchange_answer(response: httpx2.Response) -> ExchangedToken:
@@ -451,7 +475,9 @@ class HubVerifier:
             try:
                 whoami = response.json()
             except ValueError:
-                raise HubUnavailable("whoami answer is not JSON") from None
+                raise HubMisconfigured(
+                    "HF_ENDPOINT: the answer to /api/whoami-v2 is not JSON: not a Hugging Face Hub"
+                ) from None
         if self.mode == "whoami":
             return _hub_expiry(whoami), scope_from_whoami(
                 whoami, token_prefix=prefix, oauth_scopes=granted_scope
@@ -504,6 +530,11 @@ class HubVerifier:
         detail = f": {description or error}" if description or error else ""
         if code == "GatedRepo":
             detail = f": gated model, access not granted to this token's owner{detail}"
+        if status == 404 and what == "whoami":
+            raise HubMisconfigured(
+                f"HF_ENDPOINT: {response.request.url.scheme}://{response.request.url.host} is not a "
+                "Hugging Face Hub (/api/whoami-v2 answered HTTP 404)"
+            )
         if status in (401, 403) or (status == 404 and what != "whoami"):
             raise TokenRejected(f"the Hub rejected the token ({what}: HTTP {status}{detail})")
         raise HubUnavailable(f"the Hub could not verify the token ({what}: HTTP {status}{detail})")

@@ -65,11 +65,18 @@ class SidecarMetrics:
         self.verify = Counter(
             "tokensidecar_verify",
             "Verifications of new tokens at the Hub, by result "
-            "(ok, rejected, hub_unavailable_published, hub_unavailable_held).",
+            "(ok, rejected, hub_unavailable_published, hub_unavailable_held, misconfigured: HF_ENDPOINT "
+            "does not exist or is not a Hub).",
             ["result"],
             registry=self.registry,
         )
-        for result in ("ok", "rejected", "hub_unavailable_published", "hub_unavailable_held"):
+        for result in (
+            "ok",
+            "rejected",
+            "hub_unavailable_published",
+            "hub_unavailable_held",
+            "misconfigured",
+        ):
             self.verify.labels(result=result)
         self.publishes = Counter(
             "tokensidecar_publishes",

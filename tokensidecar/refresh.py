@@ -42,7 +42,7 @@ from tokensidecar.publish import PublishError
 from tokensidecar.redact import redact, safe_error
 from tokensidecar.sources import SourceError
 from tokensidecar.token import InvalidToken, Token, format_time, utcnow, validate
-from tokensidecar.verify import HubUnavailable, TokenRejected
+from tokensidecar.verify import HubMisconfigured, HubUnavailable, TokenRejected
 
 if TYPE_CHECKING:
     from tokensidecar.metrics import SidecarMetrics
@@ -67,8 +67,10 @@ class RefreshFailed(Exception):
     they go through the redactor here, before /status, /readyz or stderr can show them.
     """
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, config_error: bool = False) -> None:
         super().__init__(redact(message))
+        #: The Hub endpoint is misconfigured: ``once`` exits 2, as for any bad setting.
+        self.config_error = config_error
 
 
 @dataclass
@@ -218,6 +220,9 @@ class Refresher:
             return again
         try:
             verified = await self.verifier.verify(token)
+        except HubMisconfigured as exc:
+            self.metrics.verify.labels(result="misconfigured").inc()
+            raise RefreshFailed(f"configuration error: {exc}", config_error=True) from None
         except TokenRejected as exc:
             self.metrics.verify.labels(result="rejected").inc()
             message = f"the Hub rejected the new token: {exc}"

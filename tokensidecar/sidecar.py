@@ -251,7 +251,7 @@ async def _once(config: Config) -> int:
         token = await sidecar.refresher.fetch_and_publish()
     except RefreshFailed as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return 2 if exc.config_error else 1
     finally:
         await sidecar.aclose()
     log.info(

@@ -12,11 +12,17 @@ if TYPE_CHECKING:
     from tokensidecar.config import Config
     from tokensidecar.token import Token
 
-__all__ = ["HubUnavailable", "TokenRejected", "Verifier", "build_verifier"]
+__all__ = ["HubMisconfigured", "HubUnavailable", "TokenRejected", "Verifier", "build_verifier"]
 
 
 class TokenRejected(Exception):
     """The Hub answered and refused the token (401/403, or no access to the model)."""
+
+
+class HubMisconfigured(TokenRejected):
+    """``HF_ENDPOINT`` does not lead to a Hub: its name does not exist (NXDOMAIN), or what
+    answers there is not a Hub (no ``/api/whoami-v2``). A configuration error, never an
+    outage: no token is published unverified because of it."""
 
 
 class HubUnavailable(Exception):

@@ -55,7 +55,7 @@ READY_TIMEOUT_SECONDS = 60.0
 ROTATION_TIMEOUT_SECONDS = 30.0
 
 POLICY = f"""\
-# Who may read what through the gateway (CONTRACT §10); anything else is denied.
+# Who may read what through the gateway (docs/gateway.md); anything else is denied.
 rules:
   - subjects: [{{namespace: {NAMESPACE}, serviceAccount: {SERVICE_ACCOUNT}}}]
     repos: [acme/private-*]
