@@ -154,6 +154,10 @@ def test_two_replicas_started_together_converge_on_one_valid_bundle(
     assert secret is not None and secret["type"] == "kubernetes.io/tls"
     ca_pem = base64.b64decode(secret["data"]["tls.crt"])
     assert set(bundles(kube_api)) == {base64.b64encode(ca_pem).decode()}
+    # The CA certificate alone, for Prometheus (manifests/monitoring/servicemonitor.yaml).
+    wait_for(lambda: kube_api.get("v1/configmaps", "tokensidecar-webhook-ca", namespace=NAMESPACE))
+    published = kube_api.get("v1/configmaps", "tokensidecar-webhook-ca", namespace=NAMESPACE)
+    assert published is not None and published["data"] == {"ca.crt": ca_pem.decode()}
     # Each replica serves its own certificate, and both verify against the one bundle.
     served = [served_certificate(port, ca_pem=ca_pem) for port in ports]
     assert served[0].serial_number != served[1].serial_number
@@ -267,3 +271,16 @@ def test_serving_files_are_private_and_removed(tmp_path: Any) -> None:
     assert files.due_for_renewal()
     files.remove()
     assert not files.directory.exists()
+
+
+def test_the_published_ca_certificate_is_brought_up_to_date(kube_api: KubeApi, kube_client: Any) -> None:
+    from kubernetes import client
+
+    core = client.CoreV1Api(kube_client)
+    old, new = certs.generate_ca(), certs.generate_ca()
+    assert certs.publish_ca_certificate(core, namespace=NAMESPACE, name="ca", ca_pem=old.cert_pem) is True
+    assert certs.publish_ca_certificate(core, namespace=NAMESPACE, name="ca", ca_pem=old.cert_pem) is False
+    assert certs.publish_ca_certificate(core, namespace=NAMESPACE, name="ca", ca_pem=new.cert_pem) is True
+    stored = kube_api.get("v1/configmaps", "ca", namespace=NAMESPACE)
+    assert stored is not None and stored["data"] == {"ca.crt": new.cert_pem.decode()}
+    assert b"PRIVATE KEY" not in new.cert_pem

@@ -46,6 +46,7 @@ __all__ = [
     "KeyPair",
     "ServingFiles",
     "ensure_ca_bundle",
+    "publish_ca_certificate",
     "generate_ca",
     "issue_serving_cert",
     "service_dns_names",
@@ -69,6 +70,8 @@ PATCH_ATTEMPTS = 8
 
 CA_CERT_KEY = "tls.crt"
 CA_KEY_KEY = "tls.key"
+# The ConfigMap that carries the CA certificate alone, for clients such as Prometheus.
+CA_CERT_CONFIGMAP_KEY = "ca.crt"
 
 
 class CertificateError(RuntimeError):
@@ -258,6 +261,54 @@ def shared_ca(core_api: Any, *, namespace: str, secret_name: str) -> KeyPair:
         )
     log.info("using the shared webhook CA", extra={"secret": f"{namespace}/{secret_name}"})
     return existing
+
+
+def publish_ca_certificate(core_api: Any, *, namespace: str, name: str, ca_pem: bytes) -> bool:
+    """Publish the CA *certificate* (never its key) in ConfigMap ``name``, key ``ca.crt``:
+    what Prometheus verifies the webhook's TLS with, without reading the CA Secret.
+
+    Create it, or bring an existing one up to date; True when something was written.
+    """
+    from kubernetes.client.exceptions import ApiException
+
+    from tokensidecar.kube import describe_error
+
+    wanted = ca_pem.decode("ascii")
+    body = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": {
+                "app.kubernetes.io/managed-by": "tokensidecar",
+                "app.kubernetes.io/component": "webhook",
+            },
+        },
+        "data": {CA_CERT_CONFIGMAP_KEY: wanted},
+    }
+    try:
+        core_api.create_namespaced_config_map(namespace=namespace, body=body)
+        log.info("published the webhook CA certificate", extra={"configmap": f"{namespace}/{name}"})
+        return True
+    except ApiException as exc:
+        if exc.status != 409:  # AlreadyExists: compare and update below
+            raise CertificateError(
+                describe_error(exc, action=f"create configmap {namespace}/{name}")
+            ) from None
+    except Exception as exc:
+        raise CertificateError(describe_error(exc, action=f"create configmap {namespace}/{name}")) from None
+    try:
+        existing = core_api.read_namespaced_config_map(name=name, namespace=namespace)
+        if (existing.data or {}).get(CA_CERT_CONFIGMAP_KEY) == wanted:
+            return False
+        core_api.patch_namespaced_config_map(
+            name=name, namespace=namespace, body={"data": {CA_CERT_CONFIGMAP_KEY: wanted}}
+        )
+    except Exception as exc:
+        raise CertificateError(describe_error(exc, action=f"update configmap {namespace}/{name}")) from None
+    log.info("updated the published webhook CA certificate", extra={"configmap": f"{namespace}/{name}"})
+    return True
 
 
 def ensure_ca_bundle(admission_api: Any, *, name: str, ca_pem: bytes, attempts: int = PATCH_ATTEMPTS) -> bool:

@@ -280,6 +280,7 @@ class _SelfSigned:
         self.admission = kube.admissionregistration_v1(self.api_client)
         self.files: Any = None
         self.ca: Any = None
+        self.ca_published = False
 
     def prepare(self) -> tuple[str, str]:
         """Shared CA + serving certificate on disk; returns (cert_file, key_file)."""
@@ -303,6 +304,14 @@ class _SelfSigned:
         if self.files.due_for_renewal():
             self._issue()
             log.info("serving certificate re-issued", extra={"not_after": str(self.files.not_after)})
+        if self.config.ca_configmap_name and not self.ca_published:
+            certs.publish_ca_certificate(
+                self.core,
+                namespace=self.namespace,
+                name=self.config.ca_configmap_name,
+                ca_pem=self.ca.cert_pem,
+            )
+            self.ca_published = True
         return certs.ensure_ca_bundle(
             self.admission, name=self.config.webhook_config_name, ca_pem=self.ca.cert_pem
         )

@@ -158,6 +158,15 @@ WEBHOOK_SETTINGS = register(
         section="webhook",
     ),
     Setting(
+        "ca_configmap_name",
+        "TOKENSIDECAR_WEBHOOK_CA_CONFIGMAP",
+        "With --self-signed: ConfigMap (key ca.crt) where the CA certificate, never its key, is "
+        "published for clients that verify the webhook, such as Prometheus. Empty: not published.",
+        default="tokensidecar-webhook-ca",
+        flag="--ca-configmap-name",
+        section="webhook",
+    ),
+    Setting(
         "legacy_sidecar",
         "TOKENSIDECAR_LEGACY_SIDECAR",
         "For clusters without native sidecars (Kubernetes < 1.29): inject an init container "
