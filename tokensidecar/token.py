@@ -26,6 +26,7 @@ __all__ = [
     "InvalidToken",
     "Token",
     "format_time",
+    "jwt_exp",
     "jwt_expiry",
     "parse_lifetime",
     "parse_time",
@@ -116,10 +117,11 @@ def parse_lifetime(value: object) -> float | None:
     return seconds if seconds > 0 else None
 
 
-def jwt_expiry(value: str) -> datetime | None:
-    """The ``exp`` claim of a JWT (``hf_jwt_…`` or plain), without checking its signature.
+def jwt_exp(value: str) -> float | None:
+    """The ``exp`` claim (epoch seconds) of a JWT (``hf_jwt_…`` or plain), unchecked.
 
-    Only used to schedule refreshes; the Hub is the one that decides whether it is valid.
+    Only for scheduling and cache lifetimes: whoever the token is for decides whether it is
+    valid (the Hub, the API server's TokenReview).
     """
     candidate = value.removeprefix("hf_jwt_")
     parts = candidate.split(".")
@@ -132,11 +134,19 @@ def jwt_expiry(value: str) -> datetime | None:
         return None
     exp = claims.get("exp") if isinstance(claims, dict) else None
     if isinstance(exp, int | float) and not isinstance(exp, bool):
-        try:
-            return datetime.fromtimestamp(exp, UTC)
-        except (OverflowError, OSError, ValueError):
-            return None
+        return float(exp)
     return None
+
+
+def jwt_expiry(value: str) -> datetime | None:
+    """:func:`jwt_exp` as a time; None when absent or out of range."""
+    exp = jwt_exp(value)
+    if exp is None:
+        return None
+    try:
+        return datetime.fromtimestamp(exp, UTC)
+    except (OverflowError, OSError, ValueError):
+        return None
 
 
 def validate(value: str) -> str:

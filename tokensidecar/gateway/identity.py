@@ -38,8 +38,6 @@ Extend, don't change.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
 import hashlib
 import json
@@ -56,6 +54,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from tokensidecar import kube
 from tokensidecar.redact import redact
+from tokensidecar.token import jwt_exp
 
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient
@@ -116,22 +115,6 @@ def parse_service_account(username: str) -> tuple[str, str] | None:
     if len(parts) != 2 or not all(parts):
         return None
     return parts[0], parts[1]
-
-
-def _token_expiry(token: str) -> float | None:
-    """The JWT's ``exp`` (epoch seconds) without checking anything: only a cache lifetime."""
-    parts = token.split(".")
-    if len(parts) != 3:
-        return None
-    payload = parts[1] + "=" * (-len(parts[1]) % 4)
-    try:
-        claims: Any = json.loads(base64.urlsafe_b64decode(payload))
-    except (binascii.Error, ValueError, UnicodeDecodeError):
-        return None
-    exp = claims.get("exp") if isinstance(claims, dict) else None
-    if isinstance(exp, int | float) and not isinstance(exp, bool):
-        return float(exp)
-    return None
 
 
 @dataclass(frozen=True)
@@ -349,7 +332,7 @@ class TokenReviewer:
             log.info("token is not a service account's; refused", extra={"username": username[:200]})
             return refused
         self._metrics.reviews.labels(result="authenticated").inc()
-        exp = _token_expiry(token)
+        exp = jwt_exp(token)  # only how long to cache; the TokenReview decides
         until = exp if exp is not None else now + self.unknown_expiry_ttl
         identity = Identity(
             namespace=account[0],
