@@ -12,17 +12,6 @@ the job and its clients load when the command runs.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from tokensidecar.rotate.settings import SETTINGS
 
-if TYPE_CHECKING:
-    from tokensidecar.config import Config
-
-__all__ = ["SETTINGS", "main"]
-
-
-def main(config: Config) -> int:
-    from tokensidecar.rotate.job import main as run_job
-
-    return run_job(config)
+__all__ = ["SETTINGS"]
