@@ -237,7 +237,7 @@ async def test_gone_mid_watch_relists_and_delivers_update_made_while_broken(
 ) -> None:
     kube_api.put_secret(NAME, {"token": "hf_before_outage_1"})
     assert (await watcher.next_token()).value == "hf_before_outage_1"
-    kube_api.wait_for_watches(1)
+    await asyncio.to_thread(kube_api.wait_for_watches, 1)  # never block the loop the watch runs on
 
     kube_api.latency = 0.3  # the reconnect arrives after the update and the compaction
     kube_api.drop_watches()
@@ -256,7 +256,7 @@ async def test_gone_as_http_410_relists(kube_api: KubeApi, watcher: Watcher) -> 
     kube_api.inject_gone(1, as_http=True)
     kube_api.drop_watches()
     await asyncio.to_thread(lambda: wait_until(lambda: len(list_requests(kube_api)) == 2))
-    kube_api.wait_for_watches(1)
+    await asyncio.to_thread(kube_api.wait_for_watches, 1)  # never block the loop the watch runs on
     kube_api.put_secret(NAME, {"token": "hf_after_relist_2"})
     assert (await watcher.next_token()).value == "hf_after_relist_2"
 
@@ -269,7 +269,7 @@ async def test_gone_event_without_change_does_not_repeat_the_token(
     kube_api.inject_gone(1)
     kube_api.drop_watches()
     await asyncio.to_thread(lambda: wait_until(lambda: len(list_requests(kube_api)) == 2))
-    kube_api.wait_for_watches(1)
+    await asyncio.to_thread(kube_api.wait_for_watches, 1)  # never block the loop the watch runs on
     with pytest.raises(TimeoutError):
         await watcher.next(timeout=0.3)
 
@@ -279,10 +279,10 @@ async def test_dropped_connection_resumes_from_last_resource_version(
 ) -> None:
     stored = kube_api.put_secret(NAME, {"token": "hf_before_drop_111"})
     assert (await watcher.next_token()).value == "hf_before_drop_111"
-    kube_api.wait_for_watches(1)
+    await asyncio.to_thread(kube_api.wait_for_watches, 1)  # never block the loop the watch runs on
     kube_api.drop_watches()
     await asyncio.to_thread(lambda: wait_until(lambda: len(watch_requests(kube_api)) == 2))
-    kube_api.wait_for_watches(1)
+    await asyncio.to_thread(kube_api.wait_for_watches, 1)  # never block the loop the watch runs on
     kube_api.put_secret(NAME, {"token": "hf_after_drop_2222"})
     assert (await watcher.next_token()).value == "hf_after_drop_2222"
     assert watch_requests(kube_api)[-1]["resourceVersion"] == stored["metadata"]["resourceVersion"]
@@ -310,7 +310,7 @@ async def test_persistent_api_outage_ends_the_watch_with_a_source_error(
 ) -> None:
     kube_api.put_secret(NAME, {"token": "hf_before_outage_1"})
     assert (await watcher.next_token()).value == "hf_before_outage_1"
-    kube_api.wait_for_watches(1)
+    await asyncio.to_thread(kube_api.wait_for_watches, 1)  # never block the loop the watch runs on
     kube_api.fail_next(50, status=503)
     kube_api.drop_watches()
     failure = await watcher.next()
@@ -321,7 +321,7 @@ async def test_persistent_api_outage_ends_the_watch_with_a_source_error(
 async def test_forbidden_watch_is_not_retried_quietly(kube_api: KubeApi, watcher: Watcher) -> None:
     kube_api.put_secret(NAME, {"token": "hf_before_rbac_111"})
     assert (await watcher.next_token()).value == "hf_before_rbac_111"
-    kube_api.wait_for_watches(1)
+    await asyncio.to_thread(kube_api.wait_for_watches, 1)  # never block the loop the watch runs on
     kube_api.fail_next(1, status=403, path_contains="/secrets")
     kube_api.drop_watches()
     failure = await watcher.next()
@@ -334,7 +334,7 @@ async def test_cancelling_the_watch_closes_its_stream_promptly(
     kube_api.put_secret(NAME, {"token": "hf_cancel_me_1111"})
     watcher = Watcher(source)
     assert isinstance(await watcher.next(), Token)
-    kube_api.wait_for_watches(1)
+    await asyncio.to_thread(kube_api.wait_for_watches, 1)  # never block the loop the watch runs on
     started = time.monotonic()
     await watcher.stop()
     await asyncio.to_thread(lambda: wait_until(lambda: kube_api.open_watches == 0, timeout=2.0))
@@ -347,7 +347,7 @@ async def test_cancelling_the_watch_closes_its_stream_promptly(
 async def test_update_reaches_the_watch_in_milliseconds(kube_api: KubeApi, watcher: Watcher) -> None:
     kube_api.put_secret(NAME, {"token": "hf_latency_00000"})
     await watcher.next_token()
-    kube_api.wait_for_watches(1)
+    await asyncio.to_thread(kube_api.wait_for_watches, 1)  # never block the loop the watch runs on
     delays = []
     for round_number in range(1, 21):
         started = time.perf_counter()
@@ -434,7 +434,7 @@ async def test_canary_token_never_appears_in_errors_logs_or_reprs(
     watcher = Watcher(source)
     try:
         seen.append(repr(await watcher.next()))
-        kube_api.wait_for_watches(1)
+        await asyncio.to_thread(kube_api.wait_for_watches, 1)  # never block the loop the watch runs on
         kube_api.put_secret(NAME, {"token": CANARY + "x"})
         seen.append(repr(await watcher.next()))
         kube_api.drop_watches()  # a dropped watch is logged
