@@ -1,6 +1,6 @@
 """Fleet: N sidecars against one OpenBao — request rate in steady state, during and after an outage.
 
-Method: one process runs N simulated sidecars, each a real :class:`~tokensidecar.refresh.Refresher`
+Method: one process runs N simulated sidecars, each a real :class:`~tokensidecar.sidecar.refresh.Refresher`
 with a real :class:`~tokensidecar.sources.vault.VaultSource` (its own ``VaultSession``, i.e.
 its own hvac client and connection pool, token auth) and a real ``Publisher`` writing its own
 token file on /dev/shm, all against one local OpenBao dev server. The only addition is
@@ -39,15 +39,15 @@ from typing import Any, ClassVar
 from common import emit
 from prometheus_client import CollectorRegistry
 
+from tokensidecar.backends.vault import KvPath, VaultLogin, VaultSession
 from tokensidecar.demo.openbao import DevServer
-from tokensidecar.metrics import SidecarMetrics
-from tokensidecar.publish import Publisher
 from tokensidecar.redact import remember
-from tokensidecar.refresh import Refresher
+from tokensidecar.sidecar.metrics import SidecarMetrics
+from tokensidecar.sidecar.publish import Publisher
+from tokensidecar.sidecar.refresh import Refresher
 from tokensidecar.sources import Source
 from tokensidecar.sources.vault import VaultSource
 from tokensidecar.token import Token
-from tokensidecar.vault import KvPath, VaultLogin, VaultSession
 
 GOAL_PEAK_TO_MEAN = 2.0
 SECRET_PATH = "secret/hf/fleet"

@@ -26,14 +26,15 @@ import pytest
 
 from tests.sidecar_process import SidecarProcess, free_port, wait_for
 from tokensidecar import logs
-from tokensidecar.metrics import SidecarMetrics, exposition
-from tokensidecar.notify import Notifier
-from tokensidecar.publish import Publisher
-from tokensidecar.refresh import Refresher, RefreshFailed
+from tokensidecar.metrics import exposition
+from tokensidecar.sidecar.metrics import SidecarMetrics
+from tokensidecar.sidecar.notify import Notifier
+from tokensidecar.sidecar.publish import Publisher
+from tokensidecar.sidecar.refresh import Refresher, RefreshFailed
+from tokensidecar.sidecar.verify import TokenRejected
 from tokensidecar.sources import Source, SourceError
 from tokensidecar.sources.file import FileSource
 from tokensidecar.token import Token
-from tokensidecar.verify import TokenRejected
 
 CANARIES = {
     "hf-shaped": "hf_CANARY" + secrets.token_hex(16),

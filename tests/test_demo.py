@@ -144,7 +144,7 @@ def test_the_tokenreview_stand_in_answers_like_the_api_server_with_the_official_
     from kubernetes.client import AuthenticationV1Api, V1TokenReview, V1TokenReviewSpec
     from kubernetes.client.exceptions import ApiException
 
-    from tokensidecar import kube
+    from tokensidecar.backends import kube
 
     with serve_in_thread(ApiServerStandIn()) as api, serve_in_thread(ApiServerStandIn()) as other_cluster:
         client = AuthenticationV1Api(kube.api_client(kubeconfig=str(api.write_kubeconfig(tmp_path / "kc"))))

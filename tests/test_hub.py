@@ -23,12 +23,12 @@ import pytest
 from huggingface_hub import HfApi, hf_hub_download, snapshot_download
 from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
 
+from tokensidecar.backends.hub import HubVerifier, revoke
 from tokensidecar.client import read_token, watch_token
 from tokensidecar.config import ConfigError, resolve, sidecar_settings
 from tokensidecar.demo.hub import DEFAULT_FILES, DEFAULT_REPO, HubStandIn, serve_in_thread
-from tokensidecar.hub import HubVerifier, revoke
+from tokensidecar.sidecar.verify import HubUnavailable, TokenRejected, build_verifier
 from tokensidecar.token import Token
-from tokensidecar.verify import HubUnavailable, TokenRejected, build_verifier
 
 
 def _token(value: str) -> Token:

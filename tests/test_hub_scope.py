@@ -2,7 +2,7 @@
 
 The rule is documented in docs/kserve-huggingface.md, "Least privilege".
 
-Two layers. The pure rule (:mod:`tokensidecar.hub_scope`) on whoami-v2 answers in the shapes
+Two layers. The pure rule (:mod:`tokensidecar.backends.hub_scope`) on whoami-v2 answers in the shapes
 the Hub really sends, each shape cited where it is written down:
 
 * classic ``read`` / ``write``: ``auth: {type: "access_token", accessToken: {displayName,
@@ -34,12 +34,12 @@ import pytest
 
 from tests.fixtures.hub import OidcIssuer
 from tests.sidecar_process import SidecarProcess, wait_for
+from tokensidecar.backends.hub import HubVerifier, exchange_enterprise, exchange_id_token
+from tokensidecar.backends.hub_scope import judge, scope_from_whoami, verdict
 from tokensidecar.demo.hub import DEFAULT_REPO, HubStandIn, serve_in_thread
-from tokensidecar.hub import HubVerifier, exchange_enterprise, exchange_id_token
-from tokensidecar.hub_scope import judge, scope_from_whoami, verdict
 from tokensidecar.redact import fingerprint
+from tokensidecar.sidecar.verify import HubUnavailable, TokenRejected
 from tokensidecar.token import Token
-from tokensidecar.verify import HubUnavailable, TokenRejected
 
 MODEL = DEFAULT_REPO  # acme/private-model
 

@@ -16,7 +16,7 @@ import kubernetes
 import pytest
 
 from tests.fixtures.kube import SECRETS, KubeApi, secret_body
-from tokensidecar import kube
+from tokensidecar.backends import kube
 from tokensidecar.config import ConfigError, resolve, sidecar_settings
 from tokensidecar.logs import JsonFormatter
 from tokensidecar.sources import SourceError

@@ -20,8 +20,8 @@ import pytest
 from aiohttp import web
 
 from tokensidecar.config import ConfigError, resolve, sidecar_settings
-from tokensidecar.metrics import SidecarMetrics
-from tokensidecar.notify import Notifier, find_processes
+from tokensidecar.sidecar.metrics import SidecarMetrics
+from tokensidecar.sidecar.notify import Notifier, find_processes
 from tokensidecar.token import Token
 
 _RECEIVER = textwrap.dedent(

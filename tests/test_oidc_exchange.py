@@ -19,19 +19,19 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests.fixtures.hub import DiscoverableIssuer, OidcIssuer
-from tokensidecar.config import ConfigError, resolve, sidecar_settings
-from tokensidecar.demo.hub import DEFAULT_REPO, HubStandIn, mint_subject_jwt
-from tokensidecar.hub import (
+from tokensidecar.backends.hub import (
     ExchangeRefused,
     HubVerifier,
     InvalidSubjectToken,
     exchange_enterprise,
     exchange_id_token,
 )
+from tokensidecar.config import ConfigError, resolve, sidecar_settings
+from tokensidecar.demo.hub import DEFAULT_REPO, HubStandIn, mint_subject_jwt
+from tokensidecar.sidecar.verify import HubUnavailable, TokenRejected
 from tokensidecar.sources import SourceError, build_source
 from tokensidecar.sources.oidc_exchange import OidcExchangeSource
 from tokensidecar.token import Token
-from tokensidecar.verify import HubUnavailable, TokenRejected
 
 RESOURCE = DEFAULT_REPO  # a repository resource: an hf_jwt_ token that can write to it
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tokensidecar.publish import Publisher, PublishError, filesystem_type
+from tokensidecar.sidecar.publish import Publisher, PublishError, filesystem_type
 from tokensidecar.token import InvalidToken, Token
 
 
@@ -128,7 +128,7 @@ def test_full_filesystem_keeps_the_old_token(tiny_tmpfs: Path) -> None:
 _PUBLISH_FOREVER = """
 import sys
 import tempfile
-from tokensidecar.publish import Publisher
+from tokensidecar.sidecar.publish import Publisher
 from tokensidecar.token import Token
 publisher = Publisher(token_path=sys.argv[1])
 i = int(sys.argv[2])
@@ -205,7 +205,7 @@ def test_the_first_publish_warns_when_the_token_directory_is_on_disk(
     if _statfs_type(tmp_path) in ("tmpfs", "ramfs"):
         pytest.skip("the temporary directory is memory-backed on this machine")
     publisher = Publisher(token_path=tmp_path / "run" / "token")
-    with caplog.at_level(logging.INFO, logger="tokensidecar.publish"):
+    with caplog.at_level(logging.INFO, logger="tokensidecar.sidecar.publish"):
         publisher.prepare()
         for value in ("hf_abcdefghijkl", "hf_mnopqrstuvwx"):
             publisher.publish(_token(value))
@@ -219,8 +219,10 @@ def test_publishing_is_quiet_on_a_memory_backed_directory(
 ) -> None:
     assert _statfs_type(shm_path) == "tmpfs"
     publisher = Publisher(token_path=shm_path / "token")
-    with caplog.at_level(logging.INFO, logger="tokensidecar.publish"):
+    with caplog.at_level(logging.INFO, logger="tokensidecar.sidecar.publish"):
         publisher.prepare()
         publisher.publish(_token("hf_abcdefghijkl"))
     assert filesystem_type(shm_path) == "tmpfs"
-    assert not [r for r in caplog.records if r.name == "tokensidecar.publish" and r.levelno >= logging.INFO]
+    assert not [
+        r for r in caplog.records if r.name == "tokensidecar.sidecar.publish" and r.levelno >= logging.INFO
+    ]

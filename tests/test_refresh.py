@@ -27,13 +27,13 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from tokensidecar.backoff import Backoff, jittered
-from tokensidecar.metrics import SidecarMetrics
-from tokensidecar.publish import Publisher
-from tokensidecar.refresh import MIN_REFRESH_SECONDS, Refresher
-from tokensidecar.server import build_app
+from tokensidecar.sidecar.metrics import SidecarMetrics
+from tokensidecar.sidecar.publish import Publisher
+from tokensidecar.sidecar.refresh import MIN_REFRESH_SECONDS, Refresher
+from tokensidecar.sidecar.server import build_app
+from tokensidecar.sidecar.verify import HubUnavailable, TokenRejected
 from tokensidecar.sources import Source, SourceError
 from tokensidecar.token import Token, format_time
-from tokensidecar.verify import HubUnavailable, TokenRejected
 
 GOOD = "hf_refreshgood000001"
 NEXT = "hf_refreshnext000002"
@@ -733,7 +733,7 @@ class FreshTokenSource(ScriptedSource):
 
 async def test_polling_an_unchanged_token_notifies_only_once(tmp_path: Path) -> None:
     from tests.test_notify import NotifyEndpoint
-    from tokensidecar.notify import Notifier
+    from tokensidecar.sidecar.notify import Notifier
 
     endpoint = NotifyEndpoint()
     await endpoint.start()

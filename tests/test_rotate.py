@@ -797,7 +797,7 @@ def test_plausible_lifetimes_parse() -> None:
 
 
 def test_exchange_answer_with_an_infinite_expires_in_is_refused_not_overflowed() -> None:
-    from tokensidecar import hub as hub_client
+    from tokensidecar.backends import hub as hub_client
 
     # 1e400 is valid JSON; Python reads it as infinity.
     body = b'{"access_token": "hf_oauth_' + b"x" * 24 + b'", "token_type": "bearer", "expires_in": 1e400}'

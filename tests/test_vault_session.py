@@ -20,11 +20,8 @@ from tests.fixtures.openbao import (
     seal,
     unseal,
 )
-from tokensidecar.config import Config, ConfigError, resolve, sidecar_settings
-from tokensidecar.demo.openbao import DevServer
-from tokensidecar.sources import SourceError
-from tokensidecar.upstream_errors import UpstreamRefused, UpstreamUnavailable
-from tokensidecar.vault import (
+from tokensidecar.backends.errors import UpstreamRefused, UpstreamUnavailable
+from tokensidecar.backends.vault import (
     KvPath,
     VaultCasConflict,
     VaultError,
@@ -33,6 +30,9 @@ from tokensidecar.vault import (
     VaultSession,
     VaultUnavailable,
 )
+from tokensidecar.config import Config, ConfigError, resolve, sidecar_settings
+from tokensidecar.demo.openbao import DevServer
+from tokensidecar.sources import SourceError
 
 
 def vault_config(openbao: DevServer, *, addr: str | None = None, **env: str) -> Config:

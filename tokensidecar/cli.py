@@ -75,16 +75,16 @@ COMMANDS = {
             "Fetch the Hugging Face token from the source, verify it at the Hub, publish it "
             "atomically to the token file, and keep it fresh until SIGTERM. Serves /healthz, "
             "/readyz, /metrics and /status. Failures keep the last good token published.",
-            "tokensidecar.sidecar",
-            "tokensidecar.sidecar:main_run",
+            "tokensidecar.sidecar.main",
+            "tokensidecar.sidecar.main:main_run",
         ),
         Command(
             "once",
             "fetch, verify and publish once, then exit (init containers, debugging)",
             "Fetch, verify and publish the token once. Exit 0 when it is on disk, 1 with a "
             "one-line reason when it is not.",
-            "tokensidecar.sidecar",
-            "tokensidecar.sidecar:main_once",
+            "tokensidecar.sidecar.main",
+            "tokensidecar.sidecar.main:main_once",
             # The refresh schedule and the probe port belong to `run`'s loop.
             unused=frozenset({"refresh_interval", "max_backoff", "listen"}),
         ),

@@ -1,103 +1,38 @@
-"""Prometheus metrics of the sidecar. Names are part of the public contract (docs/metrics.md).
+"""What every command's metrics share: the exposition, and ``tokensidecar_build_info``.
 
-Each sidecar instance owns its own :class:`~prometheus_client.CollectorRegistry`, so
-several can live in one process (tests, the fleet benchmark) without clashing, and the
-exposition holds only tokensidecar's series plus the process collector.
+The sidecar (:mod:`tokensidecar.sidecar.metrics`), the webhook and the gateway each own a
+:class:`~prometheus_client.CollectorRegistry` of their own, so several can live in one
+process (tests, the fleet benchmark) without clashing. Names are part of the public
+contract (docs/metrics.md).
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client import CollectorRegistry, Gauge, disable_created_metrics
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
-from prometheus_client.process_collector import ProcessCollector
 
 from tokensidecar import __version__
 
-__all__ = ["CONTENT_TYPE_LATEST", "SidecarMetrics", "exposition"]
+__all__ = ["CONTENT_TYPE_LATEST", "build_info", "exposition"]
 
 # The *_created series double the exposition and no dashboard or alert of ours reads them.
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
-# Fetches are local-network calls: most finish in milliseconds, a slow Vault in seconds.
-FETCH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
+def build_info(registry: CollectorRegistry, **labels: str) -> Gauge:
+    """``tokensidecar_build_info{version, ...} 1``: which build runs, and as what.
 
-class SidecarMetrics:
-    def __init__(self, *, source: str, registry: CollectorRegistry | None = None) -> None:
-        self.registry = registry or CollectorRegistry(auto_describe=True)
-        ProcessCollector(registry=self.registry)
-        self.rotations = Counter(
-            "tokensidecar_rotations",
-            "Attempts to obtain and publish a token, by result.",
-            ["result"],
-            registry=self.registry,
-        )
-        for result in ("success", "failure"):
-            self.rotations.labels(result=result)
-        self.fetch_duration = Histogram(
-            "tokensidecar_fetch_duration_seconds",
-            "Time to fetch a token from the source.",
-            ["source"],
-            buckets=FETCH_BUCKETS,
-            registry=self.registry,
-        ).labels(source=source)
-        self.last_success = Gauge(
-            "tokensidecar_last_success_timestamp_seconds",
-            "Unix time of the last successful fetch and publish.",
-            registry=self.registry,
-        )
-        self.token_expiry = Gauge(
-            "tokensidecar_token_expiry_timestamp_seconds",
-            "Unix time at which the published token expires (NaN when unknown).",
-            registry=self.registry,
-        )
-        self.token_expiry.set(float("nan"))
-        self.consecutive_failures = Gauge(
-            "tokensidecar_consecutive_failures",
-            "Failures since the last success.",
-            registry=self.registry,
-        )
-        self.ready = Gauge(
-            "tokensidecar_ready",
-            "1 when a valid, unexpired token is published.",
-            registry=self.registry,
-        )
-        self.verify = Counter(
-            "tokensidecar_verify",
-            "Verifications of new tokens at the Hub, by result "
-            "(ok, rejected, hub_unavailable_published, hub_unavailable_held, misconfigured: HF_ENDPOINT "
-            "does not exist or is not a Hub).",
-            ["result"],
-            registry=self.registry,
-        )
-        for result in (
-            "ok",
-            "rejected",
-            "hub_unavailable_published",
-            "hub_unavailable_held",
-            "misconfigured",
-        ):
-            self.verify.labels(result=result)
-        self.publishes = Counter(
-            "tokensidecar_publishes",
-            "Tokens written to the token file (a new value, or new metadata).",
-            registry=self.registry,
-        )
-        self.notify_failures = Counter(
-            "tokensidecar_notify_failures",
-            "Failed post-publish notifications, by kind (signal, http).",
-            ["kind"],
-            registry=self.registry,
-        )
-        for kind in ("signal", "http"):
-            self.notify_failures.labels(kind=kind)
-        self.build_info = Gauge(
-            "tokensidecar_build_info",
-            "Always 1; the version is in the label.",
-            ["version", "source"],
-            registry=self.registry,
-        )
-        self.build_info.labels(version=__version__, source=source).set(1)
+    The sidecar labels it with its ``source``, the webhook and the gateway with their
+    ``component``; dashboards join on ``version``.
+    """
+    gauge = Gauge(
+        "tokensidecar_build_info",
+        "Always 1; the version is in the label.",
+        ["version", *labels],
+        registry=registry,
+    )
+    gauge.labels(version=__version__, **labels).set(1)
+    return gauge
 
 
 def exposition(registry: CollectorRegistry) -> bytes:

@@ -158,7 +158,7 @@ def _metric_entries(metric_holder: object) -> list[MetricEntry]:
 
 def metric_groups() -> list[tuple[str, str, list[MetricEntry]]]:
     """(title, where it is served, metrics) for each component that exposes metrics."""
-    from tokensidecar.metrics import SidecarMetrics
+    from tokensidecar.sidecar.metrics import SidecarMetrics
 
     groups = [
         (

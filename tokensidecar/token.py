@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from tokensidecar.redact import fingerprint, remember
 
 if TYPE_CHECKING:
-    from tokensidecar.hub_scope import TokenScope
+    from tokensidecar.backends.hub_scope import TokenScope
 
 __all__ = [
     "MAX_TOKEN_BYTES",
@@ -180,7 +180,7 @@ class Token:
     verified: bool = False
     #: OAuth scopes an exchange granted (the Hub's whoami-v2 does not list them).
     granted_scope: tuple[str, ...] | None = None
-    #: What the Hub says the token may do, set by verification (:mod:`tokensidecar.hub_scope`).
+    #: What the Hub says the token may do, set by verification (:mod:`tokensidecar.backends.hub_scope`).
     scope: TokenScope | None = None
 
     def __post_init__(self) -> None:

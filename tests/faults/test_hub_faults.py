@@ -24,12 +24,13 @@ from prometheus_client import CollectorRegistry
 
 from tests.faults.sampler import FileSampler
 from tests.sidecar_process import SidecarProcess, wait_for
+from tokensidecar.backends.hub import HubVerifier
 from tokensidecar.demo.hub import HubStandIn
-from tokensidecar.hub import HubVerifier
-from tokensidecar.metrics import SidecarMetrics, exposition
-from tokensidecar.publish import Publisher
+from tokensidecar.metrics import exposition
 from tokensidecar.redact import fingerprint
-from tokensidecar.refresh import Refresher
+from tokensidecar.sidecar.metrics import SidecarMetrics
+from tokensidecar.sidecar.publish import Publisher
+from tokensidecar.sidecar.refresh import Refresher
 from tokensidecar.sources.file import FileSource
 
 WHOAMI = "/api/whoami-v2"

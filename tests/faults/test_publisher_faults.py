@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tokensidecar.publish import Publisher, PublishError
+from tokensidecar.sidecar.publish import Publisher, PublishError
 from tokensidecar.token import Token
 
 

@@ -29,7 +29,7 @@ from tokensidecar.demo.hub import HubStandIn, serve_in_thread
 from tokensidecar.demo.openbao import DevServer
 from tokensidecar.gateway.credentials import CREDENTIAL_SETTINGS, CredentialStore
 from tokensidecar.logs import JsonFormatter
-from tokensidecar.metrics import SidecarMetrics
+from tokensidecar.sidecar.metrics import SidecarMetrics
 
 DEFAULT_TOKEN_FILE = pathlib.Path("/var/run/tokensidecar/token")
 

@@ -24,14 +24,14 @@ Only ``source`` must be given for each credential. Settings about a token *file*
 meaning here and are refused; tokens are verified at ``TOKENSIDECAR_GATEWAY_UPSTREAM``.
 Without the file, the sidecar's own source settings define one credential, ``default``.
 
-Each credential is a :class:`~tokensidecar.refresh.Refresher` over its source — the
+Each credential is a :class:`~tokensidecar.sidecar.refresh.Refresher` over its source — the
 sidecar's schedule, jitter, backoff, last-good and verification, unchanged — whose
 publisher keeps the token in this process's memory (:class:`MemoryPublisher`): nothing is
 ever written to disk. The data plane asks :meth:`CredentialStore.token` for every
 upstream request, so a rotation takes effect at the next request and a download already
 streaming keeps the connection it opened.
 
-Metrics: each refresher counts into its own :class:`~tokensidecar.metrics.SidecarMetrics`
+Metrics: each refresher counts into its own :class:`~tokensidecar.sidecar.metrics.SidecarMetrics`
 (its own registry, the sidecar's exposition unchanged); :class:`CredentialMetricsCollector`
 shows them all on the gateway's registry with a ``credential`` label added (docs/gateway.md:
 "the refresh metrics of §6 labelled by credential").
@@ -60,12 +60,12 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from tokensidecar.config import Config, ConfigError, Setting, resolve, sidecar_settings
-from tokensidecar.metrics import SidecarMetrics
-from tokensidecar.publish import Publisher
-from tokensidecar.refresh import Refresher
+from tokensidecar.sidecar.metrics import SidecarMetrics
+from tokensidecar.sidecar.publish import Publisher
+from tokensidecar.sidecar.refresh import Refresher
+from tokensidecar.sidecar.verify import Verifier, build_verifier
 from tokensidecar.sources import Source, build_source
 from tokensidecar.token import Token, validate
-from tokensidecar.verify import Verifier, build_verifier
 
 __all__ = [
     "CREDENTIALS_SETTING",
@@ -124,7 +124,7 @@ _BY_KEY: dict[str, Setting] = {
 
 class MemoryPublisher(Publisher):
     """The refresher's publisher, in memory: the same ``prepare``/``publish`` interface as
-    :class:`~tokensidecar.publish.Publisher`, and no file anywhere.
+    :class:`~tokensidecar.sidecar.publish.Publisher`, and no file anywhere.
 
     It subclasses Publisher only because the refresher is typed with that class; none of
     the parent's state is set up, and the one method that writes files refuses to run.

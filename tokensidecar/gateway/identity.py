@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from tokensidecar import kube
+from tokensidecar.backends import kube
 from tokensidecar.redact import redact
 from tokensidecar.token import jwt_exp
 
@@ -154,7 +154,7 @@ class IdentityMetrics:
 class TokenReviewer:
     """Turns a bearer token into an :class:`Identity` (or None), caching the API server's answers.
 
-    ``kube`` is an ``ApiClient`` from :func:`tokensidecar.kube.api_client`; the reviewer owns
+    ``kube`` is an ``ApiClient`` from :func:`tokensidecar.backends.kube.api_client`; the reviewer owns
     it and closes it in :meth:`aclose`. Metrics go to ``registry`` when one is given (the
     gateway's); ``clock`` is wall-clock epoch seconds (token ``exp`` is wall-clock).
     """

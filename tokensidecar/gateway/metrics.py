@@ -10,7 +10,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.process_collector import ProcessCollector
 
-from tokensidecar import __version__
+from tokensidecar.metrics import build_info
 
 __all__ = ["GatewayMetrics"]
 
@@ -70,10 +70,4 @@ class GatewayMetrics:
             ["result"],
             registry=self.registry,
         )
-        self.build_info = Gauge(
-            "tokensidecar_build_info",
-            "Always 1; the version is in the label.",
-            ["version", "component"],
-            registry=self.registry,
-        )
-        self.build_info.labels(version=__version__, component="gateway").set(1)
+        self.build_info = build_info(self.registry, component="gateway")

@@ -1,7 +1,7 @@
 """The upstream Hub (or a Hub-compatible mirror), as the gateway talks to it.
 
 One ``aiohttp.ClientSession`` for everything upstream. aiohttp rather than huggingface_hub's
-httpx2 session (which ``tokensidecar.hub`` uses for one-shot verification calls in a worker
+httpx2 session (which ``tokensidecar.backends.hub`` uses for one-shot verification calls in a worker
 thread): the gateway streams multi-gigabyte bodies into its cache while serving them, on the
 same event loop as its aiohttp server, and a synchronous client would need a thread hop per
 chunk and a thread per download. The upstream credential is added per request and never set

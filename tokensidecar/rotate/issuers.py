@@ -3,8 +3,8 @@
 Each issuer answers one question — "give me a new token and what you know of its
 expiry" — so the job's order of work (mint, validate, verify, store, revoke) is the same
 whatever mints. The Hub exchanges and the Vault read are not implemented here: they reuse
-the one Hub client (:mod:`tokensidecar.hub`) and the one Vault session
-(:mod:`tokensidecar.vault`) the sidecar uses, imported only when chosen. The ``command``
+the one Hub client (:mod:`tokensidecar.backends.hub`) and the one Vault session
+(:mod:`tokensidecar.backends.vault`) the sidecar uses, imported only when chosen. The ``command``
 issuer is the escape hatch for organisations whose issuance lives elsewhere: it runs a
 program from an argv list (never a shell), treats a non-zero exit or empty stdout as a
 failure, and logs the program's stderr through the redactor.
@@ -40,9 +40,9 @@ from tokensidecar.redact import remember, safe_error
 from tokensidecar.token import InvalidTime, Token, parse_lifetime, parse_time, utcnow
 
 if TYPE_CHECKING:
+    from tokensidecar.backends.hub import ExchangedToken
+    from tokensidecar.backends.vault import KvPath, VaultSession
     from tokensidecar.config import Config
-    from tokensidecar.hub import ExchangedToken
-    from tokensidecar.vault import KvPath, VaultSession
 
 __all__ = [
     "BASE_ENVIRONMENT",
@@ -392,8 +392,8 @@ class OidcExchangeIssuer(Issuer):
         )
 
     async def issue(self) -> Token:
-        from tokensidecar import hub
-        from tokensidecar.verify import HubUnavailable
+        from tokensidecar.backends import hub
+        from tokensidecar.sidecar.verify import HubUnavailable
 
         # Read at every run: kubelet rotates the projected token.
         subject = read_secret_file(self.subject_token_file, setting="TOKENSIDECAR_OIDC_TOKEN_FILE")
@@ -445,8 +445,8 @@ class EnterpriseExchangeIssuer(Issuer):
         )
 
     async def issue(self) -> Token:
-        from tokensidecar import hub
-        from tokensidecar.verify import HubUnavailable
+        from tokensidecar.backends import hub
+        from tokensidecar.sidecar.verify import HubUnavailable
 
         client_id = read_secret_file(self.client_id_file, setting="TOKENSIDECAR_ENTERPRISE_CLIENT_ID_FILE")
         client_secret = read_secret_file(
@@ -481,7 +481,7 @@ class VaultIssuer(Issuer):
 
     @classmethod
     def from_config(cls, config: Config) -> VaultIssuer:
-        from tokensidecar.vault import KvPath, VaultSession
+        from tokensidecar.backends.vault import KvPath, VaultSession
 
         raw_path = config.require("issuer_vault_path", when="--issuer=vault")
         try:
@@ -500,7 +500,7 @@ class VaultIssuer(Issuer):
         )
 
     async def issue(self) -> Token:
-        from tokensidecar.vault import VaultError
+        from tokensidecar.backends.vault import VaultError
 
         try:
             secret = await self.session.read_kv(self.path, kv_version=self.kv_version)

@@ -44,13 +44,13 @@ from tokensidecar.redact import fingerprint, safe_error
 from tokensidecar.rotate.issuers import Issuer, IssuerError, build_issuer
 from tokensidecar.rotate.report import write_metrics_file
 from tokensidecar.rotate.targets import StoreConflict, StoredToken, Target, TargetError, build_target
+from tokensidecar.sidecar.verify import HubUnavailable, TokenRejected, build_verifier
 from tokensidecar.token import InvalidToken, Token, format_time, jwt_expiry, utcnow, validate
-from tokensidecar.verify import HubUnavailable, TokenRejected, build_verifier
 
 if TYPE_CHECKING:
+    from tokensidecar.backends.hub_scope import TokenScope
     from tokensidecar.config import Config
-    from tokensidecar.hub_scope import TokenScope
-    from tokensidecar.verify import Verifier
+    from tokensidecar.sidecar.verify import Verifier
 
 __all__ = ["Outcome", "Progress", "RotationFailed", "RotationPolicy", "main", "rotate"]
 
@@ -673,7 +673,7 @@ def rotation_revoker(config: Config) -> Revoke | None:
     this run minted and did not store (whatever ``--revoke-after`` says)."""
     if not config.hf_endpoint:
         return None
-    from tokensidecar import hub
+    from tokensidecar.backends import hub
 
     endpoint: str = config.hf_endpoint
 

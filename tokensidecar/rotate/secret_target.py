@@ -99,7 +99,7 @@ class SecretTarget(Target):
 
     @classmethod
     def from_config(cls, config: Config) -> SecretTarget:
-        from tokensidecar import kube
+        from tokensidecar.backends import kube
 
         name = config.require("secret_name", when="--target=kubernetes-secret")
         namespace = config.secret_namespace or kube.pod_namespace(kubeconfig=config.kubeconfig)
@@ -115,7 +115,7 @@ class SecretTarget(Target):
         )
 
     def _core(self) -> Any:
-        from tokensidecar import kube
+        from tokensidecar.backends import kube
 
         return kube.core_v1(self.api_client)
 
@@ -123,8 +123,8 @@ class SecretTarget(Target):
         """One API request in a thread; API errors become redacted :class:`TargetError`s."""
         from kubernetes.client.exceptions import ApiException
 
-        from tokensidecar import kube
-        from tokensidecar.kube import describe_error
+        from tokensidecar.backends import kube
+        from tokensidecar.backends.kube import describe_error
 
         try:
             return await asyncio.to_thread(request, *args, _request_timeout=kube.REQUEST_TIMEOUT, **kwargs)
@@ -143,8 +143,8 @@ class SecretTarget(Target):
     async def read(self) -> StoredToken:
         from kubernetes.client.exceptions import ApiException
 
-        from tokensidecar import kube
-        from tokensidecar.kube import describe_error
+        from tokensidecar.backends import kube
+        from tokensidecar.backends.kube import describe_error
 
         try:
             secret = await asyncio.to_thread(

@@ -27,9 +27,9 @@ from tokensidecar.rotate.targets import StoreConflict, StoredToken, Target, Targ
 from tokensidecar.token import InvalidTime, format_time, parse_time
 
 if TYPE_CHECKING:
+    from tokensidecar.backends.vault import KvPath, KvSecret, VaultSession
     from tokensidecar.config import Config
     from tokensidecar.token import Token
-    from tokensidecar.vault import KvPath, KvSecret, VaultSession
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ class VaultTarget(Target):
 
     @classmethod
     def from_config(cls, config: Config) -> VaultTarget:
-        from tokensidecar.vault import KvPath, VaultSession
+        from tokensidecar.backends.vault import KvPath, VaultSession
 
         raw_path = config.require("vault_path", when="--target=vault")
         try:
@@ -85,7 +85,7 @@ class VaultTarget(Target):
         return cls(session=VaultSession.from_config(config), path=path, key=config.key)
 
     async def _read_version(self, version: int) -> KvSecret | None:
-        from tokensidecar.vault import VaultError
+        from tokensidecar.backends.vault import VaultError
 
         try:
             return await self.session.read_kv(self.path, version=version)
@@ -95,7 +95,7 @@ class VaultTarget(Target):
             raise TargetError(str(exc)) from None
 
     async def read(self) -> StoredToken:
-        from tokensidecar.vault import VaultError
+        from tokensidecar.backends.vault import VaultError
 
         try:
             metadata = await self.session.read_kv_metadata(self.path)
@@ -125,7 +125,7 @@ class VaultTarget(Target):
         )
 
     async def store(self, *, token: Token, replacing: StoredToken, rotated_at: datetime) -> StoredToken:
-        from tokensidecar.vault import VaultCasConflict, VaultError
+        from tokensidecar.backends.vault import VaultCasConflict, VaultError
 
         expires_at = token.expiry()
         cas = int(replacing.revision) if replacing.revision is not None else 0
@@ -156,7 +156,7 @@ class VaultTarget(Target):
         )
 
     async def mark_previous_revoked(self, *, stored: StoredToken, revoked_at: datetime) -> None:
-        from tokensidecar.vault import VaultError
+        from tokensidecar.backends.vault import VaultError
 
         if not stored.previous_fingerprint:
             return

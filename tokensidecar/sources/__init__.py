@@ -25,7 +25,7 @@ class SourceError(Exception):
     """The source could not deliver a token. The message is redacted and user-facing.
 
     ``retryable`` carries the upstream's meaning across the source's boundary (see
-    :mod:`tokensidecar.upstream_errors`): False when the upstream gave a verdict that
+    :mod:`tokensidecar.backends.errors`): False when the upstream gave a verdict that
     the same request will meet again until something changes (an exchange refused, a
     Vault login refused, a path denied), True for outages and everything else. The
     refresher does not act on it and retries both on the same backoff, on purpose: what

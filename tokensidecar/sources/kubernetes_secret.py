@@ -43,7 +43,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from tokensidecar import kube
+from tokensidecar.backends import kube
 from tokensidecar.backoff import Backoff
 from tokensidecar.config import Config, ConfigError
 from tokensidecar.redact import remember

@@ -13,7 +13,7 @@ The exchanged token's lifetime comes back as ``expires_in``; the source turns it
 
 The subject file is read afresh on every fetch, because kubelet rotates the projected
 token in place (at 80% of its lifetime) and a cached copy would expire under us. The
-request itself is :func:`tokensidecar.hub.exchange_id_token`, the same one the rotation
+request itself is :func:`tokensidecar.backends.hub.exchange_id_token`, the same one the rotation
 job's ``oidc-exchange`` issuer uses.
 """
 
@@ -23,12 +23,12 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from tokensidecar.backends.hub import ExchangeRefused, InvalidSubjectToken, exchange_id_token
 from tokensidecar.config import Config, ConfigError
-from tokensidecar.hub import ExchangeRefused, InvalidSubjectToken, exchange_id_token
 from tokensidecar.redact import remember
+from tokensidecar.sidecar.verify import HubUnavailable
 from tokensidecar.sources import Source, SourceError
 from tokensidecar.token import Token
-from tokensidecar.verify import HubUnavailable
 
 __all__ = ["OidcExchangeSource"]
 

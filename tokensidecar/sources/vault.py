@@ -16,8 +16,8 @@ the rotation job writes beside it) names the token read, or, with no fingerprint
 is in the future: an expiry left over from an older token must not refuse a new one (the
 full rule is in :mod:`tokensidecar.sources.expiry`).
 
-Login, token renewal, re-login and revocation belong to :class:`~tokensidecar.vault.VaultSession`.
-Its errors speak of Vault (:class:`~tokensidecar.vault.VaultError`: unavailable or refused);
+Login, token renewal, re-login and revocation belong to :class:`~tokensidecar.backends.vault.VaultSession`.
+Its errors speak of Vault (:class:`~tokensidecar.backends.vault.VaultError`: unavailable or refused);
 this source turns them into :class:`~tokensidecar.sources.SourceError` at its boundary,
 with the same message and retryability, so the rotation job, which uses the same session,
 never sees a "source" error.
@@ -30,11 +30,11 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, ClassVar
 
+from tokensidecar.backends.vault import KvPath, KvSecret, VaultError, VaultPermissionDenied, VaultSession
 from tokensidecar.config import ConfigError
 from tokensidecar.sources import Source, SourceError
 from tokensidecar.sources.expiry import StoredExpiry
 from tokensidecar.token import Token
-from tokensidecar.vault import KvPath, KvSecret, VaultError, VaultPermissionDenied, VaultSession
 
 if TYPE_CHECKING:
     from tokensidecar.config import Config

@@ -205,7 +205,7 @@ def shared_ca(core_api: Any, *, namespace: str, secret_name: str) -> KeyPair:
     """
     from kubernetes.client.exceptions import ApiException
 
-    from tokensidecar.kube import describe_error
+    from tokensidecar.backends.kube import describe_error
 
     candidate = generate_ca()
     body = {
@@ -271,7 +271,7 @@ def publish_ca_certificate(core_api: Any, *, namespace: str, name: str, ca_pem: 
     """
     from kubernetes.client.exceptions import ApiException
 
-    from tokensidecar.kube import describe_error
+    from tokensidecar.backends.kube import describe_error
 
     wanted = ca_pem.decode("ascii")
     body = {
@@ -320,7 +320,7 @@ def ensure_ca_bundle(admission_api: Any, *, name: str, ca_pem: bytes, attempts: 
     """
     from kubernetes.client.exceptions import ApiException
 
-    from tokensidecar.kube import describe_error
+    from tokensidecar.backends.kube import describe_error
 
     wanted = base64.b64encode(ca_pem).decode()
     for attempt in range(attempts):

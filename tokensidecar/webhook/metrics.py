@@ -6,10 +6,10 @@ process and the exposition holds only the webhook's series plus the process coll
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.process_collector import ProcessCollector
 
-from tokensidecar import __version__
+from tokensidecar.metrics import build_info
 
 __all__ = ["DURATION_BUCKETS", "RESULTS", "WebhookMetrics"]
 
@@ -44,10 +44,4 @@ class WebhookMetrics:
             ["result"],
             registry=self.registry,
         )
-        self.build_info = Gauge(
-            "tokensidecar_build_info",
-            "Always 1; the version is in the label.",
-            ["version", "component"],
-            registry=self.registry,
-        )
-        self.build_info.labels(version=__version__, component="webhook").set(1)
+        self.build_info = build_info(self.registry, component="webhook")

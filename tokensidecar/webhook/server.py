@@ -265,7 +265,7 @@ class _SelfSigned:
     """--self-signed: the shared CA, this replica's serving files, and the caBundle upkeep."""
 
     def __init__(self, *, config: Config) -> None:
-        from tokensidecar import kube
+        from tokensidecar.backends import kube
 
         self.config = config
         self.api_client = kube.api_client(kubeconfig=config.kubeconfig)

@@ -6,7 +6,7 @@ that model in its scope.
 This module is the pure half of that check — a function from what the Hub said (the
 ``whoami-v2`` answer, the ``auth-check`` answers, what an exchange granted) and a model id
 to a :class:`TokenScope` (a summary safe to show in ``/status``, ``token.json`` and the
-rotation report) and a verdict. It makes no request; :class:`tokensidecar.hub.HubVerifier`
+rotation report) and a verdict. It makes no request; :class:`tokensidecar.backends.hub.HubVerifier`
 asks the Hub and calls :func:`judge`, and the gateway's credentials can call it on answers
 they already have.
 

@@ -19,7 +19,7 @@ from tokensidecar.config import Config, ConfigError
 from tokensidecar.redact import safe_error
 
 if TYPE_CHECKING:
-    from tokensidecar.metrics import SidecarMetrics
+    from tokensidecar.sidecar.metrics import SidecarMetrics
 
 __all__ = ["Notifier", "find_processes"]
 

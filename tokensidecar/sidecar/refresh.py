@@ -38,18 +38,18 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from tokensidecar.backoff import Backoff, jittered
-from tokensidecar.publish import PublishError
 from tokensidecar.redact import redact, safe_error
+from tokensidecar.sidecar.publish import PublishError
+from tokensidecar.sidecar.verify import HubMisconfigured, HubUnavailable, TokenRejected
 from tokensidecar.sources import SourceError
 from tokensidecar.token import InvalidToken, Token, format_time, utcnow, validate
-from tokensidecar.verify import HubMisconfigured, HubUnavailable, TokenRejected
 
 if TYPE_CHECKING:
-    from tokensidecar.metrics import SidecarMetrics
-    from tokensidecar.notify import Notifier
-    from tokensidecar.publish import Publisher
+    from tokensidecar.sidecar.metrics import SidecarMetrics
+    from tokensidecar.sidecar.notify import Notifier
+    from tokensidecar.sidecar.publish import Publisher
+    from tokensidecar.sidecar.verify import Verifier
     from tokensidecar.sources import Source
-    from tokensidecar.verify import Verifier
 
 __all__ = ["RefreshFailed", "RefreshState", "Refresher"]
 

@@ -16,7 +16,7 @@ from tokensidecar import __version__
 from tokensidecar.metrics import CONTENT_TYPE_LATEST, exposition
 
 if TYPE_CHECKING:
-    from tokensidecar.refresh import Refresher
+    from tokensidecar.sidecar.refresh import Refresher
 
 __all__ = ["build_app"]
 

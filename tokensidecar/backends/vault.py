@@ -39,7 +39,7 @@ every login, because kubelet rotates projected tokens.
 Every credential read here is registered with :func:`tokensidecar.redact.remember`, and
 every hvac/requests error becomes a :class:`VaultError` with a redacted message: a
 :class:`VaultUnavailable` when Vault could not answer (retry later), a
-:class:`VaultRefused` when it answered no (see :mod:`tokensidecar.upstream_errors`).
+:class:`VaultRefused` when it answered no (see :mod:`tokensidecar.backends.errors`).
 Neither is a source error: the ``vault`` source translates them at its boundary.
 """
 
@@ -55,11 +55,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from tokensidecar.backends.errors import UpstreamError, UpstreamRefused, UpstreamUnavailable
 from tokensidecar.backoff import Backoff
 from tokensidecar.config import ConfigError
 from tokensidecar.redact import redact, remember, safe_error
 from tokensidecar.token import parse_time
-from tokensidecar.upstream_errors import UpstreamError, UpstreamRefused, UpstreamUnavailable
 
 if TYPE_CHECKING:
     import hvac

@@ -34,12 +34,12 @@ from typing import Any, TypeVar
 
 from tokensidecar import __version__
 from tokensidecar.config import Config, sidecar_settings
-from tokensidecar.metrics import SidecarMetrics
-from tokensidecar.notify import Notifier
-from tokensidecar.publish import Publisher
-from tokensidecar.refresh import Refresher, RefreshFailed
+from tokensidecar.sidecar.metrics import SidecarMetrics
+from tokensidecar.sidecar.notify import Notifier
+from tokensidecar.sidecar.publish import Publisher
+from tokensidecar.sidecar.refresh import Refresher, RefreshFailed
+from tokensidecar.sidecar.verify import Verifier, build_verifier
 from tokensidecar.sources import Source, build_source
-from tokensidecar.verify import Verifier, build_verifier
 
 __all__ = ["SETTINGS", "Sidecar", "main_once", "main_run"]
 
@@ -192,7 +192,7 @@ async def _run(config: Config, *, executor: DaemonThreadExecutor) -> int:
 
     from aiohttp import web
 
-    from tokensidecar.server import build_app
+    from tokensidecar.sidecar.server import build_app
 
     runner = web.AppRunner(build_app(refresher=refresher, loop_task=loop_task), access_log=None)
     await runner.setup()

@@ -1,6 +1,6 @@
 """What the refresher needs from verification, without importing the Hub client.
 
-The implementation lives in :mod:`tokensidecar.hub` and is imported only when
+The implementation lives in :mod:`tokensidecar.backends.hub` and is imported only when
 ``TOKENSIDECAR_VERIFY`` is not ``none``.
 """
 
@@ -41,6 +41,6 @@ class Verifier(Protocol):
 def build_verifier(config: Config) -> Verifier | None:
     if config.verify == "none":
         return None
-    from tokensidecar.hub import HubVerifier
+    from tokensidecar.backends.hub import HubVerifier
 
     return HubVerifier.from_config(config)

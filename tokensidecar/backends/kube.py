@@ -45,7 +45,7 @@ NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 # API server answers a GET or PATCH of one object in milliseconds; a connect that takes
 # 5 s means it is unreachable, and a reply that has not started after 10 s will not come
 # (the same read timeout as the Vault client's). Shutdown does not wait for either: the
-# sidecar abandons calls still running at SIGTERM (tokensidecar/sidecar.py).
+# sidecar abandons calls still running at SIGTERM (tokensidecar/sidecar/main.py).
 REQUEST_TIMEOUT = (5.0, 10.0)
 
 

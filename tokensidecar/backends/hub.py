@@ -8,7 +8,7 @@ issuers and revocation all go through the functions below. Each call follows a p
 document, named where it is made:
 
 * ``GET /api/whoami-v2`` — is the token alive, and what may it do (shapes: huggingface.js
-  ``who-am-i.ts``; read by :mod:`tokensidecar.hub_scope`);
+  ``who-am-i.ts``; read by :mod:`tokensidecar.backends.hub_scope`);
 * ``GET /api/models/{id}/auth-check`` and ``…/auth-check/write`` — the Hub's own access
   check, what ``HfApi.auth_check`` calls (huggingface_hub ``hf_api.py``): 403 ``GatedRepo``
   for a gated model the token was not granted, 404 ``RepoNotFound`` for one it cannot see.
@@ -52,11 +52,11 @@ import httpx2
 from huggingface_hub import get_session
 from huggingface_hub.utils import build_hf_headers  # type: ignore[attr-defined]  # public, lazily exported
 
+from tokensidecar.backends.hub_scope import TokenScope, judge, scope_from_whoami
 from tokensidecar.config import ConfigError
-from tokensidecar.hub_scope import TokenScope, judge, scope_from_whoami
 from tokensidecar.redact import fingerprint, redact, remember
+from tokensidecar.sidecar.verify import HubMisconfigured, HubUnavailable, TokenRejected
 from tokensidecar.token import parse_lifetime, parse_time
-from tokensidecar.verify import HubMisconfigured, HubUnavailable, TokenRejected
 
 if TYPE_CHECKING:
     from tokensidecar.config import Config
@@ -402,9 +402,9 @@ class HubVerifier:
     ``whoami``: the Hub knows the token (``GET /api/whoami-v2``). ``repo``: also that it can
     read ``model_id`` (``GET /api/models/{id}/auth-check``, which refuses a gated model the
     token was not granted). ``scope``: ``repo``, plus the token's own permissions
-    (:func:`tokensidecar.hub_scope.judge`, with ``…/auth-check/write`` for what whoami-v2
+    (:func:`tokensidecar.backends.hub_scope.judge`, with ``…/auth-check/write`` for what whoami-v2
     does not say): a token that can write anywhere but the model is refused. The verified
-    token carries its :class:`~tokensidecar.hub_scope.TokenScope` for ``/status``,
+    token carries its :class:`~tokensidecar.backends.hub_scope.TokenScope` for ``/status``,
     ``token.json`` and the rotation report. The refresher calls :meth:`verify` once per new
     token (whoami is rate-limited), never per poll.
     """
