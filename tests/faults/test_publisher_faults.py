@@ -1,6 +1,6 @@
 """The publisher under load and under SIGKILL: readers only ever see complete published tokens.
 
-Beyond ``tests/test_publish.py`` (5,000 rotations, 2 readers, 25 kills of a fresh process):
+Beyond ``tests/sidecar/test_publish.py`` (5,000 rotations, 2 readers, 25 kills of a fresh process):
 10,000 rotations with 4 readers that check ``token.json`` too; a filesystem that fills up
 again and again under readers; and 250 kills of a forked publisher at random points —
 including during the very first publish, when no file exists yet — each followed by a new

@@ -25,11 +25,11 @@ import subprocess
 import time
 from pathlib import Path
 
+from tests.e2e.test_sidecar import SIGTERM_DEADLINE_S
+from tests.e2e.test_vault import PATH, approle_files
 from tests.faults.sampler import FileSampler
 from tests.fixtures.openbao import CountingProxy, live_token_accessors, seal, unseal
 from tests.sidecar_process import SidecarProcess, wait_for
-from tests.test_sidecar_e2e import SIGTERM_DEADLINE_S
-from tests.test_vault_e2e import PATH, approle_files
 from tokensidecar.demo.openbao import DevServer
 
 CANARY = "hf_CANARYfaultsVaultKill13579"

@@ -5,7 +5,7 @@ predictor pod* (subtrees replaced by arbitrary JSON or removed, annotations draw
 real names with valid and invalid values), go through the pure ``review`` function: that
 keeps CI time sane (a review is well under a millisecond; an HTTPS round trip is not). A
 sample of 500 of those bodies then goes over real HTTPS to the real aiohttp app, to prove
-the server in between adds no 500 of its own. ``tests/test_webhook_server.py`` already
+the server in between adds no 500 of its own. ``tests/webhook/test_server.py`` already
 sends 2,000 free-form bodies over HTTPS; these go deeper into the injection code, because
 most of them are pods that ask for injection.
 
@@ -35,8 +35,8 @@ from hypothesis import strategies as st
 
 from tests.faults import webhook_flood
 from tests.faults.webhook_flood import MIB
-from tests.test_webhook_inject import VAULT_ANNOTATIONS, kserve_predictor_pod
-from tests.test_webhook_server import INJECTION, KeepAliveClient, RunningWebhook, admission_review, write_pair
+from tests.webhook.test_inject import VAULT_ANNOTATIONS, kserve_predictor_pod
+from tests.webhook.test_server import INJECTION, KeepAliveClient, RunningWebhook, admission_review, write_pair
 from tokensidecar.webhook import certs
 from tokensidecar.webhook.inject import KNOWN_ANNOTATIONS
 from tokensidecar.webhook.review import decode_patch, review

@@ -33,7 +33,7 @@ from typing import Any
 
 import pytest
 
-from tests.test_webhook_inject import (
+from tests.webhook.test_inject import (
     SETTINGS,
     VAULT_ANNOTATIONS,
     apply,

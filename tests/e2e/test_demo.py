@@ -25,7 +25,7 @@ from tokensidecar.demo.hub import DEFAULT_FILES
 from tokensidecar.demo.run import Demo
 from tokensidecar.demo.settings import SETTINGS
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _alive(pid: int) -> bool:

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.stalling import StallingListener
+from tests.sidecar.test_notify import NotifyEndpoint, SignalReceiver
 from tests.sidecar_process import SidecarProcess, wait_for
-from tests.test_notify import NotifyEndpoint, SignalReceiver
 
 FIRST = "hf_e2efirsttoken0001"
 SECOND = "hf_e2esecondtoken002"

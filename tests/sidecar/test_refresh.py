@@ -732,7 +732,7 @@ class FreshTokenSource(ScriptedSource):
 
 
 async def test_polling_an_unchanged_token_notifies_only_once(tmp_path: Path) -> None:
-    from tests.test_notify import NotifyEndpoint
+    from tests.sidecar.test_notify import NotifyEndpoint
     from tokensidecar.sidecar.notify import Notifier
 
     endpoint = NotifyEndpoint()

@@ -31,7 +31,7 @@ import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.test_webhook_inject import VAULT_ANNOTATIONS, kserve_predictor_pod
+from tests.webhook.test_inject import VAULT_ANNOTATIONS, kserve_predictor_pod
 from tokensidecar import logs
 from tokensidecar.webhook import certs
 from tokensidecar.webhook.inject import KNOWN_ANNOTATIONS, InjectionSettings
@@ -772,7 +772,7 @@ def test_the_webhook_command_denies_annotations_outside_what_it_allows(
 def test_the_webhook_command_in_gateway_mode_injects_predictors_and_localmodel_pods(
     tls_files: tuple[pathlib.Path, pathlib.Path, pathlib.Path],
 ) -> None:
-    from tests.test_webhook_gateway import GATEWAY_URL, localmodel_download_pod
+    from tests.webhook.test_inject_gateway import GATEWAY_URL, localmodel_download_pod
 
     cert_file, key_file, ca_file = tls_files
     env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENSIDECAR_")}
@@ -814,7 +814,7 @@ def test_the_webhook_command_in_gateway_mode_injects_predictors_and_localmodel_p
 def test_the_webhook_command_judges_gateway_pods_by_the_policy_in_force(
     tls_files: tuple[pathlib.Path, pathlib.Path, pathlib.Path], tmp_path: pathlib.Path
 ) -> None:
-    from tests.test_webhook_gateway import GATEWAY_URL, gateway_predictor
+    from tests.webhook.test_inject_gateway import GATEWAY_URL, gateway_predictor
 
     cert_file, key_file, ca_file = tls_files
     policy_file = tmp_path / "policy.yaml"

@@ -22,8 +22,7 @@ from cel import stdlib
 from tokensidecar.webhook.inject import INJECT_ANNOTATION, wants_injection
 
 MANIFEST = (
-    pathlib.Path(__file__).resolve().parent.parent
-    / "manifests/base/webhook/mutatingwebhookconfiguration.yaml"
+    pathlib.Path(__file__).resolve().parents[2] / "manifests/base/webhook/mutatingwebhookconfiguration.yaml"
 )
 WEBHOOK = "inject.tokensidecar.io"
 
