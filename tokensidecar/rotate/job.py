@@ -685,45 +685,44 @@ async def _revoke_past_overlap(
 async def _revoke_if_overlap_over(
     run: _Run, *, retired: _Retired, stored: StoredToken, now: datetime
 ) -> None:
-    """Revoke one retired token once its overlap is over. Until then it is left alone; if
-    this run dropped it from the target, it is reported as left to expire, with why."""
-    dropped = not retired.still_stored and not run.policy.dry_run
+    """Revoke one retired token once its overlap is over; until then, keep it (:func:`_keep`)."""
     revoke_after, revoke = run.policy.revoke_after, run.revoke
     if revoke_after is None or revoke is None:
-        if dropped:
-            run.left_to_expire(
-                shown=retired.shown,
-                expires_at=retired.expires_at,
-                why="it left 'previous' and --revoke-after is unset",
-            )
+        _keep(run, retired=retired, why="it left 'previous' and --revoke-after is unset")
         return
     if retired.rotated_out_at is None:
-        if dropped:
-            run.left_to_expire(
-                shown=retired.shown,
-                expires_at=retired.expires_at,
-                why="it left 'previous', and when it was rotated out is unknown",
-            )
-        else:
-            run.progress.say(f"not revoking {retired.shown}: when it was rotated out is unknown")
+        _keep(
+            run,
+            retired=retired,
+            why="it left 'previous', and when it was rotated out is unknown",
+            note="when it was rotated out is unknown",
+        )
         return
     # Seconds, not datetime arithmetic: a stored rotated-at near year 9999 must not overflow.
     overlap_left = (retired.rotated_out_at - now).total_seconds() + revoke_after
     if overlap_left > 0:
-        if dropped:
-            run.left_to_expire(
-                shown=retired.shown,
-                expires_at=retired.expires_at,
-                why=f"it left 'previous' {_human(overlap_left)} before its overlap ended "
-                "(rotating more often than --revoke-after)",
-            )
-        return
-    if run.policy.dry_run:
+        _keep(
+            run,
+            retired=retired,
+            why=f"it left 'previous' {_human(overlap_left)} before its overlap ended "
+            "(rotating more often than --revoke-after)",
+        )
+    elif run.policy.dry_run:
         run.progress.say(
             f"dry run: would revoke {retired.shown} (rotated out at {format_time(retired.rotated_out_at)})"
         )
-        return
-    await _revoke_retired(run, retired=retired, stored=stored, now=now, revoke=revoke)
+    else:
+        await _revoke_retired(run, retired=retired, stored=stored, now=now, revoke=revoke)
+
+
+def _keep(run: _Run, *, retired: _Retired, why: str, note: str | None = None) -> None:
+    """Leave a retired token unrevoked this run. One this run's write dropped from the
+    target is stored nowhere now, so it is reported as left to expire, with ``why``; one
+    still stored (or only dropped in a dry run) waits for a later run, said as ``note``."""
+    if not retired.still_stored and not run.policy.dry_run:
+        run.left_to_expire(shown=retired.shown, expires_at=retired.expires_at, why=why)
+    elif note is not None:
+        run.progress.say(f"not revoking {retired.shown}: {note}")
 
 
 async def _revoke_retired(
