@@ -450,3 +450,11 @@ async def test_previous_with_an_unknown_rotation_time_is_not_revoked() -> None:
     outcome = await job.run()
     assert outcome.revoked == [] and job.hub.revoke_attempts == 0
     assert f"not revoking {fingerprint(OLDER)}: when it was rotated out is unknown" in job.lines
+
+
+async def test_the_live_token_is_never_revoked_whatever_the_bookkeeping_says() -> None:
+    # A target whose 'previous' is its current token (written twice by hand, say).
+    target = holding(previous=LIVE, expires_in=timedelta(hours=6))
+    job = Job(target=target, policy=RotationPolicy(min_remaining=3600, revoke_after=0))
+    outcome = await job.run()
+    assert outcome.result == "skipped" and outcome.revoked == [] and job.hub.revoke_attempts == 0
