@@ -228,8 +228,8 @@ class _Run:
 
     async def dispose(self, *, reason: str, confirm_absent: bool = False) -> None:
         """Settle the pending token this run does not store: revoked when this run minted
-        it, else said to be left to expire. ``confirm_absent`` after a write that may have
-        landed: the target is read first, and a token found stored there is kept."""
+        it, otherwise said truthfully why it stays valid. ``confirm_absent`` after a write
+        that may have landed: the target is read first, and a token found there is kept."""
         token, self.pending = self.pending, None
         if token is None:
             return
