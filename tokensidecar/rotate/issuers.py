@@ -283,6 +283,33 @@ def _kill_group(pgid: int) -> None:
         os.killpg(pgid, signal.SIGKILL)
 
 
+@dataclass
+class _Program:
+    """A started program and what has been seen of it: the state the read loop and the
+    wait loop share."""
+
+    process: subprocess.Popen[bytes]
+    run: _CommandRun
+    deadline: float
+    out_fd: int
+    err_fd: int
+    exited: bool = False
+
+    def seen_exiting(self) -> bool:
+        """Whether the program has exited just now: the first time it is seen to, record
+        whether it left processes in its group and kill them (True only that once)."""
+        if self.exited or not _exited(self.process.pid):
+            return False
+        self.exited = True
+        self.run.leftovers = _others_in_group(self.process.pid)
+        _kill_group(self.process.pid)
+        return True
+
+    def time_out(self) -> None:
+        self.run.timed_out = True
+        _kill_group(self.process.pid)
+
+
 def _run_command(argv: tuple[str, ...], *, env: dict[str, str], timeout: float) -> _CommandRun:
     """Run ``argv`` in its own session; read stdout and stderr until the program exits and
     its pipes close, killing its whole process group on timeout, on too much output, and
@@ -307,63 +334,80 @@ def _run_command(argv: tuple[str, ...], *, env: dict[str, str], timeout: float) 
         run.error = exc.strerror or safe_error(exc)
         return run
     assert process.stdout is not None and process.stderr is not None
-    out_fd, err_fd = process.stdout.fileno(), process.stderr.fileno()
-    buffers = {out_fd: bytearray(), err_fd: bytearray()}
-    limits = {out_fd: _MAX_STDOUT_BYTES + 1, err_fd: _MAX_STDERR_BYTES}
-    deadline = time.monotonic() + timeout
+    program = _Program(
+        process=process,
+        run=run,
+        deadline=time.monotonic() + timeout,
+        out_fd=process.stdout.fileno(),
+        err_fd=process.stderr.fileno(),
+    )
+    try:
+        stdout, stderr = _read_output(program)
+        _wait_for_exit(program)
+    finally:
+        if not program.exited and not _exited(process.pid):
+            _kill_group(process.pid)  # an exception above: never leave the program running
+        run.returncode = process.wait()
+        process.stdout.close()
+        process.stderr.close()
+    run.stdout, run.stderr = stdout, stderr
+    return run
+
+
+def _read_output(program: _Program) -> tuple[bytes, bytes]:
+    """(stdout, stderr), read until both pipes close, the deadline passes, or the drain
+    time after the program's exit runs out."""
+    buffers = {program.out_fd: bytearray(), program.err_fd: bytearray()}
     drain_until: float | None = None
-    exited = False
     with selectors.DefaultSelector() as selector:
         for fd in buffers:
             os.set_blocking(fd, False)
             selector.register(fd, selectors.EVENT_READ)
+        while selector.get_map():
+            now = time.monotonic()
+            if program.seen_exiting():
+                drain_until = now + _DRAIN_SECONDS
+            if not program.exited and now >= program.deadline:
+                program.time_out()
+                break
+            if drain_until is not None and now >= drain_until:
+                break  # something outside the group holds a pipe; do not wait for it
+            _read_ready(selector, program=program, buffers=buffers)
+    return bytes(buffers[program.out_fd]), bytes(buffers[program.err_fd])
+
+
+def _read_ready(
+    selector: selectors.BaseSelector, *, program: _Program, buffers: dict[int, bytearray]
+) -> None:
+    """Read what the pipes hold within one poll interval, keeping at most each pipe's
+    limit; more stdout than a token can be kills the program's group."""
+    limits = {program.out_fd: _MAX_STDOUT_BYTES + 1, program.err_fd: _MAX_STDERR_BYTES}
+    for key, _ in selector.select(timeout=_POLL_SECONDS):
+        fd = int(key.fd)
         try:
-            while selector.get_map():
-                now = time.monotonic()
-                if not exited and _exited(process.pid):
-                    exited = True
-                    run.leftovers = _others_in_group(process.pid)
-                    _kill_group(process.pid)
-                    drain_until = now + _DRAIN_SECONDS
-                if not exited and now >= deadline:
-                    run.timed_out = True
-                    _kill_group(process.pid)
-                    break
-                if drain_until is not None and now >= drain_until:
-                    break  # something outside the group holds a pipe; do not wait for it
-                for key, _ in selector.select(timeout=_POLL_SECONDS):
-                    fd = int(key.fd)
-                    try:
-                        chunk = os.read(fd, 65536)
-                    except BlockingIOError:
-                        continue
-                    if not chunk:
-                        selector.unregister(fd)
-                        continue
-                    buffer = buffers[fd]
-                    buffer += chunk[: max(0, limits[fd] - len(buffer))]
-                    if fd == out_fd and len(buffer) > _MAX_STDOUT_BYTES and not run.overflowed:
-                        run.overflowed = True
-                        _kill_group(process.pid)
-            # Both pipes closed: the program may still be running (it closed them itself).
-            while not exited and not run.timed_out:
-                if _exited(process.pid):
-                    exited = True
-                    run.leftovers = _others_in_group(process.pid)
-                    _kill_group(process.pid)
-                elif time.monotonic() >= deadline:
-                    run.timed_out = True
-                    _kill_group(process.pid)
-                else:
-                    time.sleep(_POLL_SECONDS)
-        finally:
-            if not exited and not _exited(process.pid):
-                _kill_group(process.pid)  # an exception above: never leave the program running
-            run.returncode = process.wait()
-            process.stdout.close()
-            process.stderr.close()
-    run.stdout, run.stderr = bytes(buffers[out_fd]), bytes(buffers[err_fd])
-    return run
+            chunk = os.read(fd, 65536)
+        except BlockingIOError:
+            continue
+        if not chunk:
+            selector.unregister(fd)
+            continue
+        buffer = buffers[fd]
+        buffer += chunk[: max(0, limits[fd] - len(buffer))]
+        if fd == program.out_fd and len(buffer) > _MAX_STDOUT_BYTES and not program.run.overflowed:
+            program.run.overflowed = True
+            _kill_group(program.process.pid)
+
+
+def _wait_for_exit(program: _Program) -> None:
+    """Both pipes closed: the program may still be running (it closed them itself), so wait
+    for its exit or its deadline."""
+    while not program.exited and not program.run.timed_out:
+        if program.seen_exiting():
+            break
+        if time.monotonic() >= program.deadline:
+            program.time_out()
+        else:
+            time.sleep(_POLL_SECONDS)
 
 
 class OidcExchangeIssuer(Issuer):

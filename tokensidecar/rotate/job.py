@@ -65,6 +65,8 @@ UNSTORED_REVOKE_ATTEMPTS = 3
 MAX_STORE_ATTEMPTS = 8
 
 Revoke = Callable[[str], Awaitable[None]]
+Clock = Callable[[], datetime]
+Sleep = Callable[[float], Awaitable[None]]
 
 
 class RotationFailed(Exception):
@@ -195,6 +197,57 @@ class _Superseded(Exception):
         self.now_stored = now_stored
 
 
+@dataclass
+class _Run:
+    """One run's context, passed whole to each step so a step's signature names only what
+    is its own: who mints, where the token is kept, how to revoke, what to report to, and
+    the clock and sleep (parameters, so a test can drive a run without waiting).
+
+    ``pending`` is the token this run minted and has not stored yet: whatever path ends the
+    run, :meth:`dispose` settles it, so no minted token is lost track of.
+    """
+
+    issuer: Issuer
+    target: Target
+    revoke: Revoke | None
+    policy: RotationPolicy
+    progress: Progress
+    outcome: Outcome
+    clock: Clock
+    sleep: Sleep
+    pending: Token | None = None
+
+    def left_to_expire(self, *, shown: str, expires_at: datetime | None, why: str) -> None:
+        """Record, truthfully and loudly, a valid token that is stored nowhere and not revoked."""
+        self.outcome.left_to_expire.append(shown)
+        self.progress.say(f"left {shown} to expire: {why}; it stays valid {_until(expires_at)}")
+        log.warning(
+            "token left to expire: not stored and not revoked",
+            extra={"fingerprint": shown, "reason": why, "expires_at": format_time(expires_at)},
+        )
+
+    async def dispose(self, *, reason: str, confirm_absent: bool = False) -> None:
+        """Settle the pending token this run does not store: revoked when this run minted
+        it, otherwise said truthfully why it stays valid. ``confirm_absent`` after a write
+        that may have landed: the target is read first, and a token found there is kept."""
+        token, self.pending = self.pending, None
+        if token is None:
+            return
+        if not self.issuer.mints:
+            _keep_copied_token(self, token=token, reason=reason)
+            return
+        if confirm_absent and await _may_be_stored(self, token=token, reason=reason):
+            return
+        if self.revoke is None:
+            self.left_to_expire(
+                shown=token.fingerprint,
+                expires_at=token.expiry(),
+                why=f"not stored ({reason}), and no revoker is configured",
+            )
+            return
+        await _revoke_unstored(self, token=token, reason=reason, revoke=self.revoke)
+
+
 async def rotate(
     *,
     issuer: Issuer,
@@ -204,116 +257,99 @@ async def rotate(
     policy: RotationPolicy,
     progress: Progress,
     outcome: Outcome,
+    clock: Clock = utcnow,
+    sleep: Sleep = asyncio.sleep,
 ) -> Outcome:
     """Run one rotation; fills and returns ``outcome`` or raises :class:`RotationFailed`
     (``outcome`` then says how far it got). Every token minted here is stored or disposed
-    of (:func:`_dispose_unstored`) before this returns or raises."""
+    of (:meth:`_Run.dispose`) before this returns or raises. ``clock`` and ``sleep`` are
+    the time and the wait between revocation attempts (tests pass their own)."""
     started = time.monotonic()
     outcome.issuer, outcome.target = issuer.kind, target.kind
-    disposal = _Disposal(issuer=issuer, target=target, revoke=revoke, progress=progress, outcome=outcome)
+    run = _Run(
+        issuer=issuer,
+        target=target,
+        revoke=revoke,
+        policy=policy,
+        progress=progress,
+        outcome=outcome,
+        clock=clock,
+        sleep=sleep,
+    )
     try:
-        with _Phase(outcome, "read"):
-            try:
-                stored = await target.read()
-            except TargetError as exc:
-                raise RotationFailed(f"cannot read the {target.kind} target: {exc}") from None
-        now = utcnow()
-        outcome.version, outcome.expires_at = stored.version, stored_expiry(stored)
-        if stored.current:
-            progress.say(
-                f"read {stored.where}: version {stored.version}, fingerprint {stored.current_fingerprint}, "
-                f"{_describe_expiry(outcome.expires_at, now=now)}"
-            )
-        else:
-            progress.say(f"read {stored.where}: no token stored yet")
-
-        if _fresh_enough(stored, policy=policy, now=now, progress=progress):
-            outcome.result = "skipped"
-            await _revoke_past_overlap(
-                stored=stored, replaced=None, new_token=None, target=target, revoke=revoke,
-                policy=policy, progress=progress, outcome=outcome,
-            )  # fmt: skip
-            return outcome
-
-        token = await _mint(issuer=issuer, progress=progress, outcome=outcome)
-        if stored.current is not None and token.value == stored.current:
-            # A copying issuer (vault, command) can hand back what is already stored. Storing
-            # it again would make current == previous, and revoking previous would then
-            # revoke the live token.
-            progress.say("the issuer returned the token already stored; nothing to store")
-            outcome.result = "unchanged"
-            await _revoke_past_overlap(
-                stored=stored, replaced=None, new_token=token, target=target, revoke=revoke,
-                policy=policy, progress=progress, outcome=outcome,
-            )  # fmt: skip
-            return outcome
-        disposal.pending = token
-        try:
-            token = await _verify(
-                token=token, verifier=verifier, policy=policy, progress=progress, outcome=outcome
-            )
-        except RotationFailed:
-            await disposal.dispose(reason="it failed verification")
-            raise
-        disposal.pending = token
-        outcome.expires_at = token.expiry()
-
-        if policy.dry_run:
-            progress.say(
-                f"dry run: would store {token.fingerprint} in {stored.where} replacing "
-                f"{stored.current_fingerprint or 'nothing'} "
-                f"(version {stored.version} -> {stored.version + 1})"
-            )
-            outcome.result = "dry_run"
-            outcome.stored, outcome.replaced = token.fingerprint, stored.current_fingerprint
-            after = StoredToken(
-                where=stored.where,
-                revision=stored.revision,
-                current=token.value,
-                previous=stored.current,
-                rotated_at=now,
-                version=stored.version + 1,
-            )
-            await _revoke_past_overlap(
-                stored=after, replaced=stored, new_token=token, target=target, revoke=revoke,
-                policy=policy, progress=progress, outcome=outcome,
-            )  # fmt: skip
-            await disposal.dispose(reason="this is a dry run")
-            return outcome
-
-        try:
-            replaced, after = await _store(
-                token=token, stored=stored, target=target, progress=progress, outcome=outcome
-            )
-        except _Superseded as superseded:
-            now_stored = superseded.now_stored
-            outcome.result = "superseded"
-            outcome.version, outcome.expires_at = now_stored.version, stored_expiry(now_stored)
-            progress.say(
-                f"another run stored {now_stored.current_fingerprint or 'nothing'} in {now_stored.where} "
-                f"(version {now_stored.version}) since this run read it: not writing on top"
-            )
-            await disposal.dispose(reason="a concurrent run rotated first")
-            return outcome
-        except RotationFailed:
-            await disposal.dispose(reason="the write failed", confirm_absent=True)
-            raise
-        disposal.pending = None
-        outcome.result = "rotated"
-        await _revoke_past_overlap(
-            stored=after, replaced=replaced, new_token=token, target=target, revoke=revoke,
-            policy=policy, progress=progress, outcome=outcome,
-        )  # fmt: skip
-        return outcome
+        return await _rotate_once(run, verifier=verifier)
     except RotationFailed as exc:
         outcome.result, outcome.error = "failed", str(exc)
         raise
     except Exception:
         # A bug or an unexpected client error: still account for the token minted here.
-        await disposal.dispose(reason="the run failed unexpectedly", confirm_absent=True)
+        await run.dispose(reason="the run failed unexpectedly", confirm_absent=True)
         raise
     finally:
         outcome.durations["total"] = time.monotonic() - started
+
+
+async def _rotate_once(run: _Run, *, verifier: Verifier | None) -> Outcome:
+    """The order of work from the module docstring, one step a line; a step that ends the
+    run (fresh, unchanged, dry run, stored or superseded) returns the outcome."""
+    stored = await _read(run)
+    now = run.clock()
+    _report_read(run, stored=stored, now=now)
+    if _fresh_enough(stored, policy=run.policy, now=now, progress=run.progress):
+        return await _settle(run, result="skipped", stored=stored)
+
+    token = await _mint(run)
+    if stored.current is not None and token.value == stored.current:
+        # A copying issuer (vault, command) can hand back what is already stored. Storing
+        # it again would make current == previous, and revoking previous would then
+        # revoke the live token.
+        run.progress.say("the issuer returned the token already stored; nothing to store")
+        return await _settle(run, result="unchanged", stored=stored, new_token=token)
+    run.pending = token
+    try:
+        token = await _verify(run, token=token, verifier=verifier)
+    except RotationFailed:
+        await run.dispose(reason="it failed verification")
+        raise
+    run.pending = token
+    run.outcome.expires_at = token.expiry()
+    if run.policy.dry_run:
+        return await _dry_run(run, token=token, stored=stored, now=now)
+    return await _store_or_stand_down(run, token=token, stored=stored)
+
+
+async def _settle(
+    run: _Run,
+    *,
+    result: str,
+    stored: StoredToken,
+    replaced: StoredToken | None = None,
+    new_token: Token | None = None,
+) -> Outcome:
+    """End the run with ``result``, after revoking what has outlived its overlap: every
+    run that gets this far does, so even a cheap skip keeps the overlap promise."""
+    run.outcome.result = result
+    await _revoke_past_overlap(run, stored=stored, replaced=replaced, new_token=new_token)
+    return run.outcome
+
+
+async def _read(run: _Run) -> StoredToken:
+    with _Phase(run.outcome, "read"):
+        try:
+            return await run.target.read()
+        except TargetError as exc:
+            raise RotationFailed(f"cannot read the {run.target.kind} target: {exc}") from None
+
+
+def _report_read(run: _Run, *, stored: StoredToken, now: datetime) -> None:
+    run.outcome.version, run.outcome.expires_at = stored.version, stored_expiry(stored)
+    if stored.current:
+        run.progress.say(
+            f"read {stored.where}: version {stored.version}, fingerprint {stored.current_fingerprint}, "
+            f"{_describe_expiry(run.outcome.expires_at, now=now)}"
+        )
+    else:
+        run.progress.say(f"read {stored.where}: no token stored yet")
 
 
 def _fresh_enough(stored: StoredToken, *, policy: RotationPolicy, now: datetime, progress: Progress) -> bool:
@@ -333,8 +369,9 @@ def _fresh_enough(stored: StoredToken, *, policy: RotationPolicy, now: datetime,
     return False
 
 
-async def _mint(*, issuer: Issuer, progress: Progress, outcome: Outcome) -> Token:
-    with _Phase(outcome, "mint"):
+async def _mint(run: _Run) -> Token:
+    issuer = run.issuer
+    with _Phase(run.outcome, "mint"):
         try:
             token = await issuer.issue()
         except IssuerError as exc:
@@ -345,20 +382,19 @@ async def _mint(*, issuer: Issuer, progress: Progress, outcome: Outcome) -> Toke
             raise RotationFailed(f"issuer {issuer.kind} returned an invalid token: {exc}") from None
     if value != token.value:
         token = replace(token, value=value)
-    outcome.minted = token.fingerprint
-    progress.say(
-        f"minted {token.fingerprint} with {issuer.kind} in {outcome.durations['mint']:.3f}s, "
-        f"{_describe_expiry(token.expiry(), now=utcnow())}"
+    run.outcome.minted = token.fingerprint
+    run.progress.say(
+        f"minted {token.fingerprint} with {issuer.kind} in {run.outcome.durations['mint']:.3f}s, "
+        f"{_describe_expiry(token.expiry(), now=run.clock())}"
     )
     return token
 
 
-async def _verify(
-    *, token: Token, verifier: Verifier | None, policy: RotationPolicy, progress: Progress, outcome: Outcome
-) -> Token:
+async def _verify(run: _Run, *, token: Token, verifier: Verifier | None) -> Token:
+    outcome = run.outcome
     if verifier is None:
         outcome.verified = "skipped"
-        progress.say("verification is off (--verify=none); storing without asking the Hub")
+        run.progress.say("verification is off (--verify=none); storing without asking the Hub")
         return token
     with _Phase(outcome, "verify"):
         try:
@@ -369,28 +405,79 @@ async def _verify(
                 f"the Hub rejected the new token {token.fingerprint}: {safe_error(exc)}; nothing was stored"
             ) from None
         except HubUnavailable as exc:
-            if not policy.store_unverified_on_outage:
-                outcome.verified = "hub_unavailable"
-                raise RotationFailed(
-                    f"the Hub could not verify the new token {token.fingerprint} ({safe_error(exc)}); "
-                    "nothing was stored "
-                    "(set TOKENSIDECAR_VERIFY_ON_HUB_OUTAGE=publish to store it unverified)"
-                ) from None
-            outcome.verified = "unverified"
-            progress.say(
-                f"the Hub is unreachable ({safe_error(exc)}); storing {token.fingerprint} unverified"
-            )
-            return token
+            return _unverified_on_outage(run, token=token, error=exc)
     outcome.verified = "ok"
     outcome.scope = verified.scope
     scope = f": {verified.scope.describe()}" if verified.scope is not None else ""
-    progress.say(f"verified {token.fingerprint} at the Hub in {outcome.durations['verify']:.3f}s{scope}")
+    run.progress.say(f"verified {token.fingerprint} at the Hub in {outcome.durations['verify']:.3f}s{scope}")
     return verified
 
 
-async def _store(
-    *, token: Token, stored: StoredToken, target: Target, progress: Progress, outcome: Outcome
-) -> tuple[StoredToken, StoredToken]:
+def _unverified_on_outage(run: _Run, *, token: Token, error: HubUnavailable) -> Token:
+    """The Hub could not answer: fail (the default; the stored token is still good and the
+    CronJob runs again), or store unverified when the policy says so."""
+    if not run.policy.store_unverified_on_outage:
+        run.outcome.verified = "hub_unavailable"
+        raise RotationFailed(
+            f"the Hub could not verify the new token {token.fingerprint} ({safe_error(error)}); "
+            "nothing was stored "
+            "(set TOKENSIDECAR_VERIFY_ON_HUB_OUTAGE=publish to store it unverified)"
+        ) from None
+    run.outcome.verified = "unverified"
+    run.progress.say(f"the Hub is unreachable ({safe_error(error)}); storing {token.fingerprint} unverified")
+    return token
+
+
+async def _dry_run(run: _Run, *, token: Token, stored: StoredToken, now: datetime) -> Outcome:
+    """Say what the write would do and revoke nothing for real: the overlap check runs on
+    the state the write would leave, and the minted token is disposed of as not stored."""
+    run.progress.say(
+        f"dry run: would store {token.fingerprint} in {stored.where} replacing "
+        f"{stored.current_fingerprint or 'nothing'} "
+        f"(version {stored.version} -> {stored.version + 1})"
+    )
+    run.outcome.stored, run.outcome.replaced = token.fingerprint, stored.current_fingerprint
+    would_leave = StoredToken(
+        where=stored.where,
+        revision=stored.revision,
+        current=token.value,
+        previous=stored.current,
+        rotated_at=now,
+        version=stored.version + 1,
+    )
+    await _settle(run, result="dry_run", stored=would_leave, replaced=stored, new_token=token)
+    await run.dispose(reason="this is a dry run")
+    return run.outcome
+
+
+async def _store_or_stand_down(run: _Run, *, token: Token, stored: StoredToken) -> Outcome:
+    """Store the verified token; when a concurrent run rotated first, stand down instead
+    and dispose of ours. A failed write may still have landed, so it is checked first."""
+    try:
+        replaced, after = await _store(run, token=token, stored=stored)
+    except _Superseded as superseded:
+        return await _stand_down(run, now_stored=superseded.now_stored)
+    except RotationFailed:
+        await run.dispose(reason="the write failed", confirm_absent=True)
+        raise
+    run.pending = None
+    return await _settle(run, result="rotated", stored=after, replaced=replaced, new_token=token)
+
+
+async def _stand_down(run: _Run, *, now_stored: StoredToken) -> Outcome:
+    """Another run stored a token since this one read the target: report what is stored
+    now, write nothing on top, and dispose of the token this run minted."""
+    run.outcome.result = "superseded"
+    run.outcome.version, run.outcome.expires_at = now_stored.version, stored_expiry(now_stored)
+    run.progress.say(
+        f"another run stored {now_stored.current_fingerprint or 'nothing'} in {now_stored.where} "
+        f"(version {now_stored.version}) since this run read it: not writing on top"
+    )
+    await run.dispose(reason="a concurrent run rotated first")
+    return run.outcome
+
+
+async def _store(run: _Run, *, token: Token, stored: StoredToken) -> tuple[StoredToken, StoredToken]:
     """Conditional write; returns (the state replaced, the new state).
 
     On a conflict the target is read again. If its current token is still the one this
@@ -400,39 +487,55 @@ async def _store(
     under ``previous`` for its overlap instead of being pushed out unrevoked.
     """
     read_current = stored.current
-    with _Phase(outcome, "store"):
+    with _Phase(run.outcome, "store"):
         for attempt in range(1, MAX_STORE_ATTEMPTS + 1):
             try:
-                after = await target.store(token=token, replacing=stored, rotated_at=utcnow())
+                after = await run.target.store(token=token, replacing=stored, rotated_at=run.clock())
             except StoreConflict as exc:
-                outcome.conflicts += 1
-                progress.say(f"{stored.where} changed while rotating ({exc}); reading it again")
+                run.outcome.conflicts += 1
+                run.progress.say(f"{stored.where} changed while rotating ({exc}); reading it again")
                 if attempt == MAX_STORE_ATTEMPTS:
                     break
-                try:
-                    stored = await target.read()
-                except TargetError as read_exc:
-                    raise RotationFailed(f"cannot read {stored.where} again: {read_exc}") from None
+                stored = await _read_after_conflict(
+                    run, where=stored.where, token=token, read_current=read_current
+                )
                 if stored.current == token.value:
                     # Our own write landed after all (an answer lost on the way back).
                     return stored, stored
-                if stored.current != read_current:
-                    raise _Superseded(stored) from None
                 continue
             except TargetError as exc:
                 raise RotationFailed(f"cannot store the new token in {stored.where}: {exc}") from None
-            outcome.stored, outcome.replaced, outcome.version = (
-                token.fingerprint,
-                stored.current_fingerprint,
-                after.version,
-            )
-            progress.say(
-                f"stored {token.fingerprint} in {after.where} as version {after.version}, previous "
-                f"{stored.current_fingerprint or 'none'}, in {outcome.durations.get('store', 0.0):.3f}s"
-            )
+            _report_stored(run, token=token, replaced=stored, after=after)
             return stored, after
     raise RotationFailed(
         f"{stored.where} kept changing: gave up after {MAX_STORE_ATTEMPTS} conflicting writes"
+    )
+
+
+async def _read_after_conflict(
+    run: _Run, *, where: str, token: Token, read_current: str | None
+) -> StoredToken:
+    """Read the target again after a refused write; raise :class:`_Superseded` when a
+    token other than ours and other than the one first read is current now."""
+    try:
+        stored = await run.target.read()
+    except TargetError as exc:
+        raise RotationFailed(f"cannot read {where} again: {exc}") from None
+    if stored.current not in (token.value, read_current):
+        raise _Superseded(stored) from None
+    return stored
+
+
+def _report_stored(run: _Run, *, token: Token, replaced: StoredToken, after: StoredToken) -> None:
+    outcome = run.outcome
+    outcome.stored, outcome.replaced, outcome.version = (
+        token.fingerprint,
+        replaced.current_fingerprint,
+        after.version,
+    )
+    run.progress.say(
+        f"stored {token.fingerprint} in {after.where} as version {after.version}, previous "
+        f"{replaced.current_fingerprint or 'none'}, in {outcome.durations.get('store', 0.0):.3f}s"
     )
 
 
@@ -440,25 +543,15 @@ def _until(token_expiry: datetime | None) -> str:
     return f"until {format_time(token_expiry)}" if token_expiry else "until it expires (expiry unknown)"
 
 
-def _left_to_expire(
-    *, shown: str, expires_at: datetime | None, why: str, progress: Progress, outcome: Outcome
-) -> None:
-    """Record, truthfully and loudly, a valid token that is stored nowhere and not revoked."""
-    outcome.left_to_expire.append(shown)
-    progress.say(f"left {shown} to expire: {why}; it stays valid {_until(expires_at)}")
-    log.warning(
-        "token left to expire: not stored and not revoked",
-        extra={"fingerprint": shown, "reason": why, "expires_at": format_time(expires_at)},
-    )
-
-
-async def _revoke_with_retries(*, revoke: Revoke, value: str, attempts: int) -> BaseException | None:
+async def _revoke_with_retries(
+    *, revoke: Revoke, value: str, attempts: int, sleep: Sleep
+) -> BaseException | None:
     """Revoke ``value``; None on success, else the last error."""
     backoff = Backoff(base=1.0, cap=4.0)
     error: BaseException | None = None
     for attempt in range(attempts):
         if attempt:
-            await asyncio.sleep(backoff.next_delay())
+            await sleep(backoff.next_delay())
         try:
             await revoke(value)
         except Exception as exc:
@@ -468,100 +561,110 @@ async def _revoke_with_retries(*, revoke: Revoke, value: str, attempts: int) -> 
     return error
 
 
-@dataclass
-class _Disposal:
-    """What happens to a token this run minted but does not store."""
+# --- tokens this run minted and does not store ----------------------------------------------
 
-    issuer: Issuer
-    target: Target
-    revoke: Revoke | None
-    progress: Progress
-    outcome: Outcome
-    pending: Token | None = None
 
-    async def dispose(self, *, reason: str, confirm_absent: bool = False) -> None:
-        token, self.pending = self.pending, None
-        if token is None:
-            return
-        shown, expires_at = token.fingerprint, token.expiry()
-        if not self.issuer.mints:
-            hint = (
-                " (set TOKENSIDECAR_ISSUER_COMMAND_MINTS=true if the command mints a new token each run)"
-                if self.issuer.kind == "command"
-                else ""
-            )
-            self.progress.say(
-                f"not storing {shown}: {reason}; the {self.issuer.kind} issuer does not mint it, "
-                f"so it is not revoked{hint}"
-            )
-            if self.issuer.kind == "command":
-                _left_to_expire(
-                    shown=shown,
-                    expires_at=expires_at,
-                    why=f"not stored ({reason}), and the command issuer is not marked as minting",
-                    progress=self.progress,
-                    outcome=self.outcome,
-                )
-            return
-        if confirm_absent:
-            # A write that failed on the way back may still have landed: never revoke a
-            # token that is stored. Unsure (the target cannot be read) means not revoking.
-            try:
-                now_stored = await self.target.read()
-            except TargetError as exc:
-                _left_to_expire(
-                    shown=shown,
-                    expires_at=expires_at,
-                    why=f"not stored ({reason}), and whether it is cannot be checked ({exc})",
-                    progress=self.progress,
-                    outcome=self.outcome,
-                )
-                return
-            if token.value in (now_stored.current, now_stored.previous):
-                self.progress.say(f"{shown} is in {now_stored.where} after all; keeping it")
-                return
-        if self.revoke is None:
-            _left_to_expire(
-                shown=shown,
-                expires_at=expires_at,
-                why=f"not stored ({reason}), and no revoker is configured",
-                progress=self.progress,
-                outcome=self.outcome,
-            )
-            return
-        with _Phase(self.outcome, "revoke"):
-            error = await _revoke_with_retries(
-                revoke=self.revoke, value=token.value, attempts=UNSTORED_REVOKE_ATTEMPTS
-            )
-        if error is not None:
-            self.outcome.revoke_failures += 1
-            _left_to_expire(
-                shown=shown,
-                expires_at=expires_at,
-                why=f"not stored ({reason}) and revocation failed ({safe_error(error)}); nothing will retry, "
-                "revoke it by hand",
-                progress=self.progress,
-                outcome=self.outcome,
-            )
-            return
-        self.outcome.revoked.append(shown)
-        self.progress.say(f"revoked {shown}, minted by this run and not stored: {reason}")
-        log.info(
-            "revoked a token this run minted and did not store",
-            extra={"fingerprint": shown, "reason": reason},
+def _keep_copied_token(run: _Run, *, token: Token, reason: str) -> None:
+    """A token the issuer copies rather than mints is someone else's: never revoked. A
+    ``command`` token may be minted after all, so it is reported as left to expire."""
+    kind = run.issuer.kind
+    hint = (
+        " (set TOKENSIDECAR_ISSUER_COMMAND_MINTS=true if the command mints a new token each run)"
+        if kind == "command"
+        else ""
+    )
+    run.progress.say(
+        f"not storing {token.fingerprint}: {reason}; the {kind} issuer does not mint it, "
+        f"so it is not revoked{hint}"
+    )
+    if kind == "command":
+        run.left_to_expire(
+            shown=token.fingerprint,
+            expires_at=token.expiry(),
+            why=f"not stored ({reason}), and the command issuer is not marked as minting",
         )
 
 
+async def _may_be_stored(run: _Run, *, token: Token, reason: str) -> bool:
+    """Whether the token must be kept: it is in the target after all, or whether it is
+    cannot be checked (then it is reported as left to expire)."""
+    # A write that failed on the way back may still have landed: never revoke a
+    # token that is stored. Unsure (the target cannot be read) means not revoking.
+    try:
+        now_stored = await run.target.read()
+    except TargetError as exc:
+        run.left_to_expire(
+            shown=token.fingerprint,
+            expires_at=token.expiry(),
+            why=f"not stored ({reason}), and whether it is cannot be checked ({exc})",
+        )
+        return True
+    if token.value in (now_stored.current, now_stored.previous):
+        run.progress.say(f"{token.fingerprint} is in {now_stored.where} after all; keeping it")
+        return True
+    return False
+
+
+async def _revoke_unstored(run: _Run, *, token: Token, reason: str, revoke: Revoke) -> None:
+    """Revoke a minted token stored nowhere, with every attempt: nothing later retries it."""
+    shown = token.fingerprint
+    with _Phase(run.outcome, "revoke"):
+        error = await _revoke_with_retries(
+            revoke=revoke, value=token.value, attempts=UNSTORED_REVOKE_ATTEMPTS, sleep=run.sleep
+        )
+    if error is not None:
+        run.outcome.revoke_failures += 1
+        run.left_to_expire(
+            shown=shown,
+            expires_at=token.expiry(),
+            why=f"not stored ({reason}) and revocation failed ({safe_error(error)}); nothing will retry, "
+            "revoke it by hand",
+        )
+        return
+    run.outcome.revoked.append(shown)
+    run.progress.say(f"revoked {shown}, minted by this run and not stored: {reason}")
+    log.info(
+        "revoked a token this run minted and did not store",
+        extra={"fingerprint": shown, "reason": reason},
+    )
+
+
+# --- tokens past their overlap --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Retired:
+    """A token that left the current slot: still under ``previous``, or dropped from the
+    target by this run's write (then nothing stores it any more)."""
+
+    value: str = field(repr=False)
+    rotated_out_at: datetime | None
+    still_stored: bool
+
+    @property
+    def shown(self) -> str:
+        return fingerprint(self.value)
+
+    @property
+    def expires_at(self) -> datetime | None:
+        return jwt_expiry(self.value)
+
+
+def _retired_tokens(*, stored: StoredToken, replaced: StoredToken | None) -> list[_Retired]:
+    """The candidates for revocation, not yet marked revoked: the token under ``previous``
+    before this run's write (dropped by it), and the one under ``previous`` now."""
+    retired: list[_Retired] = []
+    if replaced is not None and replaced.previous and not replaced.previous_revoked:
+        retired.append(
+            _Retired(value=replaced.previous, rotated_out_at=replaced.rotated_at, still_stored=False)
+        )
+    if stored.previous and not stored.previous_revoked:
+        retired.append(_Retired(value=stored.previous, rotated_out_at=stored.rotated_at, still_stored=True))
+    return retired
+
+
 async def _revoke_past_overlap(
-    *,
-    stored: StoredToken,
-    replaced: StoredToken | None,
-    new_token: Token | None,
-    target: Target,
-    revoke: Revoke | None,
-    policy: RotationPolicy,
-    progress: Progress,
-    outcome: Outcome,
+    run: _Run, *, stored: StoredToken, replaced: StoredToken | None, new_token: Token | None
 ) -> None:
     """Revoke tokens that left the current slot longer than ``--revoke-after`` ago.
 
@@ -570,93 +673,100 @@ async def _revoke_past_overlap(
     was under ``previous`` before and has just been dropped from the target. A dropped one
     that is not revoked is stored nowhere any more, so it is reported as left to expire.
     """
-    now = utcnow()
+    now = run.clock()
     live = {value for value in (stored.current, new_token.value if new_token else None) if value}
-    candidates: list[tuple[str, datetime | None, bool]] = []
-    if replaced is not None and replaced.previous and not replaced.previous_revoked:
-        candidates.append((replaced.previous, replaced.rotated_at, False))
-    if stored.previous and not stored.previous_revoked:
-        candidates.append((stored.previous, stored.rotated_at, True))
-
-    with _Phase(outcome, "revoke"):
-        for value, rotated_out_at, still_stored in candidates:
-            shown = fingerprint(value)
-            if value in live:
+    with _Phase(run.outcome, "revoke"):
+        for retired in _retired_tokens(stored=stored, replaced=replaced):
+            if retired.value in live:
                 continue  # never the current token, whatever the bookkeeping says
-            dropped = not still_stored and not policy.dry_run
-            expires_at = jwt_expiry(value)
-            if policy.revoke_after is None or revoke is None:
-                if dropped:
-                    _left_to_expire(
-                        shown=shown,
-                        expires_at=expires_at,
-                        why="it left 'previous' and --revoke-after is unset",
-                        progress=progress,
-                        outcome=outcome,
-                    )
-                continue
-            if rotated_out_at is None:
-                if dropped:
-                    _left_to_expire(
-                        shown=shown,
-                        expires_at=expires_at,
-                        why="it left 'previous', and when it was rotated out is unknown",
-                        progress=progress,
-                        outcome=outcome,
-                    )
-                else:
-                    progress.say(f"not revoking {shown}: when it was rotated out is unknown")
-                continue
-            # Seconds, not datetime arithmetic: a stored rotated-at near year 9999 must not overflow.
-            overlap_left = (rotated_out_at - now).total_seconds() + policy.revoke_after
-            if overlap_left > 0:
-                if dropped:
-                    _left_to_expire(
-                        shown=shown,
-                        expires_at=expires_at,
-                        why=f"it left 'previous' {_human(overlap_left)} before its overlap ended "
-                        "(rotating more often than --revoke-after)",
-                        progress=progress,
-                        outcome=outcome,
-                    )
-                continue
-            if policy.dry_run:
-                progress.say(f"dry run: would revoke {shown} (rotated out at {format_time(rotated_out_at)})")
-                continue
-            error = await _revoke_with_retries(
-                revoke=revoke, value=value, attempts=1 if still_stored else UNSTORED_REVOKE_ATTEMPTS
+            await _revoke_if_overlap_over(run, retired=retired, stored=stored, now=now)
+
+
+async def _revoke_if_overlap_over(
+    run: _Run, *, retired: _Retired, stored: StoredToken, now: datetime
+) -> None:
+    """Revoke one retired token once its overlap is over; until then, keep it (:func:`_keep`)."""
+    revoke_after, revoke = run.policy.revoke_after, run.revoke
+    if revoke_after is None or revoke is None:
+        _keep(run, retired=retired, why="it left 'previous' and --revoke-after is unset")
+        return
+    if retired.rotated_out_at is None:
+        _keep(
+            run,
+            retired=retired,
+            why="it left 'previous', and when it was rotated out is unknown",
+            note="when it was rotated out is unknown",
+        )
+        return
+    # Seconds, not datetime arithmetic: a stored rotated-at near year 9999 must not overflow.
+    overlap_left = (retired.rotated_out_at - now).total_seconds() + revoke_after
+    if overlap_left > 0:
+        _keep(
+            run,
+            retired=retired,
+            why=f"it left 'previous' {_human(overlap_left)} before its overlap ended "
+            "(rotating more often than --revoke-after)",
+        )
+    elif run.policy.dry_run:
+        run.progress.say(
+            f"dry run: would revoke {retired.shown} (rotated out at {format_time(retired.rotated_out_at)})"
+        )
+    else:
+        await _revoke_retired(run, retired=retired, stored=stored, now=now, revoke=revoke)
+
+
+def _keep(run: _Run, *, retired: _Retired, why: str, note: str | None = None) -> None:
+    """Leave a retired token unrevoked this run. One this run's write dropped from the
+    target is stored nowhere now, so it is reported as left to expire, with ``why``; one
+    still stored (or only dropped in a dry run) waits for a later run, said as ``note``."""
+    if not retired.still_stored and not run.policy.dry_run:
+        run.left_to_expire(shown=retired.shown, expires_at=retired.expires_at, why=why)
+    elif note is not None:
+        run.progress.say(f"not revoking {retired.shown}: {note}")
+
+
+async def _revoke_retired(
+    run: _Run, *, retired: _Retired, stored: StoredToken, now: datetime, revoke: Revoke
+) -> None:
+    """Revoke a token past its overlap: one attempt while it is under ``previous`` (the
+    next run retries), every attempt for a dropped one (nothing retries it later)."""
+    attempts = 1 if retired.still_stored else UNSTORED_REVOKE_ATTEMPTS
+    error = await _revoke_with_retries(revoke=revoke, value=retired.value, attempts=attempts, sleep=run.sleep)
+    if error is not None:
+        _report_revocation_failure(run, retired=retired, error=error)
+        return
+    run.outcome.revoked.append(retired.shown)
+    run.progress.say(f"revoked {retired.shown} (rotated out at {format_time(retired.rotated_out_at)})")
+    if retired.still_stored:
+        try:
+            await run.target.mark_previous_revoked(stored=stored, revoked_at=now)
+        except TargetError as exc:
+            # Harmless: the next run revokes it again, which the Hub accepts.
+            log.warning(
+                "could not record the revocation", extra={"fingerprint": retired.shown, "error": str(exc)}
             )
-            if error is not None:
-                outcome.revoke_failures += 1
-                if still_stored:
-                    progress.say(
-                        f"could not revoke {shown}: {safe_error(error)}; it stays under 'previous', "
-                        "and the next run tries again"
-                    )
-                    log.warning(
-                        "revocation failed; the token stays under 'previous' for the next run to revoke",
-                        extra={"fingerprint": shown, "error": safe_error(error)},
-                    )
-                else:
-                    _left_to_expire(
-                        shown=shown,
-                        expires_at=expires_at,
-                        why=f"it left 'previous' and revocation failed ({safe_error(error)}); nothing will "
-                        "retry, revoke it by hand",
-                        progress=progress,
-                        outcome=outcome,
-                    )
-                continue
-            outcome.revoked.append(shown)
-            progress.say(f"revoked {shown} (rotated out at {format_time(rotated_out_at)})")
-            if still_stored:
-                try:
-                    await target.mark_previous_revoked(stored=stored, revoked_at=now)
-                except TargetError as exc:
-                    # Harmless: the next run revokes it again, which the Hub accepts.
-                    log.warning(
-                        "could not record the revocation", extra={"fingerprint": shown, "error": str(exc)}
-                    )
+
+
+def _report_revocation_failure(run: _Run, *, retired: _Retired, error: BaseException) -> None:
+    """Say what a failed revocation means for this token: retried by the next run while it
+    is under ``previous``; left to expire, to be revoked by hand, once it was dropped."""
+    run.outcome.revoke_failures += 1
+    if retired.still_stored:
+        run.progress.say(
+            f"could not revoke {retired.shown}: {safe_error(error)}; it stays under 'previous', "
+            "and the next run tries again"
+        )
+        log.warning(
+            "revocation failed; the token stays under 'previous' for the next run to revoke",
+            extra={"fingerprint": retired.shown, "error": safe_error(error)},
+        )
+        return
+    run.left_to_expire(
+        shown=retired.shown,
+        expires_at=retired.expires_at,
+        why=f"it left 'previous' and revocation failed ({safe_error(error)}); nothing will "
+        "retry, revoke it by hand",
+    )
 
 
 def rotation_verifier(config: Config) -> Verifier | None:

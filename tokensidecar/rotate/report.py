@@ -12,6 +12,7 @@ counters and the last success time — are carried over from the file the previo
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -68,12 +69,14 @@ def _scope_gauges(registry: CollectorRegistry, *, labels: dict[str, str], outcom
         fine_grained=str(scope.fine_grained).lower(),
         can_write="unknown" if scope.can_write is None else str(scope.can_write).lower(),
     ).set(1)
-    Gauge(
-        "tokensidecar_rotate_token_scoped_entities",
-        "Entities (users, orgs, repositories) a fine-grained stored token is scoped to; 0 otherwise.",
-        list(labels),
-        registry=registry,
-    ).labels(**labels).set(scope.scoped_entities)
+    _gauge(
+        registry,
+        name="tokensidecar_rotate_token_scoped_entities",
+        documentation="Entities (users, orgs, repositories) a fine-grained stored token is scoped to; "
+        "0 otherwise.",
+        labels=labels,
+        value=scope.scoped_entities,
+    )
 
 
 def write_metrics_file(path: str, *, outcome: Outcome, now: float | None = None) -> None:
@@ -88,67 +91,136 @@ def write_metrics_file(path: str, *, outcome: Outcome, now: float | None = None)
 
     registry = CollectorRegistry(auto_describe=True)
     labels = {"issuer": outcome.issuer, "target": outcome.target}
-    label_names = list(labels)
-
-    # Gauges, not counters: the values are carried between processes, and a counter cannot be set.
-    runs_total = Gauge(
-        _RUNS, "Rotation job runs by result, across runs.", [*label_names, "result"], registry=registry
-    )
-    for result in RESULTS:
-        value = runs.get(result, 0.0) + (1.0 if result == outcome.result else 0.0)
-        runs_total.labels(**labels, result=result).set(value)
-    Gauge(
-        "tokensidecar_rotate_success",
-        "1 when the last run succeeded (rotated, skipped, unchanged, superseded or dry run).",
-        label_names,
-        registry=registry,
-    ).labels(**labels).set(1 if outcome.succeeded else 0)
-    last_result = Gauge(
-        "tokensidecar_rotate_last_result", "1 for the result of the last run.", [*label_names, "result"],
-        registry=registry,
-    )  # fmt: skip
-    for result in RESULTS:
-        last_result.labels(**labels, result=result).set(1 if result == outcome.result else 0)
-    Gauge(
-        "tokensidecar_rotate_last_run_timestamp_seconds", "Unix time the last run finished.", label_names,
-        registry=registry,
-    ).labels(**labels).set(finished)  # fmt: skip
-    Gauge(_LAST_SUCCESS, "Unix time of the last successful run.", label_names, registry=registry).labels(
-        **labels
-    ).set(last_success)
-    Gauge(
-        "tokensidecar_rotate_token_expiry_timestamp_seconds",
-        "Unix time the stored token expires (NaN when unknown).",
-        label_names,
-        registry=registry,
-    ).labels(**labels).set(outcome.expires_at.timestamp() if outcome.expires_at else math.nan)
-    Gauge(
-        "tokensidecar_rotate_version", "Rotation counter of the stored token.", label_names, registry=registry
-    ).labels(**labels).set(outcome.version if outcome.version is not None else math.nan)
-    revocations = Gauge(
-        "tokensidecar_rotate_revocations",
-        "Tokens the last run revoked, failed to revoke, or left to expire (neither stored nor revoked).",
-        [*label_names, "result"],
-        registry=registry,
-    )
-    revocations.labels(**labels, result="revoked").set(len(outcome.revoked))
-    revocations.labels(**labels, result="failed").set(outcome.revoke_failures)
-    # Valid tokens this run neither stored nor revoked (the log names each one).
-    revocations.labels(**labels, result="left_to_expire").set(len(outcome.left_to_expire))
-    Gauge(
-        "tokensidecar_rotate_conflicts",
-        "Conditional writes of the last run refused because another writer got there first.",
-        label_names,
-        registry=registry,
-    ).labels(**labels).set(outcome.conflicts)
+    # The series are registered, and so written, in this order.
+    _result_gauges(registry, labels=labels, outcome=outcome, runs=runs)
+    _time_gauges(registry, labels=labels, finished=finished, last_success=last_success)
+    _stored_token_gauges(registry, labels=labels, outcome=outcome)
+    _revocation_gauges(registry, labels=labels, outcome=outcome)
     _scope_gauges(registry, labels=labels, outcome=outcome)
-    durations = Gauge(
-        "tokensidecar_rotate_duration_seconds",
-        "Time the last run spent in each phase (read, mint, verify, store, revoke, total).",
-        [*label_names, "phase"],
-        registry=registry,
+    _gauge_by(
+        registry,
+        name="tokensidecar_rotate_duration_seconds",
+        documentation="Time the last run spent in each phase (read, mint, verify, store, revoke, total).",
+        labels=labels,
+        by="phase",
+        values=outcome.durations,
     )
-    for phase, seconds in outcome.durations.items():
-        durations.labels(**labels, phase=phase).set(seconds)
     target.parent.mkdir(parents=True, exist_ok=True)
     write_to_textfile(str(target), registry)
+
+
+def _gauge(
+    registry: CollectorRegistry, *, name: str, documentation: str, labels: dict[str, str], value: float
+) -> None:
+    """One series labelled with the run's issuer and target: the shape most of the file has."""
+    Gauge(name, documentation, list(labels), registry=registry).labels(**labels).set(value)
+
+
+def _gauge_by(
+    registry: CollectorRegistry,
+    *,
+    name: str,
+    documentation: str,
+    labels: dict[str, str],
+    by: str,
+    values: Mapping[str, float],
+) -> None:
+    """One series per key of ``values``, labelled ``by=<key>`` beside the issuer and target."""
+    gauge = Gauge(name, documentation, [*labels, by], registry=registry)
+    for key, value in values.items():
+        gauge.labels(**labels, **{by: key}).set(value)
+
+
+def _result_gauges(
+    registry: CollectorRegistry, *, labels: dict[str, str], outcome: Outcome, runs: dict[str, float]
+) -> None:
+    """How this run ended, and the run counters carried over from earlier runs (gauges, not
+    counters: the values are carried between processes, and a counter cannot be set)."""
+    _gauge_by(
+        registry,
+        name=_RUNS,
+        documentation="Rotation job runs by result, across runs.",
+        labels=labels,
+        by="result",
+        values={
+            result: runs.get(result, 0.0) + (1.0 if result == outcome.result else 0.0) for result in RESULTS
+        },
+    )
+    _gauge(
+        registry,
+        name="tokensidecar_rotate_success",
+        documentation="1 when the last run succeeded (rotated, skipped, unchanged, superseded or dry run).",
+        labels=labels,
+        value=1 if outcome.succeeded else 0,
+    )
+    _gauge_by(
+        registry,
+        name="tokensidecar_rotate_last_result",
+        documentation="1 for the result of the last run.",
+        labels=labels,
+        by="result",
+        values={result: 1 if result == outcome.result else 0 for result in RESULTS},
+    )
+
+
+def _time_gauges(
+    registry: CollectorRegistry, *, labels: dict[str, str], finished: float, last_success: float
+) -> None:
+    """When the last run finished, and the last success carried over when this run failed."""
+    _gauge(
+        registry,
+        name="tokensidecar_rotate_last_run_timestamp_seconds",
+        documentation="Unix time the last run finished.",
+        labels=labels,
+        value=finished,
+    )
+    _gauge(
+        registry,
+        name=_LAST_SUCCESS,
+        documentation="Unix time of the last successful run.",
+        labels=labels,
+        value=last_success,
+    )
+
+
+def _stored_token_gauges(registry: CollectorRegistry, *, labels: dict[str, str], outcome: Outcome) -> None:
+    """When the stored token expires and its rotation counter; NaN when unknown."""
+    _gauge(
+        registry,
+        name="tokensidecar_rotate_token_expiry_timestamp_seconds",
+        documentation="Unix time the stored token expires (NaN when unknown).",
+        labels=labels,
+        value=outcome.expires_at.timestamp() if outcome.expires_at else math.nan,
+    )
+    _gauge(
+        registry,
+        name="tokensidecar_rotate_version",
+        documentation="Rotation counter of the stored token.",
+        labels=labels,
+        value=outcome.version if outcome.version is not None else math.nan,
+    )
+
+
+def _revocation_gauges(registry: CollectorRegistry, *, labels: dict[str, str], outcome: Outcome) -> None:
+    """What became of the tokens this run retired, and how many of its writes were refused."""
+    _gauge_by(
+        registry,
+        name="tokensidecar_rotate_revocations",
+        documentation="Tokens the last run revoked, failed to revoke, or left to expire "
+        "(neither stored nor revoked).",
+        labels=labels,
+        by="result",
+        values={
+            "revoked": len(outcome.revoked),
+            "failed": outcome.revoke_failures,
+            # Valid tokens this run neither stored nor revoked (the log names each one).
+            "left_to_expire": len(outcome.left_to_expire),
+        },
+    )
+    _gauge(
+        registry,
+        name="tokensidecar_rotate_conflicts",
+        documentation="Conditional writes of the last run refused because another writer got there first.",
+        labels=labels,
+        value=outcome.conflicts,
+    )
