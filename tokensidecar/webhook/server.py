@@ -32,7 +32,6 @@ import contextlib
 import dataclasses
 import logging
 import os
-import signal
 import ssl
 import time
 from collections import deque
@@ -48,6 +47,7 @@ from tokensidecar.backoff import Backoff, jittered
 from tokensidecar.config import Config, ConfigError
 from tokensidecar.metrics import CONTENT_TYPE_LATEST, exposition
 from tokensidecar.redact import safe_error
+from tokensidecar.serving import listen, shut_down, stop_on_signals, until_stopped
 from tokensidecar.webhook.inject import InjectionSettings
 from tokensidecar.webhook.metrics import WebhookMetrics
 from tokensidecar.webhook.review import review
@@ -360,11 +360,7 @@ async def serve(config: Config, *, ready: asyncio.Future[int] | None = None) -> 
         else:
             cert_file, key_file = config.tls_cert_file, config.tls_key_file
         reloader = CertificateReloader(cert_file=cert_file, key_file=key_file, metrics=metrics)
-
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop.set)
+        stop = stop_on_signals()
 
         app = build_app(
             settings=settings,
@@ -377,16 +373,9 @@ async def serve(config: Config, *, ready: asyncio.Future[int] | None = None) -> 
         runner = web.AppRunner(
             app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE_SECONDS
         )
-        await runner.setup()
         host, port = config.webhook_listen
-        site = web.TCPSite(runner, host, port, ssl_context=reloader.context)
-        await site.start()
-        bound = runner.addresses[0][1] if runner.addresses else port
-        tasks.append(asyncio.create_task(reloader.watch(), name="certificate-reloader"))
-        if gateway_policy is not None:
-            tasks.append(asyncio.create_task(gateway_policy.watch(), name="gateway-policy"))
-        if self_signed is not None:
-            tasks.append(asyncio.create_task(self_signed.upkeep(), name="ca-bundle-upkeep"))
+        bound = await listen(runner, host=host, port=port, ssl_context=reloader.context)
+        tasks += _background_tasks(reloader=reloader, gateway_policy=gateway_policy, self_signed=self_signed)
         log.info(
             "webhook listening",
             extra={
@@ -398,21 +387,26 @@ async def serve(config: Config, *, ready: asyncio.Future[int] | None = None) -> 
                 "on_invalid": config.on_invalid,
             },
         )
-        if ready is not None and not ready.done():
-            ready.set_result(bound)
-        await stop.wait()
+        await until_stopped(stop, ready=ready, bound=bound)
         log.info("shutting down")
         return 0
     finally:
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        if runner is not None:
-            await runner.cleanup()
+        await shut_down(tasks=tasks, runner=runner)
         if self_signed is not None:
             self_signed.close()
+
+
+def _background_tasks(
+    *, reloader: CertificateReloader, gateway_policy: PolicyFile | None, self_signed: _SelfSigned | None
+) -> list[asyncio.Task[None]]:
+    """What keeps the served state current while the listener runs: the certificate files,
+    the gateway's policy when one is judged, and the self-signed CA bundle when it is ours."""
+    tasks = [asyncio.create_task(reloader.watch(), name="certificate-reloader")]
+    if gateway_policy is not None:
+        tasks.append(asyncio.create_task(gateway_policy.watch(), name="gateway-policy"))
+    if self_signed is not None:
+        tasks.append(asyncio.create_task(self_signed.upkeep(), name="ca-bundle-upkeep"))
+    return tasks
 
 
 def _gateway_policy(path: str | None) -> PolicyFile | None:
