@@ -25,7 +25,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 # One way to stop a child, the demo's; the benchmarks import it from here.
-from tokensidecar.demo.processes import stop_process  # noqa: E402, F401
+from tokensidecar.demo.harness import stop_process  # noqa: E402, F401
 
 # Before any benchmark pins itself to one CPU (bench/webhook.py does), like `nproc`.
 _CPUS_AT_START = len(os.sched_getaffinity(0))

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from tokensidecar.demo.processes import free_port, stop_process, wait_until
+from tokensidecar.demo.harness import free_port, rotate_repeatedly, stop_process, wait_until
 from tokensidecar.redact import fingerprint
 
 __all__ = ["GatewayFlow", "GatewayOutcome", "direct_cost"]
@@ -279,19 +279,16 @@ class GatewayFlow:
             f"Rotating the gateway's upstream credential {total} times:"
             " Vault write → gateway → revoke old → new commit → downloads"
         )
-        number = 0
-        while self.forever or number < self.rotations:
-            number += 1
-            result = self._rotate(
+        return rotate_repeatedly(
+            lambda number, current: self._rotate(
                 number=number, total=total, current=current, gateway=gateway, predictors=predictors, hows=hows
-            )
-            self.outcome.rotations.append(result)
-            if not result["ok"]:
-                return False
-            current = result["token"]
-            if self.forever or number < self.rotations:
-                time.sleep(self.pause)
-        return True
+            ),
+            first=current,
+            rotations=self.rotations,
+            forever=self.forever,
+            pause=self.pause,
+            results=self.outcome.rotations,
+        )
 
     def _stop_and_check(self, gateway: GatewayProcess, *, api: Any) -> bool:
         """SIGTERM the gateway: a clean exit, and no token of any kind in its log."""

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from tokensidecar.config import Config
-from tokensidecar.demo.processes import free_port, stop_process, wait_until
+from tokensidecar.demo.harness import free_port, rotate_repeatedly, stop_process, wait_until
 from tokensidecar.redact import fingerprint
 
 __all__ = ["main"]
@@ -300,20 +300,21 @@ class Demo:
         self.step(
             f"Rotating the token {total} times: Hub mint → Vault write → sidecar → revoke old → download"
         )
-        number = 0
-        while self.forever or number < self.rotations_wanted:
-            number += 1
-            result = self._rotate(
+
+        def rotate(number: int, current: str) -> dict[str, Any]:
+            return self._rotate(
                 number=number, total=total, vault=vault, hub=hub, current=current,
                 token_file=token_file, predictor=predictor, workdir=workdir,
             )  # fmt: skip
-            self.results.append(result)
-            if not result["ok"]:
-                return False
-            current = result["token"]
-            if self.forever or number < self.rotations_wanted:
-                time.sleep(self.pause)
-        return True
+
+        return rotate_repeatedly(
+            rotate,
+            first=current,
+            rotations=self.rotations_wanted,
+            forever=self.forever,
+            pause=self.pause,
+            results=self.results,
+        )
 
     def _stop_and_check(self, sidecar: _Sidecar, *, hub: Any, first_pid: int) -> bool:
         """What the sidecar's own endpoints say, then SIGTERM: a clean exit and no token in

@@ -1,9 +1,11 @@
-"""What both flows of the demo do with the processes they start: a port, a wait, a stop.
+"""What both flows of the demo do alike around what they start: a port, a wait, the
+rotation rhythm, a stop.
 
 The sidecar flow (:mod:`tokensidecar.demo.run`) and the gateway flow
-(:mod:`tokensidecar.demo.gateway_flow`) each run ``tokensidecar`` as a child process, wait
-for it to reach a state they can observe (a token on disk, a metric), and stop it the way
-the kubelet would. One copy of each, so both flows measure and stop alike.
+(:mod:`tokensidecar.demo.gateway_flow`) each run ``tokensidecar`` as a child process, rotate
+its token ``--rotations`` times (or ``--forever``), wait for it to reach a state they can
+observe (a token on disk, a metric), and stop it the way the kubelet would. One copy of
+each, so both flows pace, measure and stop alike.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["free_port", "stop_process", "wait_until"]
+__all__ = ["free_port", "rotate_repeatedly", "stop_process", "wait_until"]
 
 # How long a child gets between SIGTERM and SIGKILL (the kubelet's default is 30 s; the
 # demo's processes hold no downloads worth waiting that long for).
@@ -39,6 +41,34 @@ def wait_until(predicate: Callable[[], bool], *, timeout: float, interval: float
             return True
         time.sleep(interval)
     return predicate()
+
+
+def rotate_repeatedly(
+    rotate: Callable[[int, str], dict[str, Any]],
+    *,
+    first: str,
+    rotations: int,
+    forever: bool,
+    pause: float,
+    results: list[dict[str, Any]],
+) -> bool:
+    """Call ``rotate(number, current)`` ``rotations`` times (without end when ``forever``),
+    ``pause`` seconds apart, each from the token the one before left (``first`` to begin).
+
+    Every result goes to ``results`` as it comes, so a summary after Ctrl-C still shows the
+    rotations done; the first that is not ``ok`` ends the run (False)."""
+    number = 0
+    current = first
+    while forever or number < rotations:
+        number += 1
+        result = rotate(number, current)
+        results.append(result)
+        if not result["ok"]:
+            return False
+        current = result["token"]
+        if forever or number < rotations:
+            time.sleep(pause)
+    return True
 
 
 def stop_process(process: subprocess.Popen[Any]) -> int:
