@@ -350,25 +350,70 @@ async def _send_file(
     token: str | None,
     wanted: tuple[int, int] | None,
 ) -> web.StreamResponse:
+    """The file's bytes, all or the ``wanted`` range: from a verified blob when the cache has
+    one, else as they arrive upstream (through a fill when the cache can take them)."""
     start, end = wanted or (0, meta.size)
     response = web.StreamResponse(status=206 if wanted else 200, headers=file_headers(meta))
     response.content_length = end - start
     if wanted:
         response.headers["Content-Range"] = f"bytes {start}-{end - 1}/{meta.size}"
-    metrics = gateway.metrics
     blob = gateway.blobs.complete(meta.etag)
     if blob is not None:
-        with gateway.blobs.lease(meta.etag), open(blob, "rb") as file:  # noqa: ASYNC230 (page cache; aiohttp does the same)
-            await response.prepare(request)
-            if end > start:
-                await _sendfile(request, response, file, start, end - start)
-            metrics.bytes_served.labels(cache="hit").inc(end - start)
-            await response.write_eof()
-        return response
+        return await _send_blob(
+            gateway, request, response=response, blob=blob, etag=meta.etag, start=start, end=end
+        )
+    return await _send_fetched(
+        gateway,
+        request,
+        response=response,
+        meta=meta,
+        repo=repo,
+        path=path,
+        token=token,
+        start=start,
+        end=end,
+    )
+
+
+async def _send_blob(
+    gateway: Gateway,
+    request: web.Request,
+    *,
+    response: web.StreamResponse,
+    blob: Path,
+    etag: str,
+    start: int,
+    end: int,
+) -> web.StreamResponse:
+    """A cache hit: sendfile(2) from the verified blob, leased so eviction leaves it alone."""
+    with gateway.blobs.lease(etag), open(blob, "rb") as file:  # noqa: ASYNC230 (page cache; aiohttp does the same)
+        await response.prepare(request)
+        if end > start:
+            await _sendfile(request, response, file, start, end - start)
+        gateway.metrics.bytes_served.labels(cache="hit").inc(end - start)
+        await response.write_eof()
+    return response
+
+
+async def _send_fetched(
+    gateway: Gateway,
+    request: web.Request,
+    *,
+    response: web.StreamResponse,
+    meta: FileMeta,
+    repo: str,
+    path: str,
+    token: str | None,
+    start: int,
+    end: int,
+) -> web.StreamResponse:
+    """A miss: the bytes of a fill as they arrive, and on from upstream for what a fill does
+    not give (not cacheable, or the cache failed locally)."""
 
     def open_body(offset: int = 0) -> contextlib.AbstractAsyncContextManager[Any]:
         return gateway.upstream.file_body(repo=repo, commit=meta.commit, path=path, token=token, start=offset)
 
+    metrics = gateway.metrics
     fill = gateway.blobs.fill(meta, open_body=open_body)
     await response.prepare(request)
     position = start
