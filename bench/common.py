@@ -24,6 +24,9 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+# One way to stop a child, the demo's; the benchmarks import it from here.
+from tokensidecar.demo.harness import stop_process  # noqa: E402, F401
+
 # Before any benchmark pins itself to one CPU (bench/webhook.py does), like `nproc`.
 _CPUS_AT_START = len(os.sched_getaffinity(0))
 
@@ -112,18 +115,6 @@ def spawn_sidecar(
     finally:
         if log_path:
             sink.close()  # type: ignore[union-attr]
-
-
-def stop_process(process: subprocess.Popen[Any], *, timeout: float = 10.0) -> int:
-    """SIGTERM, wait, SIGKILL if it does not stop; return the exit code."""
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-    return process.returncode
 
 
 def wait_for_file_content(path: Path, expected: str, *, timeout: float, interval: float = 0.0005) -> float:

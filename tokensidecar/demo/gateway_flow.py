@@ -33,16 +33,17 @@ import contextlib
 import importlib.util
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
+
+from tokensidecar.demo.harness import free_port, rotate_repeatedly, stop_process, wait_until
+from tokensidecar.redact import fingerprint
 
 __all__ = ["GatewayFlow", "GatewayOutcome", "direct_cost"]
 
@@ -53,6 +54,8 @@ SERVICE_ACCOUNT = "predictor"
 DENIED = ("sandbox", "notebook")
 READY_TIMEOUT_SECONDS = 60.0
 ROTATION_TIMEOUT_SECONDS = 30.0
+# The gateway is polled over HTTP (/readyz, /metrics) this often.
+POLL_SECONDS = 0.05
 
 POLICY = f"""\
 # Who may read what through the gateway (docs/gateway.md); anything else is denied.
@@ -146,43 +149,68 @@ class GatewayFlow:
             self.outcome.wall_seconds = round(time.monotonic() - started, 2)
 
     def _run(self) -> bool:
-        from tokensidecar.demo.apiserver import ApiServerStandIn, serve_in_thread
-        from tokensidecar.demo.predictor import Predictor
-
+        """Each step ends the flow (False) when what it waits for does not happen."""
         self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        out = self.out
-        out.step("Starting a Kubernetes API server stand-in that answers TokenReviews")
-        api = self.cleanup.enter_context(serve_in_thread(ApiServerStandIn()))
-        kubeconfig = api.write_kubeconfig(self.dir / "kubeconfig")
-        out.detail(f"{api.url}/apis/authentication.k8s.io/v1/tokenreviews; kubeconfig {kubeconfig}")
-        out.detail(f"service-account tokens (audience {AUDIENCE}) signed by a key the demo owns")
-
-        out.step("Starting the gateway: tokensidecar gateway (credential from OpenBao, policy, cache)")
+        api, kubeconfig = self._start_api_server()
+        self.out.step("Starting the gateway: tokensidecar gateway (credential from OpenBao, policy, cache)")
         upstream_token = self.hub.issue_token(expires_in=self.token_lifetime)
         self._issued.append(upstream_token)
         self._write_vault(upstream_token)
         gateway = self._start_gateway(kubeconfig=kubeconfig)
         if gateway is None:
             return False
-        url = gateway.url
-        out.detail(f"{url} ready in {gateway.ready_seconds:.2f}s; upstream {self.hub.url}")
+        self._describe_gateway(gateway, upstream_token=upstream_token)
+        hows = self._clients()
+        predictors = self._replicas(url=gateway.url, api=api)
+        if not self._cold_downloads(predictors, hows=hows):
+            return False
+        if not self._denied(url=gateway.url, api=api):
+            return False
+        if not self._rotations(current=upstream_token, gateway=gateway, predictors=predictors, hows=hows):
+            return False
+        return self._stop_and_check(gateway, api=api)
+
+    # -- the steps ---------------------------------------------------------------------------
+
+    def _start_api_server(self) -> tuple[Any, Path]:
+        """The TokenReview stand-in, and a kubeconfig that points the gateway at it."""
+        from tokensidecar.demo.apiserver import ApiServerStandIn, serve_in_thread
+
+        self.out.step("Starting a Kubernetes API server stand-in that answers TokenReviews")
+        api = self.cleanup.enter_context(serve_in_thread(ApiServerStandIn()))
+        kubeconfig = api.write_kubeconfig(self.dir / "kubeconfig")
+        self.out.detail(f"{api.url}/apis/authentication.k8s.io/v1/tokenreviews; kubeconfig {kubeconfig}")
+        self.out.detail(f"service-account tokens (audience {AUDIENCE}) signed by a key the demo owns")
+        return api, kubeconfig
+
+    def _describe_gateway(self, gateway: GatewayProcess, *, upstream_token: str) -> None:
+        out = self.out
+        out.detail(f"{gateway.url} ready in {gateway.ready_seconds:.2f}s; upstream {self.hub.url}")
         out.detail(
-            f"upstream token {_fingerprint(upstream_token)} read from {GATEWAY_VAULT_PATH}, in memory only"
+            f"upstream token {fingerprint(upstream_token)} read from {GATEWAY_VAULT_PATH}, in memory only"
         )
         out.detail(f"policy: {NAMESPACE}/{SERVICE_ACCOUNT} may read acme/private-*; everyone else is denied")
         out.detail(f"cache {self.dir / 'cache'}; log {gateway.log_path}")
 
+    def _clients(self) -> list[str]:
+        """How each replica downloads: huggingface_hub, and KServe's storage initializer for
+        the third when kserve-storage is installed."""
         kserve = importlib.util.find_spec("kserve_storage") is not None
         self.outcome.kserve_storage = kserve
-        hows = ["hub", "hub", "kserve" if kserve else "hub"]
-        out.step("Three predictor replicas download the private model through the gateway")
-        out.detail(
+        self.out.step("Three predictor replicas download the private model through the gateway")
+        self.out.detail(
             "each: HF_ENDPOINT=<gateway>, HF_TOKEN_PATH=<projected service-account token>, no HF token"
         )
         if not kserve:
-            out.detail(
+            self.out.detail(
                 "kserve-storage is not installed (pip install '.[e2e]'): the third uses huggingface_hub"
             )
+        return ["hub", "hub", "kserve" if kserve else "hub"]
+
+    def _replicas(self, *, url: str, api: Any) -> list[Any]:
+        """Three predictors of one service account, each with its own projected token."""
+        from tokensidecar.demo.predictor import Predictor
+
         predictors = []
         for index in range(3):
             token_path = self._projected(f"predictor-{index}", NAMESPACE, SERVICE_ACCOUNT, api)
@@ -190,6 +218,10 @@ class GatewayFlow:
             self.cleanup.callback(predictor.close)
             self.outcome.pids.append(predictor.pid)
             predictors.append(predictor)
+        return predictors
+
+    def _cold_downloads(self, predictors: list[Any], *, hows: list[str]) -> bool:
+        """All three download at once through a cold gateway; the upstream requests counted."""
         files = len(self.hub.files)
         self.outcome.files = files
         mark = len(self.hub.requests)
@@ -202,7 +234,7 @@ class GatewayFlow:
             )
             state = "ok" if answer["ok"] else f"FAILED ({answer.get('error')})"
             shown = f"{len(answer.get('files', []))} files" if answer["ok"] else ""
-            out.detail(
+            self.out.detail(
                 f"replica {index} ({client}): {state} {shown}"
                 f" in {answer['seconds'] * 1000:.0f} ms, pid {answer['pid']}"
             )
@@ -212,12 +244,17 @@ class GatewayFlow:
         self.outcome.upstream_by_route = _count_routes(window)
         self.outcome.direct_requests = 3 * direct_cost(files)
         breakdown = ", ".join(f"{n} {route}" for route, n in self.outcome.upstream_by_route.items())
-        out.detail(
+        self.out.detail(
             f"upstream requests (the Hub stand-in's own log): {len(window)} through the gateway ({breakdown})"
             f" vs {self.outcome.direct_requests} for three direct downloads (3 x (2 + 2x{files}))"
         )
+        return True
 
-        out.step(f"A service account the policy does not name: {DENIED[0]}/{DENIED[1]}")
+    def _denied(self, *, url: str, api: Any) -> bool:
+        """A service account the policy does not name must get the Hub's 'not found'."""
+        from tokensidecar.demo.predictor import Predictor
+
+        self.out.step(f"A service account the policy does not name: {DENIED[0]}/{DENIED[1]}")
         token_path = self._projected("notebook-0", *DENIED, api)
         intruder = Predictor(hub_url=url, token_file=token_path, home=self.dir / "hf-home-denied")
         self.cleanup.callback(intruder.close)
@@ -225,32 +262,36 @@ class GatewayFlow:
         refused = intruder.download(repo_id=self.hub.repo_id, out_dir=self.dir / "denied")
         self.outcome.denied = refused
         if refused["ok"]:
-            out.detail("the download SUCCEEDED: the policy did not deny it")
+            self.out.detail("the download SUCCEEDED: the policy did not deny it")
             return False
-        out.detail(
+        self.out.detail(
             f"snapshot_download raised {refused['error']} (HTTP {refused['status']}): what the Hub tells"
             " a caller who cannot see the repo; the decision is in the gateway's audit log"
         )
+        return True
 
+    def _rotations(
+        self, *, current: str, gateway: GatewayProcess, predictors: list[Any], hows: list[str]
+    ) -> bool:
+        """``--rotations`` (or, with ``--forever``, endless) rotations, ``--demo-interval`` apart."""
         total = "∞" if self.forever else str(self.rotations)
-        out.step(
+        self.out.step(
             f"Rotating the gateway's upstream credential {total} times:"
             " Vault write → gateway → revoke old → new commit → downloads"
         )
-        number = 0
-        current = upstream_token
-        while self.forever or number < self.rotations:
-            number += 1
-            result = self._rotate(
+        return rotate_repeatedly(
+            lambda number, current: self._rotate(
                 number=number, total=total, current=current, gateway=gateway, predictors=predictors, hows=hows
-            )
-            self.outcome.rotations.append(result)
-            if not result["ok"]:
-                return False
-            current = result["token"]
-            if self.forever or number < self.rotations:
-                time.sleep(self.pause)
+            ),
+            first=current,
+            rotations=self.rotations,
+            forever=self.forever,
+            pause=self.pause,
+            results=self.outcome.rotations,
+        )
 
+    def _stop_and_check(self, gateway: GatewayProcess, *, api: Any) -> bool:
+        """SIGTERM the gateway: a clean exit, and no token of any kind in its log."""
         self.outcome.reviews = len(api.reviews)
         self.outcome.gateway_exit_code = gateway.stop()
         log = gateway.log_path.read_text(errors="replace")
@@ -357,7 +398,9 @@ class GatewayFlow:
         before = gateway.rotations()
         written = time.monotonic()
         version = self._write_vault(new)
-        taken = _wait(lambda: gateway.rotations() > before, timeout=ROTATION_TIMEOUT_SECONDS)
+        taken = wait_until(
+            lambda: gateway.rotations() > before, timeout=ROTATION_TIMEOUT_SECONDS, interval=POLL_SECONDS
+        )
         propagation = time.monotonic() - written
         if not taken:
             self.out.detail(f"rotation {number}/{total}: the gateway did not take Vault v{version} in time")
@@ -373,7 +416,7 @@ class GatewayFlow:
         upstream = len(self.hub.requests) - mark
         ok = all(answer["ok"] for answer in answers)
         self.out.detail(
-            f"rotation {number}/{total}: Vault v{version} {_fingerprint(current)} → {_fingerprint(new)}"
+            f"rotation {number}/{total}: Vault v{version} {fingerprint(current)} → {fingerprint(new)}"
             f" taken by the gateway in {propagation * 1000:.0f} ms; old token revoked;"
             f" commit {commit[:7]}: {sum(a['ok'] for a in answers)}/3 replicas"
             f" {'ok' if ok else 'FAILED'}, {upstream} upstream requests with the new token"
@@ -397,28 +440,11 @@ def _count_routes(requests: list[tuple[str, str]]) -> dict[str, int]:
     return counts
 
 
-def _fingerprint(value: str) -> str:
-    import hashlib
-
-    return hashlib.sha256(value.encode()).hexdigest()[:12]
-
-
-def _wait(predicate: Callable[[], bool], *, timeout: float, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
-
-
 class GatewayProcess:
     """``tokensidecar gateway`` as its own process, logging JSON lines to a file."""
 
     def __init__(self, *, directory: Path, env: dict[str, str]) -> None:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port: int = sock.getsockname()[1]
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = directory / "gateway.log"
         self.env = {
@@ -447,7 +473,7 @@ class GatewayProcess:
             )
         self.pid = self.process.pid
         try:
-            ready = _wait(self._ready, timeout=timeout, interval=0.05)
+            ready = wait_until(self._ready, timeout=timeout, interval=POLL_SECONDS)
         except _GatewayExited:
             ready = False
         self.ready_seconds = time.monotonic() - started
@@ -492,14 +518,7 @@ class GatewayProcess:
         """SIGTERM, wait (SIGKILL after 10 s); the exit code. Safe to call twice."""
         if self.process is None:
             return None
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
+        return stop_process(self.process)
 
 
 class _GatewayExited(Exception):

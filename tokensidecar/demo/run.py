@@ -27,7 +27,6 @@ the policy denies, and rotations of the gateway's own upstream credential.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import shutil
 import signal
@@ -37,12 +36,15 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
 from tokensidecar.config import Config
+from tokensidecar.demo.harness import free_port, rotate_repeatedly, stop_process, wait_until
+from tokensidecar.redact import fingerprint
 
 __all__ = ["main"]
 
@@ -50,22 +52,11 @@ VAULT_PATH = "secret/hf/demo-model"
 MODEL_ID = "acme/private-model"
 TOKEN_LIFETIME_SECONDS = 3600
 PROPAGATION_TIMEOUT_SECONDS = 15.0
+# The token file is polled this often: the propagation time is measured to this precision.
+POLL_SECONDS = 0.005
 # Progress steps of each flow (the two shared ones, OpenBao and the Hub, come first; the
 # cleanup step last).
 FLOW_STEPS = {"sidecar": 3, "gateway": 5}
-
-
-def _fingerprint(value: str) -> str:
-    return hashlib.sha256(value.encode()).hexdigest()[:12]
-
-
-def _wait(predicate: Callable[[], bool], *, timeout: float, interval: float = 0.005) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
 
 
 def _read(path: Path) -> str | None:
@@ -85,13 +76,14 @@ def _rss_mib(pid: int) -> float | None:
     return None
 
 
-def _free_port() -> int:
-    import socket
+@dataclass(frozen=True)
+class _Sidecar:
+    """The sidecar process of the sidecar flow: where it listens and logs, when it started."""
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    process: subprocess.Popen[bytes]
+    port: int
+    log: Path
+    started: float
 
 
 class Demo:
@@ -184,8 +176,35 @@ class Demo:
         return True
 
     def _sidecar_flow(self, *, vault: Any, hub: Any, workdir: Path, cleanup: contextlib.ExitStack) -> bool:
-        from tokensidecar.demo.predictor import Predictor
+        """Seed Vault, start the sidecar, download once, rotate, stop: each step ends the flow
+        (False) when what it waits for does not happen."""
+        credentials = self._approle(vault=vault, workdir=workdir)
+        current = hub.issue_token(expires_in=TOKEN_LIFETIME_SECONDS)
+        self._write_vault(vault, current)
+        self.detail(f"seeded {VAULT_PATH} with token {fingerprint(current)} (fingerprint)")
 
+        self.step("Starting the sidecar: tokensidecar run --source vault --vault-auth approle --verify repo")
+        token_file = workdir / "tokensidecar" / "token"
+        sidecar = self._start_sidecar(
+            vault=vault, hub=hub, credentials=credentials, token_file=token_file,
+            workdir=workdir, cleanup=cleanup,
+        )  # fmt: skip
+        if not self._first_token(sidecar, token_file=token_file, token=current):
+            return False
+
+        self.step("Starting the predictor stand-in: HF_TOKEN_PATH set, HF_TOKEN unset, one process for good")
+        first = self._first_download(hub=hub, token_file=token_file, workdir=workdir, cleanup=cleanup)
+        if first is None:
+            return False
+        predictor, first_pid = first
+        if not self._rotations(
+            vault=vault, hub=hub, current=current, token_file=token_file, predictor=predictor, workdir=workdir
+        ):
+            return False
+        return self._stop_and_check(sidecar, hub=hub, first_pid=first_pid)
+
+    def _approle(self, *, vault: Any, workdir: Path) -> Path:
+        """An AppRole that may read the demo's one path, its two files in a 0700 directory."""
         policy = vault.read_policy_for(VAULT_PATH, name="hf-demo-reader")
         role_id, secret_id = vault.create_approle("hf-demo", policies=[policy], ttl="5m")
         credentials = workdir / "approle"
@@ -194,14 +213,22 @@ class Demo:
         (credentials / "secret-id").write_text(secret_id)
         os.chmod(credentials / "secret-id", 0o600)
         self.detail(f"AppRole 'hf-demo' may read {VAULT_PATH} and nothing else")
-        current = hub.issue_token(expires_in=TOKEN_LIFETIME_SECONDS)
-        self._write_vault(vault, current)
-        self.detail(f"seeded {VAULT_PATH} with token {_fingerprint(current)} (fingerprint)")
+        return credentials
 
-        self.step("Starting the sidecar: tokensidecar run --source vault --vault-auth approle --verify repo")
-        token_file = workdir / "tokensidecar" / "token"
-        port = _free_port()
-        sidecar_log = workdir / "sidecar.log"
+    def _start_sidecar(
+        self,
+        *,
+        vault: Any,
+        hub: Any,
+        credentials: Path,
+        token_file: Path,
+        workdir: Path,
+        cleanup: contextlib.ExitStack,
+    ) -> _Sidecar:
+        """``tokensidecar run`` as its own process, set up by environment as a pod would be;
+        stopped by ``cleanup`` whatever happens after."""
+        port = free_port()
+        log = workdir / "sidecar.log"
         env = {k: v for k, v in os.environ.items() if not k.startswith(("TOKENSIDECAR_", "VAULT_", "HF_"))}
         env.update(
             TOKENSIDECAR_SOURCE="vault",
@@ -219,24 +246,37 @@ class Demo:
             HF_ENDPOINT=hub.url,
             TOKENSIDECAR_LOG_FORMAT="json",
         )
-        log_handle = cleanup.enter_context(sidecar_log.open("wb"))
-        t0 = time.monotonic()
-        sidecar = subprocess.Popen(
+        log_handle = cleanup.enter_context(log.open("wb"))
+        started = time.monotonic()
+        process = subprocess.Popen(
             [sys.executable, "-m", "tokensidecar", "run"],
             env=env,
             stdout=log_handle,
             stderr=subprocess.STDOUT,
         )
-        cleanup.callback(self._stop_sidecar, sidecar)
-        if not _wait(lambda: _read(token_file) == current, timeout=PROPAGATION_TIMEOUT_SECONDS):
-            self.detail(f"the sidecar did not publish the first token; see {sidecar_log}")
+        cleanup.callback(stop_process, process)
+        return _Sidecar(process=process, port=port, log=log, started=started)
+
+    def _first_token(self, sidecar: _Sidecar, *, token_file: Path, token: str) -> bool:
+        """Wait for the seeded token on disk; its delay after the start is the cold start."""
+        if not wait_until(
+            lambda: _read(token_file) == token, timeout=PROPAGATION_TIMEOUT_SECONDS, interval=POLL_SECONDS
+        ):
+            self.detail(f"the sidecar did not publish the first token; see {sidecar.log}")
             return False
-        cold_start = time.monotonic() - t0
+        cold_start = time.monotonic() - sidecar.started
         self.summary["cold_start_seconds"] = round(cold_start, 3)
         self.detail(f"first token on disk {cold_start * 1000:.0f} ms after the process started: {token_file}")
-        self.detail(f"probes and metrics at http://127.0.0.1:{port}/readyz, /metrics, /status")
+        self.detail(f"probes and metrics at http://127.0.0.1:{sidecar.port}/readyz, /metrics, /status")
+        return True
 
-        self.step("Starting the predictor stand-in: HF_TOKEN_PATH set, HF_TOKEN unset, one process for good")
+    def _first_download(
+        self, *, hub: Any, token_file: Path, workdir: Path, cleanup: contextlib.ExitStack
+    ) -> tuple[Any, int] | None:
+        """The predictor that every rotation downloads with again and the pid its first
+        download ran in (counting the Hub requests it cost); None when that download failed."""
+        from tokensidecar.demo.predictor import Predictor
+
         predictor = Predictor(hub_url=hub.url, token_file=token_file, home=workdir / "hf-home")
         cleanup.callback(predictor.close)
         mark = len(hub.requests)
@@ -244,39 +284,49 @@ class Demo:
         self.summary["direct_download_requests"] = len(hub.requests) - mark
         if not first["ok"]:
             self.detail(f"download failed: {first}")
-            return False
+            return None
         self.detail(
             f"downloaded {MODEL_ID} ({len(first['files'])} files)"
             f" in {first['seconds'] * 1000:.0f} ms, pid {first['pid']};"
             f" {self.summary['direct_download_requests']} requests at the Hub"
         )
+        return predictor, first["pid"]
 
+    def _rotations(
+        self, *, vault: Any, hub: Any, current: str, token_file: Path, predictor: Any, workdir: Path
+    ) -> bool:
+        """``--rotations`` (or, with ``--forever``, endless) rotations, ``--demo-interval`` apart."""
         total = "∞" if self.forever else str(self.rotations_wanted)
         self.step(
             f"Rotating the token {total} times: Hub mint → Vault write → sidecar → revoke old → download"
         )
-        number = 0
-        while self.forever or number < self.rotations_wanted:
-            number += 1
-            result = self._rotate(
+
+        def rotate(number: int, current: str) -> dict[str, Any]:
+            return self._rotate(
                 number=number, total=total, vault=vault, hub=hub, current=current,
                 token_file=token_file, predictor=predictor, workdir=workdir,
             )  # fmt: skip
-            self.results.append(result)
-            if not result["ok"]:
-                return False
-            current = result["token"]
-            if self.forever or number < self.rotations_wanted:
-                time.sleep(self.pause)
 
-        self.summary.update(self._observe_sidecar(port=port, pid=sidecar.pid, hub=hub))
-        self.summary["predictor_restarts"] = len({r["pid"] for r in self.results} | {first["pid"]}) - 1
+        return rotate_repeatedly(
+            rotate,
+            first=current,
+            rotations=self.rotations_wanted,
+            forever=self.forever,
+            pause=self.pause,
+            results=self.results,
+        )
+
+    def _stop_and_check(self, sidecar: _Sidecar, *, hub: Any, first_pid: int) -> bool:
+        """What the sidecar's own endpoints say, then SIGTERM: a clean exit and no token in
+        its log, or the flow failed."""
+        self.summary.update(self._observe_sidecar(port=sidecar.port, pid=sidecar.process.pid, hub=hub))
+        self.summary["predictor_restarts"] = len({r["pid"] for r in self.results} | {first_pid}) - 1
         stop_started = time.monotonic()
-        code = self._stop_sidecar(sidecar)
+        code = stop_process(sidecar.process)
         self.summary["sidecar_stop_seconds"] = round(time.monotonic() - stop_started, 2)
         self.summary["sidecar_exit_code"] = code
         self.summary["token_in_sidecar_logs"] = any(
-            r["token"] in sidecar_log.read_text(errors="replace") for r in self.results
+            r["token"] in sidecar.log.read_text(errors="replace") for r in self.results
         )
         return code == 0 and not self.summary["token_in_sidecar_logs"]
 
@@ -304,7 +354,9 @@ class Demo:
         new = hub.issue_token(expires_in=TOKEN_LIFETIME_SECONDS)
         written = time.monotonic()
         version = self._write_vault(vault, new)
-        published = _wait(lambda: _read(token_file) == new, timeout=PROPAGATION_TIMEOUT_SECONDS)
+        published = wait_until(
+            lambda: _read(token_file) == new, timeout=PROPAGATION_TIMEOUT_SECONDS, interval=POLL_SECONDS
+        )
         propagation = time.monotonic() - written
         if not published:
             self.say(
@@ -315,7 +367,7 @@ class Demo:
         answer = predictor.download(repo_id=MODEL_ID, out_dir=workdir / f"model-{number}")
         ok = bool(answer["ok"])
         self.say(
-            f"      rotation {number}/{total}: Vault v{version} {_fingerprint(current)} → {_fingerprint(new)}"
+            f"      rotation {number}/{total}: Vault v{version} {fingerprint(current)} → {fingerprint(new)}"
             f" on disk in {propagation * 1000:.0f} ms; old token revoked;"
             f" download {'ok' if ok else 'FAILED'} in {answer['seconds'] * 1000:.0f} ms (pid {answer['pid']})"
         )
@@ -337,16 +389,6 @@ class Demo:
         observed["sidecar_consecutive_failures"] = status.get("consecutive_failures")
         observed["hub_whoami_calls"] = hub.calls.get("whoami", sum(hub.whoami_by_token.values()))
         return observed
-
-    def _stop_sidecar(self, process: subprocess.Popen[bytes]) -> int:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        return process.returncode
 
     def _print_summary(self) -> None:
         self.say()
@@ -391,52 +433,76 @@ class Demo:
     def _print_gateway_summary(self, outcome: Any) -> None:
         if len(self.flows) > 1:
             self.say(" gateway flow")
-        rows: list[tuple[str, Any]] = []
-        if outcome.predictors:
-            ok = sum(1 for answer in outcome.predictors if answer["ok"])
-            clients = (
-                "2 huggingface_hub + 1 kserve-storage" if outcome.kserve_storage else "3 huggingface_hub"
-            )
-            rows.append(("replicas downloaded", f"{ok}/3 ({clients}), no Hugging Face token in any"))
-        if outcome.upstream_requests is not None:
-            rows.append(
-                (
-                    "upstream requests",
-                    f"{outcome.upstream_requests} through the gateway vs {outcome.direct_requests} direct"
-                    f" (3 x (2 + 2x{outcome.files}) for {outcome.files} files)",
-                )
-            )
-        if outcome.denied is not None:
-            denied = "allowed (WRONG)" if outcome.denied["ok"] else f"denied: {outcome.denied['error']}"
-            rows.append(("sandbox/notebook", denied))
-        if outcome.rotations or outcome.upstream_requests is not None:
-            done = sum(1 for r in outcome.rotations if r["ok"])
-            wanted = len(outcome.rotations) if self.gateway_forever else self.rotations_wanted
-            rows.append(
-                ("upstream credential rotated", f"{done}/{wanted}, old token revoked at the Hub each time")
-            )
-        taken = [r["propagation_seconds"] * 1000 for r in outcome.rotations if "propagation_seconds" in r]
-        if taken:
-            rows.append(("Vault write → gateway uses it", f"median {statistics.median(taken):.0f} ms"))
-        after = [r for r in outcome.rotations if "downloads_ok" in r]
-        if after:
-            rows.append(
-                (
-                    "downloads after rotations",
-                    f"{sum(r['downloads_ok'] for r in after)}/{3 * len(after)} ok"
-                    f" ({sum(r['upstream_requests'] for r in after)} upstream requests, new commits)",
-                )
-            )
-        if outcome.reviews:
-            rows.append(("TokenReviews", outcome.reviews))
-        if outcome.gateway_exit_code is not None:
-            rows.append(("gateway exit code", outcome.gateway_exit_code))
-        if outcome.token_in_gateway_log is not None:
-            rows.append(("token in gateway log", outcome.token_in_gateway_log))
-        if outcome.wall_seconds is not None:
-            rows.append(("gateway flow wall time (s)", outcome.wall_seconds))
+        wanted = len(outcome.rotations) if self.gateway_forever else self.rotations_wanted
+        rows = [
+            *_gateway_download_rows(outcome),
+            *_gateway_rotation_rows(outcome, wanted=wanted),
+            *_gateway_process_rows(outcome),
+        ]
         for label, value in rows:
             self.say(f"  {label:<30} {value}")
+
+
+# The gateway flow's summary, in the order it happened; a row only for what was measured
+# (a flow that stopped early has fewer).
+
+
+def _gateway_download_rows(outcome: Any) -> list[tuple[str, Any]]:
+    """The three replicas' cold download, its cost upstream, and the denied service account."""
+    rows: list[tuple[str, Any]] = []
+    if outcome.predictors:
+        ok = sum(1 for answer in outcome.predictors if answer["ok"])
+        clients = "2 huggingface_hub + 1 kserve-storage" if outcome.kserve_storage else "3 huggingface_hub"
+        rows.append(("replicas downloaded", f"{ok}/3 ({clients}), no Hugging Face token in any"))
+    if outcome.upstream_requests is not None:
+        rows.append(
+            (
+                "upstream requests",
+                f"{outcome.upstream_requests} through the gateway vs {outcome.direct_requests} direct"
+                f" (3 x (2 + 2x{outcome.files}) for {outcome.files} files)",
+            )
+        )
+    if outcome.denied is not None:
+        denied = "allowed (WRONG)" if outcome.denied["ok"] else f"denied: {outcome.denied['error']}"
+        rows.append(("sandbox/notebook", denied))
+    return rows
+
+
+def _gateway_rotation_rows(outcome: Any, *, wanted: int) -> list[tuple[str, Any]]:
+    """The upstream credential's rotations: how many, how fast, and the downloads after each."""
+    rows: list[tuple[str, Any]] = []
+    if outcome.rotations or outcome.upstream_requests is not None:
+        done = sum(1 for r in outcome.rotations if r["ok"])
+        rows.append(
+            ("upstream credential rotated", f"{done}/{wanted}, old token revoked at the Hub each time")
+        )
+    taken = [r["propagation_seconds"] * 1000 for r in outcome.rotations if "propagation_seconds" in r]
+    if taken:
+        rows.append(("Vault write → gateway uses it", f"median {statistics.median(taken):.0f} ms"))
+    after = [r for r in outcome.rotations if "downloads_ok" in r]
+    if after:
+        rows.append(
+            (
+                "downloads after rotations",
+                f"{sum(r['downloads_ok'] for r in after)}/{3 * len(after)} ok"
+                f" ({sum(r['upstream_requests'] for r in after)} upstream requests, new commits)",
+            )
+        )
+    return rows
+
+
+def _gateway_process_rows(outcome: Any) -> list[tuple[str, Any]]:
+    """What the gateway process itself did: TokenReviews asked, how it stopped, its log."""
+    rows: list[tuple[str, Any]] = []
+    if outcome.reviews:
+        rows.append(("TokenReviews", outcome.reviews))
+    if outcome.gateway_exit_code is not None:
+        rows.append(("gateway exit code", outcome.gateway_exit_code))
+    if outcome.token_in_gateway_log is not None:
+        rows.append(("token in gateway log", outcome.token_in_gateway_log))
+    if outcome.wall_seconds is not None:
+        rows.append(("gateway flow wall time (s)", outcome.wall_seconds))
+    return rows
 
 
 @contextlib.contextmanager

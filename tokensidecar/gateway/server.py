@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import logging
 import re
-import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ from tokensidecar.gateway.metrics import GatewayMetrics
 from tokensidecar.gateway.upstream import Answer, FileMeta, Upstream, UpstreamUnavailable
 from tokensidecar.metrics import CONTENT_TYPE_LATEST, exposition
 from tokensidecar.redact import safe_error
+from tokensidecar.serving import listen, shut_down, stop_on_signals, until_stopped
 from tokensidecar.webhook.server import CertificateReloader
 
 __all__ = ["Gateway", "build_app", "main", "serve"]
@@ -189,117 +189,140 @@ def _repo(request: web.Request) -> str:
     return f"{request.match_info['org']}/{request.match_info['name']}"
 
 
+# The one Gateway an application serves: each route is a plain function that finds it here.
+_GATEWAY = web.AppKey("gateway", Gateway)
+
+
 def build_app(gateway: Gateway) -> web.Application:
-    metrics = gateway.metrics
-
-    @web.middleware
-    async def observe(
-        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-    ) -> web.StreamResponse:
-        resource = request.match_info.route.resource
-        route = resource.canonical if resource is not None else "unmatched"
-        started = time.perf_counter()
-        code = 500
-        try:
-            response = await handler(request)
-            code = response.status
-            return response
-        except web.HTTPException as exc:
-            code = exc.status
-            raise
-        except Refused as refused:
-            code = refused.response.status
-            return refused.response
-        except UpstreamUnavailable as exc:
-            response = _unavailable(exc)
-            code = response.status
-            return response
-        finally:
-            metrics.requests.labels(route=route, code=str(code)).inc()
-            metrics.request_duration.labels(route=route).observe(time.perf_counter() - started)
-
-    async def model_info(request: web.Request) -> web.StreamResponse:
-        repo, revision = _repo(request), request.match_info.get("rev", "")
-        token = await gateway.authorize(request, repo=repo, revision=revision or "main")
-        answer = await gateway.metadata.info(
-            repo=repo, revision=revision, query=dict(request.query), token=token
-        )
-        return _from_answer(answer, request=request)
-
-    async def tree(request: web.Request) -> web.StreamResponse:
-        repo, revision = _repo(request), request.match_info["rev"]
-        token = await gateway.authorize(request, repo=repo, revision=revision)
-        answer = await gateway.metadata.tree(
-            repo=repo,
-            revision=revision,
-            path=request.match_info.get("path", ""),
-            query=dict(request.query),
-            token=token,
-        )
-        return _from_answer(answer, request=request)
-
-    async def paths_info(request: web.Request) -> web.StreamResponse:
-        repo, revision = _repo(request), request.match_info["rev"]
-        token = await gateway.authorize(request, repo=repo, revision=revision)
-        form = [(k, str(v)) for k, v in (await request.post()).items()]
-        answer = await gateway.metadata.paths_info(repo=repo, revision=revision, form=form, token=token)
-        return _from_answer(answer, request=request)
-
-    async def resolve(request: web.Request) -> web.StreamResponse:
-        repo, revision, path = _repo(request), request.match_info["rev"], request.match_info["path"]
-        token = await gateway.authorize(request, repo=repo, revision=revision)
-        meta = await gateway.metadata.file(repo=repo, revision=revision, path=path, token=token)
-        if isinstance(meta, Answer):
-            return _from_answer(meta, request=request)
-        headers = file_headers(meta)
-        try:
-            wanted = parse_range(request.headers.get("Range"), meta.size)
-        except ValueError as exc:
-            return web.Response(status=416, headers={**headers, "Content-Range": str(exc)})
-        if request.method == "HEAD":
-            return web.Response(status=200, headers={**headers, "Content-Length": str(meta.size)})
-        return await _send_file(gateway, request, repo=repo, meta=meta, path=path, token=token, wanted=wanted)
-
-    async def whoami(request: web.Request) -> web.StreamResponse:
-        verdict = await gateway.gatekeeper.authenticate(request.headers.get("Authorization"))
-        if verdict.outcome == "unavailable":
-            return hub_error(503, "authorization unavailable", **{"Retry-After": "5"})
-        if verdict.identity is None:
-            return hub_error(401, INVALID_CREDENTIALS)
-        return web.json_response(_whoami(verdict.identity))
-
-    async def healthz(_: web.Request) -> web.Response:
-        if not gateway.alive():
-            return web.json_response({"status": "a credential refresh loop stopped"}, status=500)
-        return web.json_response({"status": "ok"})
-
-    async def readyz(_: web.Request) -> web.Response:
-        writable, why = gateway.blobs.writable()
-        ready, reason = gateway.readiness()
-        if not writable:
-            ready, reason = False, why
-        return web.json_response({"ready": ready, "reason": reason}, status=200 if ready else 503)
-
-    async def metrics_page(_: web.Request) -> web.Response:
-        return web.Response(body=exposition(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-    app = web.Application(middlewares=[observe], client_max_size=1024 * 1024)
+    """The Hub's routes, the probes and ``/metrics``, each request counted by :func:`_observe`."""
+    app = web.Application(middlewares=[_observe], client_max_size=1024 * 1024)
+    app[_GATEWAY] = gateway
     models = "/api/models/{org}/{name}"
     app.add_routes(
         [
-            web.get("/healthz", healthz),
-            web.get("/readyz", readyz),
-            web.get("/metrics", metrics_page),
-            web.get("/api/whoami-v2", whoami),
-            web.get(models, model_info),
-            web.get(models + "/revision/{rev}", model_info),
-            web.get(models + "/tree/{rev}", tree),
-            web.get(models + "/tree/{rev}/{path:.+}", tree),
-            web.post(models + "/paths-info/{rev}", paths_info),
-            web.get("/{org}/{name}/resolve/{rev}/{path:.+}", resolve),  # HEAD too
+            web.get("/healthz", _healthz),
+            web.get("/readyz", _readyz),
+            web.get("/metrics", _metrics_page),
+            web.get("/api/whoami-v2", _whoami_v2),
+            web.get(models, _model_info),
+            web.get(models + "/revision/{rev}", _model_info),
+            web.get(models + "/tree/{rev}", _tree),
+            web.get(models + "/tree/{rev}/{path:.+}", _tree),
+            web.post(models + "/paths-info/{rev}", _paths_info),
+            web.get("/{org}/{name}/resolve/{rev}/{path:.+}", _resolve),  # HEAD too
         ]
     )
     return app
+
+
+@web.middleware
+async def _observe(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Count and time every request by route and code, and turn the answers a route raises
+    (:class:`Refused`, :class:`UpstreamUnavailable`) into the Hub-shaped responses they carry."""
+    metrics = request.app[_GATEWAY].metrics
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "unmatched"
+    started = time.perf_counter()
+    code = 500
+    try:
+        response = await handler(request)
+        code = response.status
+        return response
+    except web.HTTPException as exc:
+        code = exc.status
+        raise
+    except Refused as refused:
+        code = refused.response.status
+        return refused.response
+    except UpstreamUnavailable as exc:
+        response = _unavailable(exc)
+        code = response.status
+        return response
+    finally:
+        metrics.requests.labels(route=route, code=str(code)).inc()
+        metrics.request_duration.labels(route=route).observe(time.perf_counter() - started)
+
+
+async def _model_info(request: web.Request) -> web.StreamResponse:
+    gateway = request.app[_GATEWAY]
+    repo, revision = _repo(request), request.match_info.get("rev", "")
+    token = await gateway.authorize(request, repo=repo, revision=revision or "main")
+    answer = await gateway.metadata.info(repo=repo, revision=revision, query=dict(request.query), token=token)
+    return _from_answer(answer, request=request)
+
+
+async def _tree(request: web.Request) -> web.StreamResponse:
+    gateway = request.app[_GATEWAY]
+    repo, revision = _repo(request), request.match_info["rev"]
+    token = await gateway.authorize(request, repo=repo, revision=revision)
+    answer = await gateway.metadata.tree(
+        repo=repo,
+        revision=revision,
+        path=request.match_info.get("path", ""),
+        query=dict(request.query),
+        token=token,
+    )
+    return _from_answer(answer, request=request)
+
+
+async def _paths_info(request: web.Request) -> web.StreamResponse:
+    gateway = request.app[_GATEWAY]
+    repo, revision = _repo(request), request.match_info["rev"]
+    token = await gateway.authorize(request, repo=repo, revision=revision)
+    form = [(k, str(v)) for k, v in (await request.post()).items()]
+    answer = await gateway.metadata.paths_info(repo=repo, revision=revision, form=form, token=token)
+    return _from_answer(answer, request=request)
+
+
+async def _resolve(request: web.Request) -> web.StreamResponse:
+    """``HEAD`` answers the file's metadata; ``GET`` its bytes (all, or one ``Range``)."""
+    gateway = request.app[_GATEWAY]
+    repo, revision, path = _repo(request), request.match_info["rev"], request.match_info["path"]
+    token = await gateway.authorize(request, repo=repo, revision=revision)
+    meta = await gateway.metadata.file(repo=repo, revision=revision, path=path, token=token)
+    if isinstance(meta, Answer):
+        return _from_answer(meta, request=request)
+    headers = file_headers(meta)
+    try:
+        wanted = parse_range(request.headers.get("Range"), meta.size)
+    except ValueError as exc:
+        return web.Response(status=416, headers={**headers, "Content-Range": str(exc)})
+    if request.method == "HEAD":
+        return web.Response(status=200, headers={**headers, "Content-Length": str(meta.size)})
+    return await _send_file(gateway, request, repo=repo, meta=meta, path=path, token=token, wanted=wanted)
+
+
+async def _whoami_v2(request: web.Request) -> web.StreamResponse:
+    verdict = await request.app[_GATEWAY].gatekeeper.authenticate(request.headers.get("Authorization"))
+    if verdict.outcome == "unavailable":
+        return hub_error(503, "authorization unavailable", **{"Retry-After": "5"})
+    if verdict.identity is None:
+        return hub_error(401, INVALID_CREDENTIALS)
+    return web.json_response(_whoami(verdict.identity))
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    if not request.app[_GATEWAY].alive():
+        return web.json_response({"status": "a credential refresh loop stopped"}, status=500)
+    return web.json_response({"status": "ok"})
+
+
+async def _readyz(request: web.Request) -> web.Response:
+    """The credentials' readiness (a refused policy file named in the reason); not ready
+    while the cache directory cannot be written, whatever the credentials say."""
+    gateway = request.app[_GATEWAY]
+    writable, why = gateway.blobs.writable()
+    ready, reason = gateway.readiness()
+    if not writable:
+        ready, reason = False, why
+    return web.json_response({"ready": ready, "reason": reason}, status=200 if ready else 503)
+
+
+async def _metrics_page(request: web.Request) -> web.Response:
+    registry = request.app[_GATEWAY].metrics.registry
+    return web.Response(body=exposition(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 def _whoami(identity: Identity) -> dict[str, Any]:
@@ -327,25 +350,70 @@ async def _send_file(
     token: str | None,
     wanted: tuple[int, int] | None,
 ) -> web.StreamResponse:
+    """The file's bytes, all or the ``wanted`` range: from a verified blob when the cache has
+    one, else as they arrive upstream (through a fill when the cache can take them)."""
     start, end = wanted or (0, meta.size)
     response = web.StreamResponse(status=206 if wanted else 200, headers=file_headers(meta))
     response.content_length = end - start
     if wanted:
         response.headers["Content-Range"] = f"bytes {start}-{end - 1}/{meta.size}"
-    metrics = gateway.metrics
     blob = gateway.blobs.complete(meta.etag)
     if blob is not None:
-        with gateway.blobs.lease(meta.etag), open(blob, "rb") as file:  # noqa: ASYNC230 (page cache; aiohttp does the same)
-            await response.prepare(request)
-            if end > start:
-                await _sendfile(request, response, file, start, end - start)
-            metrics.bytes_served.labels(cache="hit").inc(end - start)
-            await response.write_eof()
-        return response
+        return await _send_blob(
+            gateway, request, response=response, blob=blob, etag=meta.etag, start=start, end=end
+        )
+    return await _send_fetched(
+        gateway,
+        request,
+        response=response,
+        meta=meta,
+        repo=repo,
+        path=path,
+        token=token,
+        start=start,
+        end=end,
+    )
+
+
+async def _send_blob(
+    gateway: Gateway,
+    request: web.Request,
+    *,
+    response: web.StreamResponse,
+    blob: Path,
+    etag: str,
+    start: int,
+    end: int,
+) -> web.StreamResponse:
+    """A cache hit: sendfile(2) from the verified blob, leased so eviction leaves it alone."""
+    with gateway.blobs.lease(etag), open(blob, "rb") as file:  # noqa: ASYNC230 (page cache; aiohttp does the same)
+        await response.prepare(request)
+        if end > start:
+            await _sendfile(request, response, file, start, end - start)
+        gateway.metrics.bytes_served.labels(cache="hit").inc(end - start)
+        await response.write_eof()
+    return response
+
+
+async def _send_fetched(
+    gateway: Gateway,
+    request: web.Request,
+    *,
+    response: web.StreamResponse,
+    meta: FileMeta,
+    repo: str,
+    path: str,
+    token: str | None,
+    start: int,
+    end: int,
+) -> web.StreamResponse:
+    """A miss: the bytes of a fill as they arrive, and on from upstream for what a fill does
+    not give (not cacheable, or the cache failed locally)."""
 
     def open_body(offset: int = 0) -> contextlib.AbstractAsyncContextManager[Any]:
         return gateway.upstream.file_body(repo=repo, commit=meta.commit, path=path, token=token, start=offset)
 
+    metrics = gateway.metrics
     fill = gateway.blobs.fill(meta, open_body=open_body)
     await response.prepare(request)
     position = start
@@ -491,19 +559,13 @@ async def serve(config: Config, *, ready: asyncio.Future[int] | None = None) -> 
         build_app(gateway), access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE_SECONDS
     )
     try:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop.set)
+        stop = stop_on_signals()
         await credentials.start()
         tasks.append(asyncio.create_task(policy.watch(), name="policy-watch"))
         if tls is not None:
             tasks.append(asyncio.create_task(tls.watch(), name="certificate-reloader"))
-        await runner.setup()
         host, port = config.gateway_listen
-        site = web.TCPSite(runner, host, port, ssl_context=tls.context if tls else None)
-        await site.start()
-        bound = runner.addresses[0][1] if runner.addresses else port
+        bound = await listen(runner, host=host, port=port, ssl_context=tls.context if tls else None)
         log.info(
             "gateway listening",
             extra={
@@ -516,18 +578,11 @@ async def serve(config: Config, *, ready: asyncio.Future[int] | None = None) -> 
                 "cache_bytes": gateway.blobs.used_bytes,
             },
         )
-        if ready is not None and not ready.done():
-            ready.set_result(bound)
-        await stop.wait()
+        await until_stopped(stop, ready=ready, bound=bound)
         log.info("shutting down")
         return 0
     finally:
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        await runner.cleanup()
+        await shut_down(tasks=tasks, runner=runner)
         await gateway.blobs.aclose()
         await gateway.upstream.aclose()
         await credentials.aclose()

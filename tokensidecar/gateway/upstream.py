@@ -66,15 +66,9 @@ _HEX40 = re.compile(r"[0-9a-f]{40}")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
-# The Hub answers 401 only to a missing or invalid token (a valid one without access gets
-# 404 RepoNotFound): a 401 to the gateway's own credential is the gateway's failure (revoked,
-# expired), not the caller's, so it is an outage for the caller (503, stale-if-error applies)
-# rather than a "log in" the caller can do nothing about.
-_CREDENTIAL_REFUSED = "upstream {route}: the gateway's upstream credential was refused (HTTP 401)"
-
-
 class UpstreamUnavailable(Exception):
-    """No answer from the upstream (connection error, timeout), or 5xx / 429.
+    """No answer from the upstream (connection error, timeout), 5xx / 429, or a 401 to the
+    gateway's own credential.
 
     ``answer`` is the upstream's own reply when there was one (a 503 with ``Retry-After``),
     which the client gets when no cached data can stand in for it.
@@ -142,6 +136,23 @@ def strip_xet(body: bytes) -> bytes:
         if isinstance(entry, dict):
             entry.pop("xetHash", None)
     return json.dumps(document, separators=(",", ":")).encode()
+
+
+def _raise_for_outage(answer: Answer, *, route: str) -> None:
+    """Raise :class:`UpstreamUnavailable` for an answer that is an outage, not the Hub's word.
+
+    5xx and 429 are the upstream's own trouble. And the Hub answers 401 only to a missing or
+    invalid token (a valid one without access gets 404 RepoNotFound): every request here
+    carries the gateway's own credential (:meth:`Upstream._request` sends none without it),
+    so a 401 is the gateway's failure (revoked, expired), not the caller's: an outage for
+    the caller (503, stale-if-error applies) rather than a "log in" it can do nothing about.
+    """
+    if answer.status >= 500 or answer.status == 429:
+        raise UpstreamUnavailable(f"upstream {route}: HTTP {answer.status}", answer=answer)
+    if answer.status == 401:
+        raise UpstreamUnavailable(
+            f"upstream {route}: the gateway's upstream credential was refused (HTTP 401)", answer=answer
+        )
 
 
 def _normalize_etag(value: str) -> str:
@@ -238,10 +249,7 @@ class Upstream:
                 body=strip_xet(body) if response.status == 200 else body,
                 next_page=self._next_page(response.headers.get("Link", "")),
             )
-        if answer.status >= 500 or answer.status == 429:
-            raise UpstreamUnavailable(f"upstream {route}: HTTP {answer.status}", answer=answer)
-        if answer.status == 401 and token is not None:
-            raise UpstreamUnavailable(_CREDENTIAL_REFUSED.format(route=route), answer=answer)
+        _raise_for_outage(answer, route=route)
         return answer
 
     def _next_page(self, link: str) -> str | None:
@@ -259,11 +267,7 @@ class Upstream:
         route = f"/{repo}/resolve/{quote(revision, safe='')}/{quote(path)}"
         async with self._request("HEAD", route, route="resolve", token=token) as response:
             status, headers = response.status, response.headers
-        if status >= 500 or status == 429:
-            raise UpstreamUnavailable(f"upstream resolve: HTTP {status}", answer=Answer(status=status))
-        if status == 401 and token is not None:
-            refused = _CREDENTIAL_REFUSED.format(route="resolve")
-            raise UpstreamUnavailable(refused, answer=Answer(status=status))
+        _raise_for_outage(Answer(status=status), route="resolve")
         if status >= 400:
             kept = {k: headers[k] for k in PASSED_HEADERS if k in headers}
             return Answer(status=status, headers=kept)

@@ -32,7 +32,6 @@ import contextlib
 import dataclasses
 import logging
 import os
-import signal
 import ssl
 import time
 from collections import deque
@@ -48,9 +47,10 @@ from tokensidecar.backoff import Backoff, jittered
 from tokensidecar.config import Config, ConfigError
 from tokensidecar.metrics import CONTENT_TYPE_LATEST, exposition
 from tokensidecar.redact import safe_error
+from tokensidecar.serving import listen, shut_down, stop_on_signals, until_stopped
 from tokensidecar.webhook.inject import InjectionSettings
 from tokensidecar.webhook.metrics import WebhookMetrics
-from tokensidecar.webhook.review import review
+from tokensidecar.webhook.review import ReviewOutcome, review
 from tokensidecar.webhook.settings import MAX_REVIEW_BYTES
 
 if TYPE_CHECKING:
@@ -195,6 +195,10 @@ class ReviewBudget:
             turn.set_result(None)
 
 
+# The registry ``/metrics`` exposes, found by the route in its application.
+_METRICS = web.AppKey("metrics", WebhookMetrics)
+
+
 def build_app(
     *,
     settings: InjectionSettings,
@@ -208,57 +212,84 @@ def build_app(
 
     ``gateway_policy`` (``--gateway-policy``): each review is judged against the version of
     the gateway's policy in force at that moment."""
-    budget = ReviewBudget(max_inflight_bytes)
+    admission = _Admission(
+        settings=settings,
+        metrics=metrics,
+        on_invalid=on_invalid,
+        max_body_bytes=max_body_bytes,
+        budget=ReviewBudget(max_inflight_bytes),
+        gateway_policy=gateway_policy,
+    )
+    app = web.Application(client_max_size=max_body_bytes)
+    app[_METRICS] = metrics
+    app.router.add_post("/mutate", admission.mutate)
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/metrics", _metrics_page)
+    return app
 
-    def too_large() -> web.Response:
-        metrics.admissions.labels(result="error").inc()
-        return web.json_response({"error": f"the body is larger than {max_body_bytes} bytes"}, status=413)
 
-    async def mutate(request: web.Request) -> web.Response:
+@dataclass(frozen=True)
+class _Admission:
+    """``POST /mutate``: one AdmissionReview read, answered and encoded within the budget."""
+
+    settings: InjectionSettings
+    metrics: WebhookMetrics
+    on_invalid: str
+    max_body_bytes: int
+    budget: ReviewBudget
+    gateway_policy: PolicyFile | None
+
+    async def mutate(self, request: web.Request) -> web.Response:
         started = time.perf_counter()
         declared = request.content_length
-        if declared is not None and declared > max_body_bytes:
-            return too_large()  # refused before a byte of it is read
-        async with budget.reserve(max_body_bytes if declared is None else declared):
+        if declared is not None and declared > self.max_body_bytes:
+            return self._too_large()  # refused before a byte of it is read
+        async with self.budget.reserve(self.max_body_bytes if declared is None else declared):
             try:
                 body = await request.read()
             except web.HTTPRequestEntityTooLarge:
-                return too_large()
-            active = (
-                settings
-                if gateway_policy is None
-                else dataclasses.replace(settings, gateway_policy=gateway_policy.current)
-            )
-            outcome = review(body, settings=active, on_invalid=on_invalid)
+                return self._too_large()
+            outcome = review(body, settings=self._settings_in_force(), on_invalid=self.on_invalid)
             del body
             # Encoded inside the budget too: a large pod's patch, base64 and reply are
             # part of what parsing it costs.
             reply = web.json_response(outcome.body, status=outcome.status)
-        metrics.admissions.labels(result=outcome.result).inc()
-        metrics.duration.observe(time.perf_counter() - started)
-        response = outcome.body.get("response") or {}
-        if outcome.result == "error":
-            log.warning(
-                "admission refused"
-                if outcome.status == 200 and not response.get("allowed")
-                else "bad review",
-                extra={"uid": response.get("uid"), "status": outcome.status, "reason": outcome.message},
-            )
-        elif outcome.result == "injected":
-            log.info("pod injected", extra={"uid": response.get("uid")})
+        self.metrics.admissions.labels(result=outcome.result).inc()
+        self.metrics.duration.observe(time.perf_counter() - started)
+        _log_outcome(outcome)
         return reply
 
-    async def healthz(_: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
+    def _settings_in_force(self) -> InjectionSettings:
+        if self.gateway_policy is None:
+            return self.settings
+        return dataclasses.replace(self.settings, gateway_policy=self.gateway_policy.current)
 
-    async def metrics_page(_: web.Request) -> web.Response:
-        return web.Response(body=exposition(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+    def _too_large(self) -> web.Response:
+        self.metrics.admissions.labels(result="error").inc()
+        return web.json_response(
+            {"error": f"the body is larger than {self.max_body_bytes} bytes"}, status=413
+        )
 
-    app = web.Application(client_max_size=max_body_bytes)
-    app.router.add_post("/mutate", mutate)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/metrics", metrics_page)
-    return app
+
+def _log_outcome(outcome: ReviewOutcome) -> None:
+    """A refused pod or a bad review at warning (someone has to look), an injection at info."""
+    response = outcome.body.get("response") or {}
+    if outcome.result == "error":
+        log.warning(
+            "admission refused" if outcome.status == 200 and not response.get("allowed") else "bad review",
+            extra={"uid": response.get("uid"), "status": outcome.status, "reason": outcome.message},
+        )
+    elif outcome.result == "injected":
+        log.info("pod injected", extra={"uid": response.get("uid")})
+
+
+async def _healthz(_: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def _metrics_page(request: web.Request) -> web.Response:
+    body = exposition(request.app[_METRICS].registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 class _SelfSigned:
@@ -360,11 +391,7 @@ async def serve(config: Config, *, ready: asyncio.Future[int] | None = None) -> 
         else:
             cert_file, key_file = config.tls_cert_file, config.tls_key_file
         reloader = CertificateReloader(cert_file=cert_file, key_file=key_file, metrics=metrics)
-
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop.set)
+        stop = stop_on_signals()
 
         app = build_app(
             settings=settings,
@@ -377,16 +404,9 @@ async def serve(config: Config, *, ready: asyncio.Future[int] | None = None) -> 
         runner = web.AppRunner(
             app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE_SECONDS
         )
-        await runner.setup()
         host, port = config.webhook_listen
-        site = web.TCPSite(runner, host, port, ssl_context=reloader.context)
-        await site.start()
-        bound = runner.addresses[0][1] if runner.addresses else port
-        tasks.append(asyncio.create_task(reloader.watch(), name="certificate-reloader"))
-        if gateway_policy is not None:
-            tasks.append(asyncio.create_task(gateway_policy.watch(), name="gateway-policy"))
-        if self_signed is not None:
-            tasks.append(asyncio.create_task(self_signed.upkeep(), name="ca-bundle-upkeep"))
+        bound = await listen(runner, host=host, port=port, ssl_context=reloader.context)
+        tasks += _background_tasks(reloader=reloader, gateway_policy=gateway_policy, self_signed=self_signed)
         log.info(
             "webhook listening",
             extra={
@@ -398,21 +418,26 @@ async def serve(config: Config, *, ready: asyncio.Future[int] | None = None) -> 
                 "on_invalid": config.on_invalid,
             },
         )
-        if ready is not None and not ready.done():
-            ready.set_result(bound)
-        await stop.wait()
+        await until_stopped(stop, ready=ready, bound=bound)
         log.info("shutting down")
         return 0
     finally:
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        if runner is not None:
-            await runner.cleanup()
+        await shut_down(tasks=tasks, runner=runner)
         if self_signed is not None:
             self_signed.close()
+
+
+def _background_tasks(
+    *, reloader: CertificateReloader, gateway_policy: PolicyFile | None, self_signed: _SelfSigned | None
+) -> list[asyncio.Task[None]]:
+    """What keeps the served state current while the listener runs: the certificate files,
+    the gateway's policy when one is judged, and the self-signed CA bundle when it is ours."""
+    tasks = [asyncio.create_task(reloader.watch(), name="certificate-reloader")]
+    if gateway_policy is not None:
+        tasks.append(asyncio.create_task(gateway_policy.watch(), name="gateway-policy"))
+    if self_signed is not None:
+        tasks.append(asyncio.create_task(self_signed.upkeep(), name="ca-bundle-upkeep"))
+    return tasks
 
 
 def _gateway_policy(path: str | None) -> PolicyFile | None:
