@@ -67,6 +67,12 @@ if TYPE_CHECKING:
     from tokensidecar.config import Config
 
 __all__ = [
+    "METADATA_EXPIRES_AT",
+    "METADATA_FINGERPRINT",
+    "METADATA_REVOKED_AT",
+    "METADATA_REVOKED_FINGERPRINT",
+    "METADATA_ROTATED_AT",
+    "UNKNOWN_TIME",
     "KvMetadata",
     "KvPath",
     "KvSecret",
@@ -124,6 +130,30 @@ class VaultPermissionDenied(VaultRefused):
 
 class VaultCasConflict(VaultRefused):
     """A KV v2 check-and-set write lost: the secret's current version is not the one given."""
+
+
+# -- the KV layout: what the rotation job writes and the ``vault`` source reads ------------
+#
+# A token is a key of a KV v2 secret (TOKENSIDECAR_KEY); what the job knows about it goes
+# in the secret's ``custom_metadata`` (Vault limits it to 64 keys of at most 512 bytes),
+# which belongs to the secret, not to a version, and is written after the data. So the
+# expiry carries the fingerprint of the token it describes, and a reader trusts it only
+# for that token (tokensidecar/sources/expiry.py). The previous token is the version
+# before the current one, and the rotation's check-and-set is the version read.
+
+#: When the token expires (RFC 3339, or epoch seconds when written by hand).
+METADATA_EXPIRES_AT = "expires_at"
+#: The fingerprint of the token ``expires_at`` describes.
+METADATA_FINGERPRINT = "fingerprint"
+#: When the current version was stored by the rotation job.
+METADATA_ROTATED_AT = "rotated_at"
+#: The fingerprint of the previous token once the job has revoked it, and when.
+METADATA_REVOKED_FINGERPRINT = "revoked_fingerprint"
+METADATA_REVOKED_AT = "revoked_at"
+#: What a time is written as when it is not known: Vault refuses empty custom_metadata
+#: values, and no reader parses this word as a time, so a stale value never outlives its
+#: token.
+UNKNOWN_TIME = "unknown"
 
 
 @dataclass(frozen=True)

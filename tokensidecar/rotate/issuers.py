@@ -500,7 +500,7 @@ class VaultIssuer(Issuer):
         )
 
     async def issue(self) -> Token:
-        from tokensidecar.backends.vault import VaultError
+        from tokensidecar.backends.vault import METADATA_EXPIRES_AT, VaultError
 
         try:
             secret = await self.session.read_kv(self.path, kv_version=self.kv_version)
@@ -510,7 +510,7 @@ class VaultIssuer(Issuer):
         if not isinstance(value, str) or not value.strip():
             raise IssuerError(f"{self.path} has no string key {self.key!r}")
         try:
-            expires_at = parse_time(secret.custom_metadata.get("expires_at"))
+            expires_at = parse_time(secret.custom_metadata.get(METADATA_EXPIRES_AT))
         except InvalidTime as exc:
             log.warning("ignoring the issuer path's custom_metadata.expires_at", extra={"reason": str(exc)})
             expires_at = None
