@@ -55,6 +55,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from tokensidecar.backends.credential_file import CredentialUnavailable, read_credential
 from tokensidecar.backends.errors import UpstreamError, UpstreamRefused, UpstreamUnavailable
 from tokensidecar.backoff import Backoff
 from tokensidecar.config import ConfigError
@@ -239,13 +240,9 @@ class _ClientToken:
 
 def _read_secret_file(path: str, *, setting: str) -> str:
     try:
-        value = pathlib.Path(path).read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise VaultUnavailable(f"cannot read {setting} {path}: {exc.strerror or safe_error(exc)}") from None
-    if not value:
-        raise VaultUnavailable(f"{setting} {path} is empty")
-    remember(value)
-    return value
+        return read_credential(path, setting=setting)
+    except CredentialUnavailable as exc:
+        raise VaultUnavailable(str(exc)) from None
 
 
 class VaultSession:

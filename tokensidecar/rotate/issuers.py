@@ -32,7 +32,6 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from tokensidecar.config import ConfigError
@@ -40,7 +39,6 @@ from tokensidecar.redact import remember, safe_error
 from tokensidecar.token import InvalidTime, Token, parse_lifetime, parse_time, utcnow
 
 if TYPE_CHECKING:
-    from tokensidecar.backends.hub import ExchangedToken
     from tokensidecar.backends.vault import KvPath, VaultSession
     from tokensidecar.config import Config
 
@@ -129,14 +127,12 @@ class Issuer(abc.ABC):
 
 def read_secret_file(path: str, *, setting: str) -> str:
     """Read a credential from a file and register it with the redactor before anyone sees it."""
+    from tokensidecar.backends.credential_file import CredentialUnavailable, read_credential
+
     try:
-        value = Path(path).read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise IssuerError(f"cannot read {setting} ({path}): {exc.strerror or safe_error(exc)}") from None
-    remember(value)
-    if not value:
-        raise IssuerError(f"{setting} ({path}) is empty")
-    return value
+        return read_credential(path, setting=setting)
+    except CredentialUnavailable as exc:
+        raise IssuerError(str(exc)) from None
 
 
 class CommandIssuer(Issuer):
@@ -405,7 +401,7 @@ class OidcExchangeIssuer(Issuer):
             raise IssuerError(str(exc)) from None
         except InvalidTime as exc:  # the answer's expires_in (hub.parse_lifetime)
             raise IssuerError(f"the Hub's token exchange answer has an unusable lifetime: {exc}") from None
-        return _exchanged_token(exchanged, source=self.kind)
+        return exchanged.to_token(source=self.kind, issued_at=utcnow())
 
 
 class EnterpriseExchangeIssuer(Issuer):
@@ -464,7 +460,7 @@ class EnterpriseExchangeIssuer(Issuer):
             raise IssuerError(str(exc)) from None
         except InvalidTime as exc:  # the answer's expires_in (hub.parse_lifetime)
             raise IssuerError(f"the Hub's token exchange answer has an unusable lifetime: {exc}") from None
-        return _exchanged_token(exchanged, source=self.kind)
+        return exchanged.to_token(source=self.kind, issued_at=utcnow())
 
 
 class VaultIssuer(Issuer):
@@ -530,11 +526,6 @@ def _hub_endpoint(config: Config) -> str:
     if not endpoint.startswith(("http://", "https://")):
         raise ConfigError("HF_ENDPOINT", f"{endpoint!r} is not an http(s) URL")
     return endpoint
-
-
-def _exchanged_token(exchanged: ExchangedToken, *, source: str) -> Token:
-    expires_at = utcnow() + timedelta(seconds=exchanged.expires_in) if exchanged.expires_in else None
-    return Token(value=exchanged.value, source=source, expires_at=expires_at, granted_scope=exchanged.scope)
 
 
 _ISSUERS: dict[str, type[CommandIssuer | OidcExchangeIssuer | EnterpriseExchangeIssuer | VaultIssuer]] = {
