@@ -662,12 +662,12 @@ class VaultSession:
     async def _keep_token_fresh(self) -> None:
         """Renew (or replace) the client token at ~2/3 of its TTL until the session closes.
 
-        After a failure, the next try follows :class:`Backoff`. Once the TTL has passed
-        the token cannot be renewed any more: the task ends, and the next request logs
-        in (which starts a new renewal task).
+        After a failure, the next try follows :class:`Backoff`, whose ``failures`` counts
+        the failures in a row. Once the TTL has passed the token cannot be renewed any
+        more: the task ends, and the next request logs in (which starts a new renewal task).
         """
         backoff = Backoff(base=1.0, cap=self._max_backoff)
-        failures = 0
+        retry_in = 0.0
         while not self._closed:
             token = self._token
             if token is None or token.ttl <= 0:
@@ -678,29 +678,29 @@ class VaultSession:
                     extra={"ttl_seconds": token.ttl, "accessor": token.accessor},
                 )
                 return
-            if failures:
-                if token.expired(_monotonic()):
-                    log.warning(
-                        "the vault token expired before it could be renewed; logging in at the next request",
-                        extra={"accessor": token.accessor, "consecutive_failures": failures},
-                    )
-                    return
-                delay = backoff.next_delay()
-            else:
-                delay = token.ttl * RENEW_AT * random.uniform(1 - RENEW_JITTER, 1 + RENEW_JITTER)  # noqa: S311
-                delay -= _monotonic() - token.learned_at
-            await asyncio.sleep(max(delay, 0.0))
+            if backoff.failures and token.expired(_monotonic()):
+                log.warning(
+                    "the vault token expired before it could be renewed; logging in at the next request",
+                    extra={"accessor": token.accessor, "consecutive_failures": backoff.failures},
+                )
+                return
+            await asyncio.sleep(max(retry_in if backoff.failures else self._renewal_delay(token), 0.0))
             try:
                 await self._renew_or_login(seen_generation=self._generation)
             except VaultError as exc:
-                failures += 1
+                retry_in = backoff.next_delay()
                 log.warning(
                     "vault token renewal failed",
-                    extra={"error": str(exc), "consecutive_failures": failures},
+                    extra={"error": str(exc), "consecutive_failures": backoff.failures},
                 )
             else:
-                failures = 0
                 backoff.reset()
+
+    @staticmethod
+    def _renewal_delay(token: _ClientToken) -> float:
+        """Seconds until ~2/3 of ``token``'s TTL, jittered so a fleet does not renew in step."""
+        delay = token.ttl * RENEW_AT * random.uniform(1 - RENEW_JITTER, 1 + RENEW_JITTER)  # noqa: S311
+        return delay - (_monotonic() - token.learned_at)
 
     async def _renew_or_login(self, *, seen_generation: int) -> None:
         token, client = self._token, self._client
