@@ -29,7 +29,7 @@ import selectors
 import signal
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -39,6 +39,7 @@ from tokensidecar.redact import remember, safe_error
 from tokensidecar.token import InvalidTime, Token, parse_lifetime, parse_time, utcnow
 
 if TYPE_CHECKING:
+    from tokensidecar.backends.hub import ExchangedToken
     from tokensidecar.backends.vault import KvPath, VaultSession
     from tokensidecar.config import Config
 
@@ -362,7 +363,26 @@ def _run_command(argv: tuple[str, ...], *, env: dict[str, str], timeout: float) 
     return run
 
 
-class OidcExchangeIssuer(Issuer):
+class _HubExchangeIssuer(Issuer):
+    """An issuer whose token is the answer to a Hub token exchange (:mod:`tokensidecar.backends.hub`)."""
+
+    mints = True
+
+    async def _exchanged(self, exchange: Awaitable[ExchangedToken]) -> Token:
+        """The token ``exchange`` returns; the Hub's refusals and outages as :class:`IssuerError`."""
+        from tokensidecar.backends import hub
+        from tokensidecar.sidecar.verify import HubUnavailable
+
+        try:
+            exchanged = await exchange
+        except (hub.ExchangeRefused, hub.InvalidSubjectToken, HubUnavailable) as exc:
+            raise IssuerError(str(exc)) from None
+        except InvalidTime as exc:  # the answer's expires_in (hub.parse_lifetime)
+            raise IssuerError(f"the Hub's token exchange answer has an unusable lifetime: {exc}") from None
+        return exchanged.to_token(source=self.kind, issued_at=utcnow())
+
+
+class OidcExchangeIssuer(_HubExchangeIssuer):
     """Trusted Publishers: exchange an OIDC id_token (the job's projected service-account
     token, or a CI provider's — GitHub Actions, GitLab CI — written to the file) whose
     ``aud`` is ``https://huggingface.co`` for a 60-minute token, through the sidecar's
@@ -371,7 +391,6 @@ class OidcExchangeIssuer(Issuer):
     it cannot read private repositories)."""
 
     kind = "oidc-exchange"
-    mints = True
 
     def __init__(self, *, endpoint: str, resource: str, subject_token_file: str) -> None:
         self.endpoint = endpoint
@@ -389,22 +408,15 @@ class OidcExchangeIssuer(Issuer):
 
     async def issue(self) -> Token:
         from tokensidecar.backends import hub
-        from tokensidecar.sidecar.verify import HubUnavailable
 
         # Read at every run: kubelet rotates the projected token.
         subject = read_secret_file(self.subject_token_file, setting="TOKENSIDECAR_OIDC_TOKEN_FILE")
-        try:
-            exchanged = await hub.exchange_id_token(
-                endpoint=self.endpoint, subject_token=subject, resource=self.resource
-            )
-        except (hub.ExchangeRefused, hub.InvalidSubjectToken, HubUnavailable) as exc:
-            raise IssuerError(str(exc)) from None
-        except InvalidTime as exc:  # the answer's expires_in (hub.parse_lifetime)
-            raise IssuerError(f"the Hub's token exchange answer has an unusable lifetime: {exc}") from None
-        return exchanged.to_token(source=self.kind, issued_at=utcnow())
+        return await self._exchanged(
+            hub.exchange_id_token(endpoint=self.endpoint, subject_token=subject, resource=self.resource)
+        )
 
 
-class EnterpriseExchangeIssuer(Issuer):
+class EnterpriseExchangeIssuer(_HubExchangeIssuer):
     """Enterprise token exchange: the org's OAuth app (client credentials from files) asks
     the Hub for an ``hf_oauth_…`` token for an organisation member, named by e-mail (the
     only documented subject type: a service identity needs a member account with an
@@ -412,7 +424,6 @@ class EnterpriseExchangeIssuer(Issuer):
     app's (8 h by default); ``TOKENSIDECAR_ENTERPRISE_SCOPE`` narrows the app's scopes."""
 
     kind = "enterprise-exchange"
-    mints = True
 
     def __init__(
         self,
@@ -442,25 +453,20 @@ class EnterpriseExchangeIssuer(Issuer):
 
     async def issue(self) -> Token:
         from tokensidecar.backends import hub
-        from tokensidecar.sidecar.verify import HubUnavailable
 
         client_id = read_secret_file(self.client_id_file, setting="TOKENSIDECAR_ENTERPRISE_CLIENT_ID_FILE")
         client_secret = read_secret_file(
             self.client_secret_file, setting="TOKENSIDECAR_ENTERPRISE_CLIENT_SECRET_FILE"
         )
-        try:
-            exchanged = await hub.exchange_enterprise(
+        return await self._exchanged(
+            hub.exchange_enterprise(
                 endpoint=self.endpoint,
                 client_id=client_id,
                 client_secret=client_secret,
                 subject=self.subject,
                 scope=self.scope,
             )
-        except (hub.ExchangeRefused, HubUnavailable) as exc:
-            raise IssuerError(str(exc)) from None
-        except InvalidTime as exc:  # the answer's expires_in (hub.parse_lifetime)
-            raise IssuerError(f"the Hub's token exchange answer has an unusable lifetime: {exc}") from None
-        return exchanged.to_token(source=self.kind, issued_at=utcnow())
+        )
 
 
 class VaultIssuer(Issuer):

@@ -33,8 +33,8 @@ from tokensidecar.backends.secret import (
 )
 from tokensidecar.config import ConfigError
 from tokensidecar.redact import fingerprint
-from tokensidecar.rotate.targets import StoreConflict, StoredToken, Target, TargetError
-from tokensidecar.token import InvalidTime, format_time, parse_time
+from tokensidecar.rotate.targets import StoreConflict, StoredToken, Target, TargetError, stored_time
+from tokensidecar.token import format_time
 
 if TYPE_CHECKING:
     from tokensidecar.config import Config
@@ -58,15 +58,7 @@ def _decode(encoded: str | None) -> str | None:
 
 
 def _time(text: str | None, *, name: str) -> datetime | None:
-    """A stored time, or None when absent or unusable (``1e20``, garbage): the job then
-    treats it as unknown and rotates, which rewrites it, instead of failing every run."""
-    try:
-        return parse_time(text)
-    except InvalidTime as exc:
-        log.warning(
-            "ignoring a stored time that is not usable", extra={"annotation": name, "reason": str(exc)}
-        )
-        return None
+    return stored_time(text, field="annotation", name=name, log=log)
 
 
 class SecretTarget(Target):

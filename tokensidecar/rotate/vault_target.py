@@ -31,8 +31,8 @@ from tokensidecar.backends.vault import (
 )
 from tokensidecar.config import ConfigError
 from tokensidecar.redact import fingerprint
-from tokensidecar.rotate.targets import StoreConflict, StoredToken, Target, TargetError
-from tokensidecar.token import InvalidTime, format_time, parse_time
+from tokensidecar.rotate.targets import StoreConflict, StoredToken, Target, TargetError, stored_time
+from tokensidecar.token import format_time
 
 if TYPE_CHECKING:
     from tokensidecar.backends.vault import KvPath, KvSecret, VaultSession
@@ -45,17 +45,9 @@ __all__ = ["VaultTarget"]
 
 
 def _time(text: str | None, *, name: str) -> datetime | None:
-    """A stored time, or None when absent or unusable (``1e20``, garbage): the job then
-    treats it as unknown and rotates, which rewrites it, instead of failing every run."""
     if text == UNKNOWN_TIME:
         return None
-    try:
-        return parse_time(text)
-    except InvalidTime as exc:
-        log.warning(
-            "ignoring a stored time that is not usable", extra={"custom_metadata": name, "reason": str(exc)}
-        )
-        return None
+    return stored_time(text, field="custom_metadata", name=name, log=log)
 
 
 class VaultTarget(Target):
