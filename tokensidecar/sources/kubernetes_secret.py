@@ -246,6 +246,7 @@ class KubernetesSecretSource(Source):
         server sends it as an ERROR event carrying a 410 Status inside a 200 stream; it can
         also answer the watch request itself with HTTP 410. Either way the resourceVersion
         is forgotten and this returns, so the caller lists again. Anything else is raised.
+        (https://kubernetes.io/docs/reference/using-api/api-concepts/#efficient-detection-of-changes)
         """
         from kubernetes.client.exceptions import ApiException
 
