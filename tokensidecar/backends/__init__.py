@@ -2,8 +2,11 @@
 
 * :mod:`.hub` — the Hugging Face Hub: verification (whoami, auth-check), token exchange,
   revocation; :mod:`.hub_scope` judges what a token may do.
-* :mod:`.vault` — Vault / OpenBao: login, renewal, revocation, KV v1/v2 read and write.
-* :mod:`.kube` — the Kubernetes API client: in-cluster or kubeconfig, the pod's namespace.
+* :mod:`.vault` — Vault / OpenBao: login, renewal, revocation, KV v1/v2 read and write,
+  and the KV layout (paths, ``custom_metadata`` keys) the source and the job share.
+* :mod:`.kube` — the Kubernetes API client: in-cluster or kubeconfig, the pod's namespace,
+  watch streams.
+* :mod:`.secret` — the token's Kubernetes Secret: annotations, data keys, base64.
 * :mod:`.errors` — what a failure means, decided once for all of them: unavailable or refused.
 
 The sidecar's sources read through these modules, the rotation job writes through them,

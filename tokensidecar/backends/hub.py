@@ -45,7 +45,7 @@ import socket
 import time
 import urllib.parse
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import httpx2
@@ -120,6 +120,20 @@ class ExchangedToken:
 
     def __post_init__(self) -> None:
         remember(self.value)
+
+    def to_token(self, *, source: str, issued_at: datetime) -> Token:
+        """This answer as a :class:`Token` of ``source``, its lifetime counted from
+        ``issued_at`` (the sidecar passes when it asked, so network time errs early)."""
+        from tokensidecar.token import Token
+
+        expires_at = issued_at + timedelta(seconds=self.expires_in) if self.expires_in else None
+        return Token(
+            value=self.value,
+            source=source,
+            expires_at=expires_at,
+            fetched_at=issued_at,
+            granted_scope=self.scope,
+        )
 
 
 def _is_outage(status: int) -> bool:

@@ -12,6 +12,10 @@ Two choices worth knowing:
 * In-cluster, the service-account token is re-read from its file by the client before it
   expires (``try_refresh_token``): kubelet rotates projected tokens about every hour, and a
   sidecar that cached the first one would start getting 401s after it expired.
+* The official client is synchronous (urllib3), so a watch stream is read in a thread
+  (:func:`watch_lines`) that hands lines to the event loop; closing the stream shuts its
+  socket down, which unblocks the thread at once, so a cancelled watch stops promptly
+  instead of after the next event or the server's timeout.
 
 This module imports the ``kubernetes`` package, which is heavy (its models are ~30 MB
 resident): only code paths that talk to Kubernetes import it.
@@ -19,7 +23,11 @@ resident): only code paths that talk to Kubernetes import it.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
+import threading
+from collections.abc import AsyncGenerator, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +45,7 @@ __all__ = [
     "core_v1",
     "describe_error",
     "pod_namespace",
+    "watch_lines",
 ]
 
 NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
@@ -154,3 +163,67 @@ def _status_message(body: Any) -> str:
         return ""
     message = status.get("message") if isinstance(status, dict) else None
     return str(message)[:300] if message else ""
+
+
+async def watch_lines(request: Callable[[], Any], *, thread_name: str) -> AsyncGenerator[bytes, None]:
+    """The lines of one watch response, as they arrive, until the server ends the stream.
+
+    ``request`` makes the watch call (``watch=True, _preload_content=False``); it runs in a
+    daemon thread, which reads the chunked response and hands each line to the event loop
+    with ``loop.call_soon_threadsafe``. An error of the request or the read is raised here.
+    Closing this generator shuts the response's socket down (urllib3 >= 2.3), which
+    unblocks the thread's read at once.
+    """
+    loop = asyncio.get_running_loop()
+    lines: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+    stopping = threading.Event()
+    responses: list[Any] = []
+
+    def deliver(kind: str, item: Any) -> None:
+        if not stopping.is_set():
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody listens
+                loop.call_soon_threadsafe(lines.put_nowait, (kind, item))
+
+    def read() -> None:
+        try:
+            responses.append(request())
+            if stopping.is_set():
+                responses[0].close()
+                return
+            for line in _iter_lines(responses[0]):
+                deliver("line", line)
+            deliver("end", None)
+        except BaseException as exc:
+            deliver("error", exc)
+        finally:
+            for response in responses:
+                with contextlib.suppress(Exception):
+                    response.release_conn()
+
+    threading.Thread(target=read, name=thread_name, daemon=True).start()
+    try:
+        while True:
+            kind, item = await lines.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise item
+            yield item
+    finally:
+        stopping.set()
+        for response in responses:
+            with contextlib.suppress(Exception):
+                response.shutdown()
+
+
+def _iter_lines(response: Any) -> Iterator[bytes]:
+    """Split a chunked watch response into lines as chunks arrive (events can span chunks)."""
+    pending = b""
+    for chunk in response.stream(amt=None, decode_content=False):
+        pending += chunk
+        while b"\n" in pending:
+            line, pending = pending.split(b"\n", 1)
+            if line.strip():
+                yield line
+    if pending.strip():
+        yield pending

@@ -55,6 +55,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from tokensidecar.backends.credential_file import CredentialUnavailable, read_credential
 from tokensidecar.backends.errors import UpstreamError, UpstreamRefused, UpstreamUnavailable
 from tokensidecar.backoff import Backoff
 from tokensidecar.config import ConfigError
@@ -67,6 +68,12 @@ if TYPE_CHECKING:
     from tokensidecar.config import Config
 
 __all__ = [
+    "METADATA_EXPIRES_AT",
+    "METADATA_FINGERPRINT",
+    "METADATA_REVOKED_AT",
+    "METADATA_REVOKED_FINGERPRINT",
+    "METADATA_ROTATED_AT",
+    "UNKNOWN_TIME",
     "KvMetadata",
     "KvPath",
     "KvSecret",
@@ -124,6 +131,30 @@ class VaultPermissionDenied(VaultRefused):
 
 class VaultCasConflict(VaultRefused):
     """A KV v2 check-and-set write lost: the secret's current version is not the one given."""
+
+
+# -- the KV layout: what the rotation job writes and the ``vault`` source reads ------------
+#
+# A token is a key of a KV v2 secret (TOKENSIDECAR_KEY); what the job knows about it goes
+# in the secret's ``custom_metadata`` (Vault limits it to 64 keys of at most 512 bytes),
+# which belongs to the secret, not to a version, and is written after the data. So the
+# expiry carries the fingerprint of the token it describes, and a reader trusts it only
+# for that token (tokensidecar/sources/expiry.py). The previous token is the version
+# before the current one, and the rotation's check-and-set is the version read.
+
+#: When the token expires (RFC 3339, or epoch seconds when written by hand).
+METADATA_EXPIRES_AT = "expires_at"
+#: The fingerprint of the token ``expires_at`` describes.
+METADATA_FINGERPRINT = "fingerprint"
+#: When the current version was stored by the rotation job.
+METADATA_ROTATED_AT = "rotated_at"
+#: The fingerprint of the previous token once the job has revoked it, and when.
+METADATA_REVOKED_FINGERPRINT = "revoked_fingerprint"
+METADATA_REVOKED_AT = "revoked_at"
+#: What a time is written as when it is not known: Vault refuses empty custom_metadata
+#: values, and no reader parses this word as a time, so a stale value never outlives its
+#: token.
+UNKNOWN_TIME = "unknown"
 
 
 @dataclass(frozen=True)
@@ -209,13 +240,9 @@ class _ClientToken:
 
 def _read_secret_file(path: str, *, setting: str) -> str:
     try:
-        value = pathlib.Path(path).read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise VaultUnavailable(f"cannot read {setting} {path}: {exc.strerror or safe_error(exc)}") from None
-    if not value:
-        raise VaultUnavailable(f"{setting} {path} is empty")
-    remember(value)
-    return value
+        return read_credential(path, setting=setting)
+    except CredentialUnavailable as exc:
+        raise VaultUnavailable(str(exc)) from None
 
 
 class VaultSession:
@@ -635,12 +662,12 @@ class VaultSession:
     async def _keep_token_fresh(self) -> None:
         """Renew (or replace) the client token at ~2/3 of its TTL until the session closes.
 
-        After a failure, the next try follows :class:`Backoff`. Once the TTL has passed
-        the token cannot be renewed any more: the task ends, and the next request logs
-        in (which starts a new renewal task).
+        After a failure, the next try follows :class:`Backoff`, whose ``failures`` counts
+        the failures in a row. Once the TTL has passed the token cannot be renewed any
+        more: the task ends, and the next request logs in (which starts a new renewal task).
         """
         backoff = Backoff(base=1.0, cap=self._max_backoff)
-        failures = 0
+        retry_in = 0.0
         while not self._closed:
             token = self._token
             if token is None or token.ttl <= 0:
@@ -651,29 +678,29 @@ class VaultSession:
                     extra={"ttl_seconds": token.ttl, "accessor": token.accessor},
                 )
                 return
-            if failures:
-                if token.expired(_monotonic()):
-                    log.warning(
-                        "the vault token expired before it could be renewed; logging in at the next request",
-                        extra={"accessor": token.accessor, "consecutive_failures": failures},
-                    )
-                    return
-                delay = backoff.next_delay()
-            else:
-                delay = token.ttl * RENEW_AT * random.uniform(1 - RENEW_JITTER, 1 + RENEW_JITTER)  # noqa: S311
-                delay -= _monotonic() - token.learned_at
-            await asyncio.sleep(max(delay, 0.0))
+            if backoff.failures and token.expired(_monotonic()):
+                log.warning(
+                    "the vault token expired before it could be renewed; logging in at the next request",
+                    extra={"accessor": token.accessor, "consecutive_failures": backoff.failures},
+                )
+                return
+            await asyncio.sleep(max(retry_in if backoff.failures else self._renewal_delay(token), 0.0))
             try:
                 await self._renew_or_login(seen_generation=self._generation)
             except VaultError as exc:
-                failures += 1
+                retry_in = backoff.next_delay()
                 log.warning(
                     "vault token renewal failed",
-                    extra={"error": str(exc), "consecutive_failures": failures},
+                    extra={"error": str(exc), "consecutive_failures": backoff.failures},
                 )
             else:
-                failures = 0
                 backoff.reset()
+
+    @staticmethod
+    def _renewal_delay(token: _ClientToken) -> float:
+        """Seconds until ~2/3 of ``token``'s TTL, jittered so a fleet does not renew in step."""
+        delay = token.ttl * RENEW_AT * random.uniform(1 - RENEW_JITTER, 1 + RENEW_JITTER)  # noqa: S311
+        return delay - (_monotonic() - token.learned_at)
 
     async def _renew_or_login(self, *, seen_generation: int) -> None:
         token, client = self._token, self._client

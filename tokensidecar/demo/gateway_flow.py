@@ -311,11 +311,15 @@ class GatewayFlow:
     def _write_vault(self, token: str) -> int:
         from datetime import UTC, datetime, timedelta
 
+        from tokensidecar.backends.vault import METADATA_EXPIRES_AT
+
         expires_at = datetime.now(UTC) + timedelta(seconds=self.token_lifetime)
         version: int = self.vault.put_kv(
             GATEWAY_VAULT_PATH,
             {"token": token},
-            custom_metadata={"expires_at": expires_at.isoformat(timespec="seconds").replace("+00:00", "Z")},
+            custom_metadata={
+                METADATA_EXPIRES_AT: expires_at.isoformat(timespec="seconds").replace("+00:00", "Z")
+            },
         )
         return version
 

@@ -331,11 +331,15 @@ class Demo:
         return code == 0 and not self.summary["token_in_sidecar_logs"]
 
     def _write_vault(self, vault: Any, token: str) -> int:
+        from tokensidecar.backends.vault import METADATA_EXPIRES_AT
+
         expires_at = datetime.now(UTC) + timedelta(seconds=TOKEN_LIFETIME_SECONDS)
         version: int = vault.put_kv(
             VAULT_PATH,
             {"token": token},
-            custom_metadata={"expires_at": expires_at.isoformat(timespec="seconds").replace("+00:00", "Z")},
+            custom_metadata={
+                METADATA_EXPIRES_AT: expires_at.isoformat(timespec="seconds").replace("+00:00", "Z")
+            },
         )
         return version
 

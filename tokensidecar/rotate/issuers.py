@@ -29,10 +29,9 @@ import selectors
 import signal
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from tokensidecar.config import ConfigError
@@ -129,14 +128,12 @@ class Issuer(abc.ABC):
 
 def read_secret_file(path: str, *, setting: str) -> str:
     """Read a credential from a file and register it with the redactor before anyone sees it."""
+    from tokensidecar.backends.credential_file import CredentialUnavailable, read_credential
+
     try:
-        value = Path(path).read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise IssuerError(f"cannot read {setting} ({path}): {exc.strerror or safe_error(exc)}") from None
-    remember(value)
-    if not value:
-        raise IssuerError(f"{setting} ({path}) is empty")
-    return value
+        return read_credential(path, setting=setting)
+    except CredentialUnavailable as exc:
+        raise IssuerError(str(exc)) from None
 
 
 class CommandIssuer(Issuer):
@@ -410,7 +407,26 @@ def _wait_for_exit(program: _Program) -> None:
             time.sleep(_POLL_SECONDS)
 
 
-class OidcExchangeIssuer(Issuer):
+class _HubExchangeIssuer(Issuer):
+    """An issuer whose token is the answer to a Hub token exchange (:mod:`tokensidecar.backends.hub`)."""
+
+    mints = True
+
+    async def _exchanged(self, exchange: Awaitable[ExchangedToken]) -> Token:
+        """The token ``exchange`` returns; the Hub's refusals and outages as :class:`IssuerError`."""
+        from tokensidecar.backends import hub
+        from tokensidecar.sidecar.verify import HubUnavailable
+
+        try:
+            exchanged = await exchange
+        except (hub.ExchangeRefused, hub.InvalidSubjectToken, HubUnavailable) as exc:
+            raise IssuerError(str(exc)) from None
+        except InvalidTime as exc:  # the answer's expires_in (hub.parse_lifetime)
+            raise IssuerError(f"the Hub's token exchange answer has an unusable lifetime: {exc}") from None
+        return exchanged.to_token(source=self.kind, issued_at=utcnow())
+
+
+class OidcExchangeIssuer(_HubExchangeIssuer):
     """Trusted Publishers: exchange an OIDC id_token (the job's projected service-account
     token, or a CI provider's — GitHub Actions, GitLab CI — written to the file) whose
     ``aud`` is ``https://huggingface.co`` for a 60-minute token, through the sidecar's
@@ -419,7 +435,6 @@ class OidcExchangeIssuer(Issuer):
     it cannot read private repositories)."""
 
     kind = "oidc-exchange"
-    mints = True
 
     def __init__(self, *, endpoint: str, resource: str, subject_token_file: str) -> None:
         self.endpoint = endpoint
@@ -437,22 +452,15 @@ class OidcExchangeIssuer(Issuer):
 
     async def issue(self) -> Token:
         from tokensidecar.backends import hub
-        from tokensidecar.sidecar.verify import HubUnavailable
 
         # Read at every run: kubelet rotates the projected token.
         subject = read_secret_file(self.subject_token_file, setting="TOKENSIDECAR_OIDC_TOKEN_FILE")
-        try:
-            exchanged = await hub.exchange_id_token(
-                endpoint=self.endpoint, subject_token=subject, resource=self.resource
-            )
-        except (hub.ExchangeRefused, hub.InvalidSubjectToken, HubUnavailable) as exc:
-            raise IssuerError(str(exc)) from None
-        except InvalidTime as exc:  # the answer's expires_in (hub.parse_lifetime)
-            raise IssuerError(f"the Hub's token exchange answer has an unusable lifetime: {exc}") from None
-        return _exchanged_token(exchanged, source=self.kind)
+        return await self._exchanged(
+            hub.exchange_id_token(endpoint=self.endpoint, subject_token=subject, resource=self.resource)
+        )
 
 
-class EnterpriseExchangeIssuer(Issuer):
+class EnterpriseExchangeIssuer(_HubExchangeIssuer):
     """Enterprise token exchange: the org's OAuth app (client credentials from files) asks
     the Hub for an ``hf_oauth_…`` token for an organisation member, named by e-mail (the
     only documented subject type: a service identity needs a member account with an
@@ -460,7 +468,6 @@ class EnterpriseExchangeIssuer(Issuer):
     app's (8 h by default); ``TOKENSIDECAR_ENTERPRISE_SCOPE`` narrows the app's scopes."""
 
     kind = "enterprise-exchange"
-    mints = True
 
     def __init__(
         self,
@@ -490,25 +497,20 @@ class EnterpriseExchangeIssuer(Issuer):
 
     async def issue(self) -> Token:
         from tokensidecar.backends import hub
-        from tokensidecar.sidecar.verify import HubUnavailable
 
         client_id = read_secret_file(self.client_id_file, setting="TOKENSIDECAR_ENTERPRISE_CLIENT_ID_FILE")
         client_secret = read_secret_file(
             self.client_secret_file, setting="TOKENSIDECAR_ENTERPRISE_CLIENT_SECRET_FILE"
         )
-        try:
-            exchanged = await hub.exchange_enterprise(
+        return await self._exchanged(
+            hub.exchange_enterprise(
                 endpoint=self.endpoint,
                 client_id=client_id,
                 client_secret=client_secret,
                 subject=self.subject,
                 scope=self.scope,
             )
-        except (hub.ExchangeRefused, HubUnavailable) as exc:
-            raise IssuerError(str(exc)) from None
-        except InvalidTime as exc:  # the answer's expires_in (hub.parse_lifetime)
-            raise IssuerError(f"the Hub's token exchange answer has an unusable lifetime: {exc}") from None
-        return _exchanged_token(exchanged, source=self.kind)
+        )
 
 
 class VaultIssuer(Issuer):
@@ -544,7 +546,7 @@ class VaultIssuer(Issuer):
         )
 
     async def issue(self) -> Token:
-        from tokensidecar.backends.vault import VaultError
+        from tokensidecar.backends.vault import METADATA_EXPIRES_AT, VaultError
 
         try:
             secret = await self.session.read_kv(self.path, kv_version=self.kv_version)
@@ -554,7 +556,7 @@ class VaultIssuer(Issuer):
         if not isinstance(value, str) or not value.strip():
             raise IssuerError(f"{self.path} has no string key {self.key!r}")
         try:
-            expires_at = parse_time(secret.custom_metadata.get("expires_at"))
+            expires_at = parse_time(secret.custom_metadata.get(METADATA_EXPIRES_AT))
         except InvalidTime as exc:
             log.warning("ignoring the issuer path's custom_metadata.expires_at", extra={"reason": str(exc)})
             expires_at = None
@@ -574,11 +576,6 @@ def _hub_endpoint(config: Config) -> str:
     if not endpoint.startswith(("http://", "https://")):
         raise ConfigError("HF_ENDPOINT", f"{endpoint!r} is not an http(s) URL")
     return endpoint
-
-
-def _exchanged_token(exchanged: ExchangedToken, *, source: str) -> Token:
-    expires_at = utcnow() + timedelta(seconds=exchanged.expires_in) if exchanged.expires_in else None
-    return Token(value=exchanged.value, source=source, expires_at=expires_at, granted_scope=exchanged.scope)
 
 
 _ISSUERS: dict[str, type[CommandIssuer | OidcExchangeIssuer | EnterpriseExchangeIssuer | VaultIssuer]] = {

@@ -1,17 +1,7 @@
 """The ``kubernetes-secret`` target: the rotating Secret that sidecars watch.
 
-Layout of the Secret after a rotation (what ``--source=kubernetes-secret`` and people read)::
-
-    data:
-      token:    <new>            # TOKENSIDECAR_KEY
-      previous: <old>            # overlap: still valid until revoked
-    metadata.annotations:
-      tokensidecar.io/expires-at:           2026-01-01T12:00:00Z   (absent when unknown)
-      tokensidecar.io/rotated-at:           when <new> was stored = when <old> left 'token'
-      tokensidecar.io/version:              monotonic rotation counter
-      tokensidecar.io/fingerprint:          sha256[:12] of <new>
-      tokensidecar.io/previous-fingerprint: sha256[:12] of <old>
-      tokensidecar.io/revoked-fingerprint:  set when the job has revoked <old>
+The Secret's layout (data keys, annotations, base64) is :mod:`tokensidecar.backends.secret`,
+the one the ``kubernetes-secret`` source reads.
 
 Every write is a merge PATCH that carries the ``metadata.resourceVersion`` the job read:
 the API server refuses it with 409 Conflict when anybody wrote the Secret in between, and
@@ -25,16 +15,26 @@ same way. The blocking official client runs in :func:`asyncio.to_thread`.
 from __future__ import annotations
 
 import asyncio
-import base64
 import binascii
 import logging
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from tokensidecar.backends import secret as layout
+from tokensidecar.backends.secret import (
+    EXPIRES_AT,
+    FINGERPRINT,
+    PREVIOUS_FINGERPRINT,
+    PREVIOUS_KEY,
+    REVOKED_AT,
+    REVOKED_FINGERPRINT,
+    ROTATED_AT,
+    VERSION,
+)
 from tokensidecar.config import ConfigError
-from tokensidecar.redact import fingerprint, remember
-from tokensidecar.rotate.targets import StoreConflict, StoredToken, Target, TargetError
-from tokensidecar.token import InvalidTime, format_time, parse_time
+from tokensidecar.redact import fingerprint
+from tokensidecar.rotate.targets import StoreConflict, StoredToken, Target, TargetError, stored_time
+from tokensidecar.token import format_time
 
 if TYPE_CHECKING:
     from tokensidecar.config import Config
@@ -42,47 +42,23 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ANNOTATION_PREFIX", "PREVIOUS_KEY", "SecretTarget"]
+__all__ = ["SecretTarget"]
 
-ANNOTATION_PREFIX = "tokensidecar.io/"
-EXPIRES_AT = ANNOTATION_PREFIX + "expires-at"
-ROTATED_AT = ANNOTATION_PREFIX + "rotated-at"
-VERSION = ANNOTATION_PREFIX + "version"
-FINGERPRINT = ANNOTATION_PREFIX + "fingerprint"
-PREVIOUS_FINGERPRINT = ANNOTATION_PREFIX + "previous-fingerprint"
-REVOKED_FINGERPRINT = ANNOTATION_PREFIX + "revoked-fingerprint"
-REVOKED_AT = ANNOTATION_PREFIX + "revoked-at"
-#: Where the replaced token stays during the overlap (docs/rotation.md).
-PREVIOUS_KEY = "previous"
 MERGE_PATCH = "application/merge-patch+json"
 
 
 def _decode(encoded: str | None) -> str | None:
+    """The stored token, stripped; None when absent or not base64 of UTF-8."""
     if not encoded:
         return None
     try:
-        value = base64.b64decode(encoded, validate=True).decode("utf-8")
+        return layout.decode(encoded).strip() or None
     except (binascii.Error, UnicodeDecodeError):
         return None
-    remember(value)
-    remember(value.strip())
-    return value.strip() or None
-
-
-def _encode(value: str) -> str:
-    return base64.b64encode(value.encode("utf-8")).decode("ascii")
 
 
 def _time(text: str | None, *, name: str) -> datetime | None:
-    """A stored time, or None when absent or unusable (``1e20``, garbage): the job then
-    treats it as unknown and rotates, which rewrites it, instead of failing every run."""
-    try:
-        return parse_time(text)
-    except InvalidTime as exc:
-        log.warning(
-            "ignoring a stored time that is not usable", extra={"annotation": name, "reason": str(exc)}
-        )
-        return None
+    return stored_time(text, field="annotation", name=name, log=log)
 
 
 class SecretTarget(Target):
@@ -198,8 +174,8 @@ class SecretTarget(Target):
             REVOKED_AT: None,
         }
         data: dict[str, str | None] = {
-            self.key: _encode(token.value),
-            PREVIOUS_KEY: _encode(replacing.current) if replacing.current else None,
+            self.key: layout.encode(token.value),
+            PREVIOUS_KEY: layout.encode(replacing.current) if replacing.current else None,
         }
         if not replacing.exists:
             body = {
@@ -209,7 +185,7 @@ class SecretTarget(Target):
                 "metadata": {
                     "name": self.name,
                     "namespace": self.namespace,
-                    "labels": {"app.kubernetes.io/managed-by": "tokensidecar-rotate"},
+                    "labels": dict(layout.MANAGED_BY),
                     "annotations": {k: v for k, v in annotations.items() if v is not None},
                 },
                 "data": {k: v for k, v in data.items() if v is not None},

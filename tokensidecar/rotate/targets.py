@@ -19,17 +19,19 @@ from __future__ import annotations
 
 import abc
 import importlib
+import logging
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, ClassVar
 
 from tokensidecar.redact import fingerprint
+from tokensidecar.token import InvalidTime, parse_time
 
 if TYPE_CHECKING:
     from tokensidecar.config import Config
     from tokensidecar.token import Token
 
-__all__ = ["StoreConflict", "StoredToken", "Target", "TargetError", "build_target"]
+__all__ = ["StoreConflict", "StoredToken", "Target", "TargetError", "build_target", "stored_time"]
 
 
 class TargetError(Exception):
@@ -68,6 +70,17 @@ class StoredToken:
     @property
     def previous_fingerprint(self) -> str | None:
         return fingerprint(self.previous) if self.previous else None
+
+
+def stored_time(text: str | None, *, field: str, name: str, log: logging.Logger) -> datetime | None:
+    """A time a target stored (``field`` ``name``: an annotation, a custom_metadata key), or
+    None when absent or unusable (``1e20``, garbage): the job then treats it as unknown and
+    rotates, which rewrites it, instead of failing every run. Logged to the target's ``log``."""
+    try:
+        return parse_time(text)
+    except InvalidTime as exc:
+        log.warning("ignoring a stored time that is not usable", extra={field: name, "reason": str(exc)})
+        return None
 
 
 class Target(abc.ABC):

@@ -21,10 +21,18 @@ import logging
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from tokensidecar.backends.vault import (
+    METADATA_EXPIRES_AT,
+    METADATA_FINGERPRINT,
+    METADATA_REVOKED_AT,
+    METADATA_REVOKED_FINGERPRINT,
+    METADATA_ROTATED_AT,
+    UNKNOWN_TIME,
+)
 from tokensidecar.config import ConfigError
 from tokensidecar.redact import fingerprint
-from tokensidecar.rotate.targets import StoreConflict, StoredToken, Target, TargetError
-from tokensidecar.token import InvalidTime, format_time, parse_time
+from tokensidecar.rotate.targets import StoreConflict, StoredToken, Target, TargetError, stored_time
+from tokensidecar.token import format_time
 
 if TYPE_CHECKING:
     from tokensidecar.backends.vault import KvPath, KvSecret, VaultSession
@@ -35,29 +43,11 @@ log = logging.getLogger(__name__)
 
 __all__ = ["VaultTarget"]
 
-# custom_metadata keys (Vault limits them to 64 entries of at most 512 bytes).
-EXPIRES_AT = "expires_at"
-FINGERPRINT = "fingerprint"
-ROTATED_AT = "rotated_at"
-REVOKED_FINGERPRINT = "revoked_fingerprint"
-REVOKED_AT = "revoked_at"
-# Vault refuses empty custom_metadata values; an unknown time is written as this word
-# (which no reader parses as a time) so a stale value never outlives its token.
-UNKNOWN = "unknown"
-
 
 def _time(text: str | None, *, name: str) -> datetime | None:
-    """A stored time, or None when absent or unusable (``1e20``, garbage): the job then
-    treats it as unknown and rotates, which rewrites it, instead of failing every run."""
-    if text == UNKNOWN:
+    if text == UNKNOWN_TIME:
         return None
-    try:
-        return parse_time(text)
-    except InvalidTime as exc:
-        log.warning(
-            "ignoring a stored time that is not usable", extra={"custom_metadata": name, "reason": str(exc)}
-        )
-        return None
+    return stored_time(text, field="custom_metadata", name=name, log=log)
 
 
 class VaultTarget(Target):
@@ -111,14 +101,16 @@ class VaultTarget(Target):
         current = _string(latest.data.get(self.key)) if latest else None
         previous = _string(before.data.get(self.key)) if before else None
         custom = metadata.custom_metadata
-        describes_current = current is not None and custom.get(FINGERPRINT) == fingerprint(current)
-        revoked = previous is not None and custom.get(REVOKED_FINGERPRINT) == fingerprint(previous)
+        describes_current = current is not None and custom.get(METADATA_FINGERPRINT) == fingerprint(current)
+        revoked = previous is not None and custom.get(METADATA_REVOKED_FINGERPRINT) == fingerprint(previous)
         return StoredToken(
             where=self.where,
             revision=str(version),
             current=current,
             previous=previous,
-            expires_at=_time(custom.get(EXPIRES_AT), name=EXPIRES_AT) if describes_current else None,
+            expires_at=_time(custom.get(METADATA_EXPIRES_AT), name=METADATA_EXPIRES_AT)
+            if describes_current
+            else None,
             rotated_at=latest.created_time if latest else None,
             version=version,
             previous_revoked=revoked,
@@ -135,9 +127,9 @@ class VaultTarget(Target):
                 {self.key: token.value},
                 cas=cas,
                 custom_metadata={
-                    EXPIRES_AT: format_time(expires_at) or UNKNOWN,
-                    FINGERPRINT: token.fingerprint,
-                    ROTATED_AT: format_time(rotated_at) or UNKNOWN,
+                    METADATA_EXPIRES_AT: format_time(expires_at) or UNKNOWN_TIME,
+                    METADATA_FINGERPRINT: token.fingerprint,
+                    METADATA_ROTATED_AT: format_time(rotated_at) or UNKNOWN_TIME,
                 },
             )
         except VaultCasConflict:
@@ -164,8 +156,8 @@ class VaultTarget(Target):
             await self.session.write_kv_metadata(
                 self.path,
                 {
-                    REVOKED_FINGERPRINT: stored.previous_fingerprint,
-                    REVOKED_AT: format_time(revoked_at) or UNKNOWN,
+                    METADATA_REVOKED_FINGERPRINT: stored.previous_fingerprint,
+                    METADATA_REVOKED_AT: format_time(revoked_at) or UNKNOWN_TIME,
                 },
             )
         except VaultError as exc:

@@ -6,9 +6,9 @@ from its data. So an ``expires_at`` read next to a token may describe an *older*
 a metadata write that failed after the data write, a ``vault kv put`` or ``kubectl edit``
 by hand. Taken at its word, a stale, past ``expires_at`` makes the sidecar refuse a valid
 new token as "already expired". The rotation job therefore stores, beside the expiry,
-the fingerprint of the token it describes (``tokensidecar/rotate/vault_target.py``:
-``custom_metadata.fingerprint``; ``tokensidecar/rotate/secret_target.py``: annotation
-``tokensidecar.io/fingerprint``). The rule, for both sources:
+the fingerprint of the token it describes (the layouts both sides share:
+:mod:`tokensidecar.backends.vault`, ``custom_metadata.fingerprint``;
+:mod:`tokensidecar.backends.secret`, annotation ``tokensidecar.io/fingerprint``). The rule, for both sources:
 
 * a fingerprint is stored and it is this token's: the expiry is trusted, past or future;
 * a fingerprint is stored and it is another token's: the expiry is ignored (logged once);
@@ -30,14 +30,11 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 
+from tokensidecar.backends.vault import UNKNOWN_TIME
 from tokensidecar.redact import fingerprint, redact
 from tokensidecar.token import parse_time, utcnow
 
-__all__ = ["UNKNOWN", "StoredExpiry"]
-
-#: What the rotation job stores when it does not know the expiry (Vault refuses empty
-#: custom_metadata values).
-UNKNOWN = "unknown"
+__all__ = ["StoredExpiry"]
 
 
 class StoredExpiry:
@@ -59,7 +56,7 @@ class StoredExpiry:
     ) -> datetime | None:
         """The expiry of the token ``value``, or None when the metadata cannot vouch for it."""
         raw = str(expires_at).strip() if expires_at is not None else ""
-        if not raw or raw.lower() == UNKNOWN:
+        if not raw or raw.lower() == UNKNOWN_TIME:
             return None
         token_fingerprint = fingerprint(value)
         try:

@@ -1,8 +1,8 @@
 """The ``kubernetes-secret`` source: one named Secret, watched through the API (no polling).
 
 A kubelet-mounted Secret volume takes 60-90 s to show a change; a watch sees it in
-milliseconds. The watch is built in layers, each with one job (the shape of kopf's
-``kopf/_cogs/clients/watching.py``):
+milliseconds. The watch is two layers, the shape of kopf's
+``kopf/_cogs/clients/watching.py`` (``infinite_watch`` over ``continuous_watch``):
 
 * :meth:`KubernetesSecretSource.watch` reconnects forever: after a dropped connection it
   resumes from the last resourceVersion after a short jittered backoff, and gives up
@@ -12,41 +12,38 @@ milliseconds. The watch is built in layers, each with one job (the shape of kopf
   name), yields that state, then watches from the list's resourceVersion, stream after
   stream; it returns on ``410 Gone``, and the re-listed state is yielded when it changed,
   so an update made while the watch was broken is still delivered.
-* :meth:`KubernetesSecretSource._watch_stream` turns one watch stream into tokens, and
-  :meth:`KubernetesSecretSource._stream` is that HTTP stream, as raw JSON events.
 
-The official client is synchronous (urllib3), so each stream is read in a thread that
-hands lines to the event loop with ``loop.call_soon_threadsafe``. Closing the stream
-shuts its socket down, which unblocks the thread at once; cancelling the refresher
-therefore stops the watch promptly instead of after the next event or server timeout.
+Below them, :meth:`KubernetesSecretSource._watch_stream` turns one watch stream into
+tokens; the stream itself is read in a thread by :func:`tokensidecar.backends.kube.watch_lines`
+(the official client is synchronous), and cancelling the refresher stops it promptly.
 Events are parsed as plain JSON rather than client models: it is faster (the propagation
 goal is well under 50 ms) and it keeps the base64 data in one place.
 
-The ``tokensidecar.io/expires-at`` annotation is trusted only when
-``tokensidecar.io/fingerprint`` (what the rotation job writes beside it) names the token
-in the data, or, with no fingerprint, when it is in the future: annotations can be edited
-apart from the data, and an expiry left over from an older token must not refuse a new
-one (the full rule is in :mod:`tokensidecar.sources.expiry`).
+The Secret's layout (the data key, the ``tokensidecar.io/version`` and
+``tokensidecar.io/expires-at`` annotations) is :mod:`tokensidecar.backends.secret`, the
+one the rotation job writes. The expiry annotation is trusted only when
+``tokensidecar.io/fingerprint`` names the token in the data, or, with no fingerprint,
+when it is in the future: annotations can be edited apart from the data, and an expiry
+left over from an older token must not refuse a new one (the full rule is in
+:mod:`tokensidecar.sources.expiry`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import binascii
 import contextlib
 import json
 import logging
 import random
-import threading
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from tokensidecar.backends import kube
+from tokensidecar.backends import secret as layout
 from tokensidecar.backoff import Backoff
 from tokensidecar.config import Config, ConfigError
-from tokensidecar.redact import remember
 from tokensidecar.sources import Source, SourceError
 from tokensidecar.sources.expiry import StoredExpiry
 from tokensidecar.token import Token
@@ -54,14 +51,9 @@ from tokensidecar.token import Token
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient
 
-__all__ = ["EXPIRES_AT_ANNOTATION", "FINGERPRINT_ANNOTATION", "VERSION_ANNOTATION", "KubernetesSecretSource"]
+__all__ = ["KubernetesSecretSource"]
 
 log = logging.getLogger(__name__)
-
-VERSION_ANNOTATION = "tokensidecar.io/version"
-EXPIRES_AT_ANNOTATION = "tokensidecar.io/expires-at"
-#: The fingerprint of the token the expiry annotation describes.
-FINGERPRINT_ANNOTATION = "tokensidecar.io/fingerprint"
 
 # The API server ends a watch after timeoutSeconds; client-go picks 5-10 min at random so
 # that a fleet of watchers does not reconnect in lock-step. The read timeout is longer:
@@ -72,6 +64,9 @@ WATCH_READ_GRACE = 60.0
 # to the refresher. Backoff between them: 0.2 s doubling, full jitter, at most 5 s.
 MAX_QUIET_RECONNECTS = 5
 RECONNECT_BACKOFF = (0.2, 5.0)
+# Answers to a watch request that reconnecting will not change: RBAC (401, 403) or the
+# namespace gone (404). The watch raises at once and the refresher takes over.
+_FINAL_STATUSES = (401, 403, 404)
 
 
 class _Gone(Exception):
@@ -111,9 +106,7 @@ class KubernetesSecretSource(Source):
         self.namespace = namespace
         self.key = key
         self._core = kube.core_v1(api)
-        self._stored_expiry = StoredExpiry(
-            where=self.ref, field=f"annotation {EXPIRES_AT_ANNOTATION}", log=log
-        )
+        self._stored_expiry = StoredExpiry(where=self.ref, field=f"annotation {layout.EXPIRES_AT}", log=log)
 
     @classmethod
     def from_config(cls, config: Config) -> KubernetesSecretSource:
@@ -141,22 +134,20 @@ class KubernetesSecretSource(Source):
         encoded = data.get(self.key)
         if encoded is None:
             raise SourceError(f"secret {self.ref} has no key {self.key!r}")
-        remember(encoded)
         try:
-            value = base64.b64decode(encoded, validate=True).decode("utf-8")
+            value = layout.decode(encoded)
         except (binascii.Error, ValueError):
             raise SourceError(f"key {self.key!r} of secret {self.ref} is not base64-encoded UTF-8") from None
-        remember(value)
         meta = secret.get("metadata") or {}
         annotations = meta.get("annotations") or {}
         return Token(
             value=value,
             source=self.kind,
-            version=annotations.get(VERSION_ANNOTATION) or meta.get("resourceVersion"),
+            version=annotations.get(layout.VERSION) or meta.get("resourceVersion"),
             expires_at=self._stored_expiry.for_token(
                 value,
-                expires_at=annotations.get(EXPIRES_AT_ANNOTATION),
-                written_for=annotations.get(FINGERPRINT_ANNOTATION),
+                expires_at=annotations.get(layout.EXPIRES_AT),
+                written_for=annotations.get(layout.FINGERPRINT),
             ),
         )
 
@@ -203,14 +194,10 @@ class KubernetesSecretSource(Source):
           does, instead of spinning list+watch as fast as the server replies; a real event
           resets that backoff.
         * A dropped connection, a read timeout, a refused connection, a 5xx: resume from the
-          last resourceVersion after a short jittered backoff; after
-          :data:`MAX_QUIET_RECONNECTS` in a row, raise :class:`SourceError` (the refresher
-          counts a failure, backs off and starts the watch again).
+          last resourceVersion after a short jittered backoff (:meth:`_reconnect_after`).
         * 401, 403, 404 (RBAC, the namespace gone), and an ERROR event other than 410: raise
           at once; retrying here will not help.
         """
-        from kubernetes.client.exceptions import ApiException
-
         state = _WatchState(
             reconnects=Backoff(base=self.reconnect_backoff[0], cap=self.reconnect_backoff[1]),
             relists=Backoff(base=self.reconnect_backoff[0], cap=self.reconnect_backoff[1]),
@@ -220,15 +207,30 @@ class KubernetesSecretSource(Source):
                 async with contextlib.aclosing(self._list_then_watch(state)) as outcomes:
                     async for outcome in outcomes:
                         yield outcome
-                await asyncio.sleep(state.relists.next_delay())  # it returned: 410 Gone
-            except ApiException as exc:
-                if exc.status in (401, 403, 404):
-                    raise SourceError(kube.describe_error(exc, action=f"watch secret {self.ref}")) from None
-                await self._pause(state.reconnects, exc)
             except SourceError:
                 raise
-            except Exception as exc:  # dropped connection, read timeout, connection refused
-                await self._pause(state.reconnects, exc)
+            except Exception as exc:  # dropped connection, read timeout, refused, an API error
+                await self._reconnect_after(exc, backoff=state.reconnects)
+            else:  # it returned: 410 Gone
+                await asyncio.sleep(state.relists.next_delay())
+
+    async def _reconnect_after(self, exc: Exception, *, backoff: Backoff) -> None:
+        """Wait before resuming the watch after ``exc``; raise :class:`SourceError` when the
+        API server's answer will not change (:data:`_FINAL_STATUSES`) or after
+        :data:`MAX_QUIET_RECONNECTS` reconnects in a row, so the refresher takes over."""
+        from kubernetes.client.exceptions import ApiException
+
+        message = kube.describe_error(exc, action=f"watch secret {self.ref}")
+        if isinstance(exc, ApiException) and exc.status in _FINAL_STATUSES:
+            raise SourceError(message) from None
+        if backoff.failures >= MAX_QUIET_RECONNECTS:
+            raise SourceError(message) from None
+        delay = backoff.next_delay()
+        log.warning(
+            "watch interrupted, reconnecting",
+            extra={"secret": self.ref, "error": message, "retry_in": round(delay, 3)},
+        )
+        await asyncio.sleep(delay)
 
     async def _list_then_watch(self, state: _WatchState) -> AsyncGenerator[Token | SourceError, None]:
         """List the Secret, then watch it from the list's resourceVersion; return on ``410 Gone``.
@@ -244,6 +246,7 @@ class KubernetesSecretSource(Source):
         server sends it as an ERROR event carrying a 410 Status inside a 200 stream; it can
         also answer the watch request itself with HTTP 410. Either way the resourceVersion
         is forgotten and this returns, so the caller lists again. Anything else is raised.
+        (https://kubernetes.io/docs/reference/using-api/api-concepts/#efficient-detection-of-changes)
         """
         from kubernetes.client.exceptions import ApiException
 
@@ -279,7 +282,7 @@ class KubernetesSecretSource(Source):
         too), so the next stream resumes where this one stopped."""
         since = state.resource_version
         assert since is not None, "list before watching"
-        async with contextlib.aclosing(self._stream(since)) as events:
+        async with contextlib.aclosing(self._events(since)) as events:
             async for event in events:
                 state.reconnects.reset()
                 event_type = event.get("type")
@@ -303,17 +306,6 @@ class KubernetesSecretSource(Source):
             f"({status.get('message', '')})"
         )
 
-    async def _pause(self, backoff: Backoff, exc: Exception) -> None:
-        message = kube.describe_error(exc, action=f"watch secret {self.ref}")
-        if backoff.failures >= MAX_QUIET_RECONNECTS:
-            raise SourceError(message) from None
-        delay = backoff.next_delay()
-        log.warning(
-            "watch interrupted, reconnecting",
-            extra={"secret": self.ref, "error": message, "retry_in": round(delay, 3)},
-        )
-        await asyncio.sleep(delay)
-
     def _outcome(self, secret: dict[str, Any] | None, *, event_type: str) -> Token | SourceError:
         if event_type == "DELETED":
             return SourceError(f"secret {self.ref} was deleted")
@@ -324,82 +316,35 @@ class KubernetesSecretSource(Source):
         except SourceError as exc:
             return exc
 
-    async def _stream(self, resource_version: str) -> AsyncGenerator[dict[str, Any], None]:
-        """One watch request: JSON events until the server ends the stream or it breaks."""
-        loop = asyncio.get_running_loop()
-        lines: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-        stopping = threading.Event()
-        responses: list[Any] = []
+    async def _events(self, resource_version: str) -> AsyncGenerator[dict[str, Any], None]:
+        """One watch request from ``resource_version``: its JSON events until the server
+        ends the stream (after ``timeoutSeconds``) or it breaks."""
         timeout_seconds = random.randint(*WATCH_TIMEOUT_RANGE)  # noqa: S311 - spreading, not crypto
 
-        def deliver(kind: str, item: Any) -> None:
-            if not stopping.is_set():
-                with contextlib.suppress(RuntimeError):  # the loop is closed: nobody listens
-                    loop.call_soon_threadsafe(lines.put_nowait, (kind, item))
+        def request() -> Any:
+            return self._core.list_namespaced_secret(
+                self.namespace,
+                field_selector=f"metadata.name={self.name}",
+                resource_version=resource_version,
+                watch=True,
+                allow_watch_bookmarks=True,
+                timeout_seconds=timeout_seconds,
+                _preload_content=False,
+                _request_timeout=(kube.REQUEST_TIMEOUT[0], timeout_seconds + WATCH_READ_GRACE),
+            )
 
-        def read_stream() -> None:
-            try:
-                response: Any = self._core.list_namespaced_secret(
-                    self.namespace,
-                    field_selector=f"metadata.name={self.name}",
-                    resource_version=resource_version,
-                    watch=True,
-                    allow_watch_bookmarks=True,
-                    timeout_seconds=timeout_seconds,
-                    _preload_content=False,
-                    _request_timeout=(kube.REQUEST_TIMEOUT[0], timeout_seconds + WATCH_READ_GRACE),
-                )
-                responses.append(response)
-                if stopping.is_set():
-                    response.close()
-                    return
-                for line in _iter_lines(response):
-                    deliver("line", line)
-                deliver("end", None)
-            except BaseException as exc:
-                deliver("error", exc)
-            finally:
-                for response in responses:
-                    with contextlib.suppress(Exception):
-                        response.release_conn()
-
-        reader = threading.Thread(target=read_stream, name=f"watch-secret-{self.ref}", daemon=True)
-        reader.start()
-        try:
-            while True:
-                kind, item = await lines.get()
-                if kind == "end":
-                    return
-                if kind == "error":
-                    raise item
+        lines = kube.watch_lines(request, thread_name=f"watch-secret-{self.ref}")
+        async with contextlib.aclosing(lines):
+            async for line in lines:
                 try:
-                    event = json.loads(item)
+                    event = json.loads(line)
                 except ValueError:
                     raise SourceError(f"watch of secret {self.ref} sent a line that is not JSON") from None
                 if isinstance(event, dict):
                     yield event
-        finally:
-            stopping.set()
-            for response in responses:
-                # Unblocks the reader thread's socket read at once (urllib3 >= 2.3).
-                with contextlib.suppress(Exception):
-                    response.shutdown()
 
     async def aclose(self) -> None:
         await asyncio.to_thread(self.api.close)
 
     def __repr__(self) -> str:
         return f"KubernetesSecretSource(secret={self.ref!r}, key={self.key!r})"
-
-
-def _iter_lines(response: Any) -> Iterator[bytes]:
-    """Split a chunked watch response into lines as chunks arrive (events can span chunks)."""
-    pending = b""
-    for chunk in response.stream(amt=None, decode_content=False):
-        pending += chunk
-        while b"\n" in pending:
-            line, pending = pending.split(b"\n", 1)
-            if line.strip():
-                yield line
-    if pending.strip():
-        yield pending

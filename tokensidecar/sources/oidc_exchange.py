@@ -20,12 +20,12 @@ job's ``oidc-exchange`` issuer uses.
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
+from tokensidecar.backends.credential_file import CredentialUnavailable, read_credential
 from tokensidecar.backends.hub import ExchangeRefused, InvalidSubjectToken, exchange_id_token
 from tokensidecar.config import Config, ConfigError
-from tokensidecar.redact import remember
 from tokensidecar.sidecar.verify import HubUnavailable
 from tokensidecar.sources import Source, SourceError
 from tokensidecar.token import Token
@@ -52,16 +52,11 @@ class OidcExchangeSource(Source):
 
     def _read_subject(self) -> str:
         try:
-            subject = self.subject_token_file.read_text(encoding="ascii").strip()
-        except FileNotFoundError:
-            raise SourceError(f"{self.subject_token_file} does not exist") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) else "not ASCII"
-            raise SourceError(f"cannot read {self.subject_token_file}: {reason}") from None
-        if not subject:
-            raise SourceError(f"{self.subject_token_file} is empty")
-        remember(subject)
-        return subject
+            return read_credential(
+                self.subject_token_file, setting="TOKENSIDECAR_OIDC_TOKEN_FILE", encoding="ascii"
+            )
+        except CredentialUnavailable as exc:
+            raise SourceError(str(exc)) from None
 
     async def fetch(self) -> Token:
         subject = await asyncio.to_thread(self._read_subject)
@@ -80,11 +75,4 @@ class OidcExchangeSource(Source):
         except HubUnavailable as outage:
             raise SourceError(str(outage)) from None
         # Count the lifetime from when we asked, so that network time errs on the early side.
-        expires_at = requested_at + timedelta(seconds=exchanged.expires_in) if exchanged.expires_in else None
-        return Token(
-            value=exchanged.value,
-            source=self.kind,
-            expires_at=expires_at,
-            fetched_at=requested_at,
-            granted_scope=exchanged.scope,
-        )
+        return exchanged.to_token(source=self.kind, issued_at=requested_at)

@@ -14,7 +14,8 @@ versions: every poll reads the data.
 ``custom_metadata.expires_at`` is trusted only when ``custom_metadata.fingerprint`` (what
 the rotation job writes beside it) names the token read, or, with no fingerprint, when it
 is in the future: an expiry left over from an older token must not refuse a new one (the
-full rule is in :mod:`tokensidecar.sources.expiry`).
+full rule is in :mod:`tokensidecar.sources.expiry`). Those keys are the KV layout declared
+in :mod:`tokensidecar.backends.vault`, the one the rotation job writes.
 
 Login, token renewal, re-login and revocation belong to :class:`~tokensidecar.backends.vault.VaultSession`.
 Its errors speak of Vault (:class:`~tokensidecar.backends.vault.VaultError`: unavailable or refused);
@@ -30,7 +31,15 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, ClassVar
 
-from tokensidecar.backends.vault import KvPath, KvSecret, VaultError, VaultPermissionDenied, VaultSession
+from tokensidecar.backends.vault import (
+    METADATA_EXPIRES_AT,
+    METADATA_FINGERPRINT,
+    KvPath,
+    KvSecret,
+    VaultError,
+    VaultPermissionDenied,
+    VaultSession,
+)
 from tokensidecar.config import ConfigError
 from tokensidecar.sources import Source, SourceError
 from tokensidecar.sources.expiry import StoredExpiry
@@ -39,15 +48,9 @@ from tokensidecar.token import Token
 if TYPE_CHECKING:
     from tokensidecar.config import Config
 
-__all__ = ["EXPIRES_AT_METADATA_KEY", "FINGERPRINT_METADATA_KEY", "VaultSource"]
+__all__ = ["VaultSource"]
 
 log = logging.getLogger(__name__)
-
-#: KV v2 ``custom_metadata`` key holding the token's expiry (RFC 3339 or epoch seconds),
-#: written by ``tokensidecar rotate`` (docs/behaviour.md, docs/rotation.md).
-EXPIRES_AT_METADATA_KEY = "expires_at"
-#: ``custom_metadata`` key holding the fingerprint of the token ``expires_at`` describes.
-FINGERPRINT_METADATA_KEY = "fingerprint"
 
 
 class VaultSource(Source):
@@ -65,7 +68,7 @@ class VaultSource(Source):
         self._last_created: datetime | None = None
         self._metadata_allowed = kv_version == 2
         self._stored_expiry = StoredExpiry(
-            where=str(path), field=f"custom_metadata.{EXPIRES_AT_METADATA_KEY}", log=log
+            where=str(path), field=f"custom_metadata.{METADATA_EXPIRES_AT}", log=log
         )
 
     @classmethod
@@ -140,6 +143,6 @@ class VaultSource(Source):
     def _expiry(self, custom_metadata: Mapping[str, str], *, token_value: str) -> datetime | None:
         return self._stored_expiry.for_token(
             token_value,
-            expires_at=custom_metadata.get(EXPIRES_AT_METADATA_KEY),
-            written_for=custom_metadata.get(FINGERPRINT_METADATA_KEY),
+            expires_at=custom_metadata.get(METADATA_EXPIRES_AT),
+            written_for=custom_metadata.get(METADATA_FINGERPRINT),
         )
