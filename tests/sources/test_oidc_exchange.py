@@ -192,6 +192,19 @@ async def test_exchange_during_hub_outage_is_unavailable(hub: HubStandIn, oidc_i
         await exchange_id_token(endpoint=hub.url, subject_token=oidc_issuer.mint(), resource=RESOURCE)
 
 
+async def test_an_exchange_answer_with_an_unusable_lifetime_is_an_outage_not_a_crash(
+    hub: HubStandIn, oidc_issuer: OidcIssuer, tmp_path: Path
+) -> None:
+    # expires_in of 10^20 s is no lifetime a schedule can use: a clear, retryable SourceError
+    # (asked again later), never a bare ValueError out of the source.
+    subject_file = tmp_path / "subject"
+    subject_file.write_text(oidc_issuer.mint(expires_in=600))
+    hub.exchange_lifetime = 1e20
+    with pytest.raises(SourceError, match=r"unusable lifetime: expires_in .* is out of range") as raised:
+        await _source(hub, subject_file).fetch()
+    assert raised.value.retryable
+
+
 async def test_enterprise_exchange_acts_for_a_member(hub: HubStandIn) -> None:
     hub.register_client(client_id="acme-app", client_secret="s3cret-client-value", members=("ml@acme.io",))
     exchanged = await exchange_enterprise(

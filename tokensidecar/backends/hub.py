@@ -56,7 +56,7 @@ from tokensidecar.backends.hub_scope import TokenScope, judge, scope_from_whoami
 from tokensidecar.config import ConfigError
 from tokensidecar.redact import fingerprint, redact, remember
 from tokensidecar.sidecar.verify import HubMisconfigured, HubUnavailable, TokenRejected
-from tokensidecar.token import parse_lifetime, parse_time
+from tokensidecar.token import InvalidTime, parse_lifetime, parse_time
 
 if TYPE_CHECKING:
     from tokensidecar.config import Config
@@ -201,11 +201,16 @@ def _exchange_answer(response: httpx2.Response) -> ExchangedToken:
     if not isinstance(value, str) or not value:
         raise HubUnavailable("token exchange answer has no access_token")
     remember(value)
-    expires_in = body.get("expires_in")
+    try:
+        expires_in = parse_lifetime(body.get("expires_in"))
+    except InvalidTime as invalid:
+        # A lifetime nobody can schedule by (1e400, a century and more) is a malformed
+        # answer, like one that is not JSON: the Hub is asked again later.
+        raise HubUnavailable(f"token exchange answer has an unusable lifetime: {invalid}") from None
     scope = body.get("scope")
     return ExchangedToken(
         value=value,
-        expires_in=parse_lifetime(expires_in),  # InvalidTime (ValueError) when out of range
+        expires_in=expires_in,
         token_type=str(body.get("token_type") or "bearer"),
         scope=tuple(scope.split()) if isinstance(scope, str) else None,
     )
