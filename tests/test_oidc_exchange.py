@@ -26,11 +26,13 @@ from tokensidecar.backends.hub import (
     exchange_enterprise,
     exchange_id_token,
 )
-from tokensidecar.config import ConfigError, resolve, sidecar_settings
+from tokensidecar.config import ConfigError, resolve
 from tokensidecar.demo.hub import DEFAULT_REPO, HubStandIn, mint_subject_jwt
+from tokensidecar.sidecar.settings import sidecar_settings
 from tokensidecar.sidecar.verify import HubUnavailable, TokenRejected
 from tokensidecar.sources import SourceError, build_source
 from tokensidecar.sources.oidc_exchange import OidcExchangeSource
+from tokensidecar.sources.settings import resolve_source
 from tokensidecar.token import Token
 
 RESOURCE = DEFAULT_REPO  # a repository resource: an hf_jwt_ token that can write to it
@@ -47,7 +49,7 @@ def _source(hub: HubStandIn, subject_file: Path, *, resource: str = RESOURCE) ->
             "TOKENSIDECAR_OIDC_TOKEN_FILE": str(subject_file),
         },
     )
-    source = build_source(config)
+    source = build_source(resolve_source(config))
     assert isinstance(source, OidcExchangeSource)
     return source
 
@@ -322,7 +324,7 @@ async def test_source_reports_a_missing_or_empty_subject_file(hub: HubStandIn, t
 def test_source_settings_are_checked(environ: dict[str, str], message: str) -> None:
     config = resolve(sidecar_settings(), {}, environ={"TOKENSIDECAR_SOURCE": "oidc-exchange", **environ})
     with pytest.raises(ConfigError, match=message):
-        build_source(config)
+        build_source(resolve_source(config))
 
 
 async def test_canary_never_leaks_from_exchange_paths(

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, ClassVar
 from tokensidecar.redact import fingerprint
 
 if TYPE_CHECKING:
-    from tokensidecar.config import Config
+    from tokensidecar.rotate.settings import TargetSettings
     from tokensidecar.token import Token
 
 __all__ = ["StoreConflict", "StoredToken", "Target", "TargetError", "build_target"]
@@ -99,9 +99,9 @@ _MODULES = {
 }
 
 
-def build_target(config: Config) -> Target:
-    """Check the chosen target's settings and build it (raises ConfigError)."""
-    module_name, class_name = _MODULES[config.target]
+def build_target(settings: TargetSettings) -> Target:
+    """Build the target that resolved ``settings`` describe (:mod:`tokensidecar.rotate.settings`)."""
+    module_name, class_name = _MODULES[settings.kind]
     cls = getattr(importlib.import_module(module_name), class_name)
-    target: Target = cls.from_config(config)
+    target: Target = cls.from_settings(settings)
     return target

@@ -1,32 +1,21 @@
 """What the refresher needs from verification, without importing the Hub client.
 
-The implementation lives in :mod:`tokensidecar.backends.hub` and is imported only when
-``TOKENSIDECAR_VERIFY`` is not ``none``.
+The implementation lives in :mod:`tokensidecar.backends.hub`, with the Hub's verdicts
+(:mod:`tokensidecar.backends.hub_errors`, re-exported here for the refresher's callers),
+and is imported only when ``TOKENSIDECAR_VERIFY`` is not ``none``.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol
 
+from tokensidecar.backends.hub_errors import HubMisconfigured, HubUnavailable, TokenRejected
+
 if TYPE_CHECKING:
-    from tokensidecar.config import Config
+    from tokensidecar.backends.settings import VerifySettings
     from tokensidecar.token import Token
 
 __all__ = ["HubMisconfigured", "HubUnavailable", "TokenRejected", "Verifier", "build_verifier"]
-
-
-class TokenRejected(Exception):
-    """The Hub answered and refused the token (401/403, or no access to the model)."""
-
-
-class HubMisconfigured(TokenRejected):
-    """``HF_ENDPOINT`` does not lead to a Hub: its name does not exist (NXDOMAIN), or what
-    answers there is not a Hub (no ``/api/whoami-v2``). A configuration error, never an
-    outage: no token is published unverified because of it."""
-
-
-class HubUnavailable(Exception):
-    """The Hub could not answer (connection error, timeout, 5xx, 429): not a verdict."""
 
 
 class Verifier(Protocol):
@@ -38,9 +27,10 @@ class Verifier(Protocol):
     async def aclose(self) -> None: ...
 
 
-def build_verifier(config: Config) -> Verifier | None:
-    if config.verify == "none":
+def build_verifier(settings: VerifySettings) -> Verifier | None:
+    """The Hub verifier ``settings`` ask for, or None for ``--verify=none``."""
+    if settings.hub is None:
         return None
     from tokensidecar.backends.hub import HubVerifier
 
-    return HubVerifier.from_config(config)
+    return HubVerifier.from_settings(settings, hub=settings.hub)

@@ -24,10 +24,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from tokensidecar.backends.hub import ExchangeRefused, InvalidSubjectToken, exchange_id_token
-from tokensidecar.config import Config, ConfigError
+from tokensidecar.backends.hub_errors import HubUnavailable
 from tokensidecar.redact import remember
-from tokensidecar.sidecar.verify import HubUnavailable
 from tokensidecar.sources import Source, SourceError
+from tokensidecar.sources.settings import OidcExchangeSourceSettings
 from tokensidecar.token import Token
 
 __all__ = ["OidcExchangeSource"]
@@ -42,13 +42,12 @@ class OidcExchangeSource(Source):
         self.subject_token_file = Path(subject_token_file)
 
     @classmethod
-    def from_config(cls, config: Config) -> OidcExchangeSource:
-        resource = config.require("oidc_resource", when="--source=oidc-exchange")
-        token_file = config.require("oidc_token_file", when="--source=oidc-exchange")
-        endpoint = str(config.hf_endpoint or "").strip()
-        if not endpoint.startswith(("http://", "https://")):
-            raise ConfigError("HF_ENDPOINT", f"{endpoint!r} is not an http(s) URL")
-        return cls(endpoint=endpoint, resource=str(resource), subject_token_file=str(token_file))
+    def from_settings(cls, settings: OidcExchangeSourceSettings) -> OidcExchangeSource:
+        return cls(
+            endpoint=settings.hub.endpoint,
+            resource=settings.resource,
+            subject_token_file=settings.subject_token_file,
+        )
 
     def _read_subject(self) -> str:
         try:
