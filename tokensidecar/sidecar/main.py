@@ -38,11 +38,11 @@ from tokensidecar.sidecar.metrics import SidecarMetrics
 from tokensidecar.sidecar.notify import Notifier
 from tokensidecar.sidecar.publish import Publisher
 from tokensidecar.sidecar.refresh import Refresher, RefreshFailed
-from tokensidecar.sidecar.settings import SETTINGS, SidecarSettings
+from tokensidecar.sidecar.settings import SidecarSettings
 from tokensidecar.sidecar.verify import Verifier, build_verifier
 from tokensidecar.sources import Source, build_source
 
-__all__ = ["SETTINGS", "Sidecar", "main_once", "main_run"]
+__all__ = ["Sidecar", "main_once", "main_run"]
 
 log = logging.getLogger(__name__)
 
