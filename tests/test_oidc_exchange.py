@@ -26,10 +26,10 @@ from tokensidecar.backends.hub import (
     exchange_enterprise,
     exchange_id_token,
 )
+from tokensidecar.backends.hub_errors import HubUnavailable, TokenRejected
 from tokensidecar.config import ConfigError, resolve
 from tokensidecar.demo.hub import DEFAULT_REPO, HubStandIn, mint_subject_jwt
 from tokensidecar.sidecar.settings import sidecar_settings
-from tokensidecar.sidecar.verify import HubUnavailable, TokenRejected
 from tokensidecar.sources import SourceError, build_source
 from tokensidecar.sources.oidc_exchange import OidcExchangeSource
 from tokensidecar.sources.settings import resolve_source

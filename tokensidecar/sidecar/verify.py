@@ -1,27 +1,28 @@
 """What the refresher needs from verification, without importing the Hub client.
 
-The implementation lives in :mod:`tokensidecar.backends.hub`, with the Hub's verdicts
-(:mod:`tokensidecar.backends.hub_errors`, re-exported here for the refresher's callers),
-and is imported only when ``TOKENSIDECAR_VERIFY`` is not ``none``.
+The implementation lives in :mod:`tokensidecar.backends.hub`, and the Hub's verdicts
+(:class:`~tokensidecar.backends.hub_errors.TokenRejected`,
+:class:`~tokensidecar.backends.hub_errors.HubUnavailable`) beside it in
+:mod:`tokensidecar.backends.hub_errors`; the client is imported only when
+``TOKENSIDECAR_VERIFY`` is not ``none``.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol
 
-from tokensidecar.backends.hub_errors import HubMisconfigured, HubUnavailable, TokenRejected
-
 if TYPE_CHECKING:
     from tokensidecar.backends.settings import VerifySettings
     from tokensidecar.token import Token
 
-__all__ = ["HubMisconfigured", "HubUnavailable", "TokenRejected", "Verifier", "build_verifier"]
+__all__ = ["Verifier", "build_verifier"]
 
 
 class Verifier(Protocol):
     async def verify(self, token: Token) -> Token:
         """Return the token marked verified (with the Hub's expiry when it gives one),
-        or raise :class:`TokenRejected` / :class:`HubUnavailable`."""
+        or raise :class:`~tokensidecar.backends.hub_errors.TokenRejected` /
+        :class:`~tokensidecar.backends.hub_errors.HubUnavailable`."""
         ...
 
     async def aclose(self) -> None: ...
