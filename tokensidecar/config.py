@@ -120,7 +120,8 @@ def parse_listen(text: str) -> tuple[str, int]:
 
 @dataclass(frozen=True)
 class Setting:
-    """One setting: its attribute name, environment variable, flag, default and parser.
+    """One setting: its name (what resolvers read, ``config.get("token_file", str)``), environment
+    variable, flag, default and parser.
 
     ``default`` is given as the string a user would type, so the docs show it the way a
     user writes it and it goes through the same parser as user input.
