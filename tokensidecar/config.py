@@ -15,8 +15,9 @@ line that names the setting the way the user gave it — the flag when it came f
 (``error: --refresh-interval: ...``), the environment variable when it came from the
 environment (``error: TOKENSIDECAR_REFRESH_INTERVAL: ...``) — before any work starts.
 A resolved :class:`Config` is read only by each room's resolver, at the door, through a
-typed API (:meth:`Config.get`, :meth:`Config.optional`, :meth:`Config.require`) that
-fails at once on a misspelt name; the rooms themselves take frozen, typed settings.
+typed API (:meth:`Config.get`, :meth:`Config.optional`, :meth:`Config.require`,
+:meth:`Config.address`) that fails at once on a misspelt name; the rooms themselves take
+frozen, typed settings.
 Secret *values* are never settings: only paths to files that hold them (``VAULT_TOKEN`` is
 the one standard exception, and it is read from the environment only, never from argv,
 where every local user could see it).
@@ -186,6 +187,11 @@ class Config:
         if self._value(name) in (None, ""):
             return None
         return self.get(name, kind)
+
+    def address(self, name: str) -> tuple[str, int]:
+        """The (host, port) of a ``HOST:PORT`` setting (parsed by :func:`parse_listen`)."""
+        host, port = self.get(name, tuple)
+        return str(host), int(port)
 
     def _value(self, name: str) -> Any:
         try:

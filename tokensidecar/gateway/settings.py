@@ -182,9 +182,8 @@ class GatewaySettings:
         key_file = config.optional("tls_key_file", str)
         if bool(cert_file) != bool(key_file):
             raise ConfigError("TOKENSIDECAR_TLS_KEY_FILE", "--tls-cert-file and --tls-key-file go together")
-        host, port = config.get("gateway_listen", tuple)
         return cls(
-            listen=(str(host), int(port)),
+            listen=config.address("gateway_listen"),
             upstream=config.get("gateway_upstream", str),
             credentials_file=config.optional("gateway_credentials", str),
             policy_file=policy_file,

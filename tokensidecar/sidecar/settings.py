@@ -193,13 +193,12 @@ class SidecarSettings:
         max_backoff = config.get("max_backoff", float)
         source = resolve_source(config, max_backoff=max_backoff)
         verify = VerifySettings.resolve(config)
-        host, port = config.get("listen", tuple)
         return cls(
             source=source,
             verify=verify,
             token_file=config.get("token_file", str),
             file_mode=config.get("file_mode", int),
-            listen=(str(host), int(port)),
+            listen=config.address("listen"),
             refresh_interval=config.get("refresh_interval", float),
             max_backoff=max_backoff,
             on_hub_outage=config.get("verify_on_hub_outage", str),

@@ -490,7 +490,7 @@ class WebhookSettings:
             cert_file = config.require("tls_cert_file", when="--self-signed is not set")
             key_file = config.require("tls_key_file", when="--self-signed is not set")
         return cls(
-            listen=_listen(config.get("webhook_listen", tuple)),
+            listen=config.address("webhook_listen"),
             tls_cert_file=cert_file,
             tls_key_file=key_file,
             self_signed=self_signed,
@@ -500,11 +500,6 @@ class WebhookSettings:
             gateway_policy_file=config.optional("inject_gateway_policy", str),
             injection=_injection(config),
         )
-
-
-def _listen(address: tuple[object, ...]) -> tuple[str, int]:
-    host, port = address
-    return str(host), int(str(port))
 
 
 def _injection(config: Config) -> InjectionSettings:
