@@ -21,7 +21,6 @@ from tokensidecar.gateway.settings import GatewaySettings
 from tokensidecar.rotate.settings import SETTINGS as ROTATE_SETTINGS
 from tokensidecar.rotate.settings import (
     CommandIssuerSettings,
-    OidcExchangeIssuerSettings,
     RotationSettings,
     SecretTargetSettings,
     VaultTargetSettings,
@@ -29,7 +28,7 @@ from tokensidecar.rotate.settings import (
 from tokensidecar.sidecar.settings import NotifySettings, SidecarSettings, sidecar_settings
 from tokensidecar.sources.settings import (
     FileSourceSettings,
-    OidcExchangeSourceSettings,
+    OidcExchangeSettings,
     VaultSourceSettings,
     resolve_source,
 )
@@ -92,16 +91,21 @@ def test_hf_endpoint_is_checked_once_for_every_room_that_uses_it() -> None:
     with pytest.raises(ConfigError, match="HF_ENDPOINT"):
         VerifySettings.resolve(sidecar(**bad))
     with pytest.raises(ConfigError, match="HF_ENDPOINT"):
-        OidcExchangeSourceSettings.resolve(
+        OidcExchangeSettings.resolve(
             sidecar(**bad, TOKENSIDECAR_OIDC_RESOURCE="org/model", TOKENSIDECAR_OIDC_TOKEN_FILE="/sa/token")
         )
     rotate = resolve(
         ROTATE_SETTINGS,
         {},
-        {**bad, "TOKENSIDECAR_OIDC_RESOURCE": "org/model", "TOKENSIDECAR_OIDC_TOKEN_FILE": "/sa/token"},
+        {
+            **bad,
+            "TOKENSIDECAR_ISSUER": "oidc-exchange",
+            "TOKENSIDECAR_OIDC_RESOURCE": "org/model",
+            "TOKENSIDECAR_OIDC_TOKEN_FILE": "/sa/token",
+        },
     )
     with pytest.raises(ConfigError, match="HF_ENDPOINT"):
-        OidcExchangeIssuerSettings.resolve(rotate)
+        RotationSettings.resolve(rotate)
     assert HubSettings.resolve(sidecar(HF_ENDPOINT=" https://hub.local/ ")).endpoint == "https://hub.local"
 
 

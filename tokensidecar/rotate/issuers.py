@@ -40,9 +40,9 @@ from tokensidecar.rotate.settings import (
     CommandIssuerSettings,
     EnterpriseExchangeIssuerSettings,
     IssuerSettings,
-    OidcExchangeIssuerSettings,
     VaultIssuerSettings,
 )
+from tokensidecar.sources.settings import OidcExchangeSettings
 from tokensidecar.token import InvalidTime, Token, parse_lifetime, parse_time, utcnow
 
 if TYPE_CHECKING:
@@ -384,7 +384,7 @@ class OidcExchangeIssuer(Issuer):
         self.subject_token_file = subject_token_file
 
     @classmethod
-    def from_settings(cls, settings: OidcExchangeIssuerSettings) -> OidcExchangeIssuer:
+    def from_settings(cls, settings: OidcExchangeSettings) -> OidcExchangeIssuer:
         return cls(
             endpoint=settings.hub.endpoint,
             resource=settings.resource,
@@ -524,7 +524,7 @@ def build_issuer(settings: IssuerSettings) -> Issuer:
     """Build the issuer that resolved ``settings`` describe (:mod:`tokensidecar.rotate.settings`)."""
     if isinstance(settings, CommandIssuerSettings):
         return CommandIssuer.from_settings(settings)
-    if isinstance(settings, OidcExchangeIssuerSettings):
+    if isinstance(settings, OidcExchangeSettings):
         return OidcExchangeIssuer.from_settings(settings)
     if isinstance(settings, EnterpriseExchangeIssuerSettings):
         return EnterpriseExchangeIssuer.from_settings(settings)

@@ -35,7 +35,7 @@ from tokensidecar.config import (
     parse_positive_duration,
     register,
 )
-from tokensidecar.sources.settings import OIDC_SETTINGS, parse_kv_path, secret_namespace
+from tokensidecar.sources.settings import OIDC_SETTINGS, OidcExchangeSettings, parse_kv_path, secret_namespace
 
 __all__ = [
     "ISSUERS",
@@ -45,7 +45,6 @@ __all__ = [
     "CommandIssuerSettings",
     "EnterpriseExchangeIssuerSettings",
     "IssuerSettings",
-    "OidcExchangeIssuerSettings",
     "RotationSettings",
     "SecretTargetSettings",
     "TargetSettings",
@@ -261,29 +260,6 @@ class CommandIssuerSettings:
 
 
 @dataclass(frozen=True)
-class OidcExchangeIssuerSettings:
-    """``--issuer=oidc-exchange``: Trusted Publishers at the Hub."""
-
-    kind: ClassVar[str] = "oidc-exchange"
-
-    hub: HubSettings
-    #: ``TOKENSIDECAR_OIDC_RESOURCE``.
-    resource: str
-    #: ``TOKENSIDECAR_OIDC_TOKEN_FILE``, read at every run.
-    subject_token_file: str
-
-    @classmethod
-    def resolve(cls, config: Config) -> OidcExchangeIssuerSettings:
-        when = "--issuer=oidc-exchange"
-        hub = HubSettings.resolve(config)
-        return cls(
-            hub=hub,
-            resource=config.require("oidc_resource", when=when),
-            subject_token_file=config.require("oidc_token_file", when=when),
-        )
-
-
-@dataclass(frozen=True)
 class EnterpriseExchangeIssuerSettings:
     """``--issuer=enterprise-exchange``: the org's OAuth app asks for a member's token."""
 
@@ -345,15 +321,11 @@ class VaultIssuerSettings:
 
 
 IssuerSettings = (
-    CommandIssuerSettings
-    | OidcExchangeIssuerSettings
-    | EnterpriseExchangeIssuerSettings
-    | VaultIssuerSettings
+    CommandIssuerSettings | OidcExchangeSettings | EnterpriseExchangeIssuerSettings | VaultIssuerSettings
 )
 
-_ISSUERS: dict[str, type[IssuerSettings]] = {
+_ISSUERS: dict[str, type[CommandIssuerSettings | EnterpriseExchangeIssuerSettings | VaultIssuerSettings]] = {
     "command": CommandIssuerSettings,
-    "oidc-exchange": OidcExchangeIssuerSettings,
     "enterprise-exchange": EnterpriseExchangeIssuerSettings,
     "vault": VaultIssuerSettings,
 }
@@ -368,6 +340,8 @@ def resolve_issuer(config: Config) -> IssuerSettings:
             "is no longer supported: the Hub documents no lifetime parameter for token exchanges "
             "(the org OAuth app's token duration decides); unset it",
         )
+    if issuer == "oidc-exchange":  # Trusted Publishers, as the sidecar's source does it
+        return OidcExchangeSettings.resolve(config, when="--issuer=oidc-exchange")
     return _ISSUERS[issuer].resolve(config)
 
 

@@ -27,7 +27,7 @@ from tokensidecar.backends.hub import ExchangeRefused, InvalidSubjectToken, exch
 from tokensidecar.backends.hub_errors import HubUnavailable
 from tokensidecar.redact import remember
 from tokensidecar.sources import Source, SourceError
-from tokensidecar.sources.settings import OidcExchangeSourceSettings
+from tokensidecar.sources.settings import OidcExchangeSettings
 from tokensidecar.token import Token
 
 __all__ = ["OidcExchangeSource"]
@@ -42,7 +42,7 @@ class OidcExchangeSource(Source):
         self.subject_token_file = Path(subject_token_file)
 
     @classmethod
-    def from_settings(cls, settings: OidcExchangeSourceSettings) -> OidcExchangeSource:
+    def from_settings(cls, settings: OidcExchangeSettings) -> OidcExchangeSource:
         return cls(
             endpoint=settings.hub.endpoint,
             resource=settings.resource,

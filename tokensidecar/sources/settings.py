@@ -2,7 +2,7 @@
 
 A source's settings are resolved once, by :func:`resolve_source`, into the frozen value of
 the chosen source (:class:`VaultSourceSettings`, :class:`KubernetesSecretSourceSettings`,
-:class:`FileSourceSettings`, :class:`OidcExchangeSourceSettings`); the source is then built
+:class:`FileSourceSettings`, :class:`OidcExchangeSettings`); the source is then built
 from that value (:func:`tokensidecar.sources.build_source`) and never sees the
 configuration. Every missing or malformed setting is a
 :class:`~tokensidecar.config.ConfigError` raised here, before anything starts. The token
@@ -25,7 +25,7 @@ __all__ = [
     "OIDC_SETTINGS",
     "FileSourceSettings",
     "KubernetesSecretSourceSettings",
-    "OidcExchangeSourceSettings",
+    "OidcExchangeSettings",
     "SourceSettings",
     "VaultSourceSettings",
     "parse_kv_path",
@@ -143,8 +143,9 @@ class FileSourceSettings:
 
 
 @dataclass(frozen=True)
-class OidcExchangeSourceSettings:
-    """``--source=oidc-exchange``: the pod's service-account token exchanged at the Hub."""
+class OidcExchangeSettings:
+    """A Hugging Face token exchange with an OIDC id_token as subject: the sidecar's
+    ``--source=oidc-exchange`` and the rotation job's ``--issuer=oidc-exchange``."""
 
     kind: ClassVar[str] = "oidc-exchange"
 
@@ -155,15 +156,15 @@ class OidcExchangeSourceSettings:
     hub: HubSettings
 
     @classmethod
-    def resolve(cls, config: Config) -> OidcExchangeSourceSettings:
-        when = "--source=oidc-exchange"
+    def resolve(cls, config: Config, *, when: str = "--source=oidc-exchange") -> OidcExchangeSettings:
+        """``when`` says, in an error about a missing setting, what required it."""
         resource = config.require("oidc_resource", when=when)
         token_file = config.require("oidc_token_file", when=when)
         return cls(resource=resource, subject_token_file=token_file, hub=HubSettings.resolve(config))
 
 
 SourceSettings = (
-    VaultSourceSettings | KubernetesSecretSourceSettings | FileSourceSettings | OidcExchangeSourceSettings
+    VaultSourceSettings | KubernetesSecretSourceSettings | FileSourceSettings | OidcExchangeSettings
 )
 
 
@@ -181,5 +182,5 @@ def resolve_source(config: Config, *, max_backoff: float = MAX_BACKOFF) -> Sourc
     if kind == "file":
         return FileSourceSettings.resolve(config)
     if kind == "oidc-exchange":
-        return OidcExchangeSourceSettings.resolve(config)
+        return OidcExchangeSettings.resolve(config)
     raise ConfigError("TOKENSIDECAR_SOURCE", f"unknown source {kind!r}")
