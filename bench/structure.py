@@ -25,7 +25,7 @@ import json
 import sys
 from pathlib import Path
 
-CONFIG_OWN = {"values", "explicit", "given_as", "is_set", "label", "require", "get"}
+CONFIG_OWN = {"values", "explicit", "given_as", "is_set", "label", "require", "get", "optional", "address"}
 CONFIG_NAMES = {"config", "cfg"}
 
 

@@ -26,12 +26,12 @@ import pytest
 
 from tests.sidecar_process import SidecarProcess, free_port, wait_for
 from tokensidecar import logs
+from tokensidecar.backends.hub_errors import TokenRejected
 from tokensidecar.metrics import exposition
 from tokensidecar.sidecar.metrics import SidecarMetrics
 from tokensidecar.sidecar.notify import Notifier
 from tokensidecar.sidecar.publish import Publisher
 from tokensidecar.sidecar.refresh import Refresher, RefreshFailed
-from tokensidecar.sidecar.verify import TokenRejected
 from tokensidecar.sources import Source, SourceError
 from tokensidecar.sources.file import FileSource
 from tokensidecar.token import Token

@@ -288,7 +288,7 @@ def test_vault_skip_verify_is_a_switch_that_still_takes_a_value() -> None:
     assert parse(["--vault-skip-verify", "true"]).vault_skip_verify is True
     assert parse([]).vault_skip_verify is None
     command = cli.COMMANDS["run"]
-    assert command.resolve({"vault_skip_verify": True}).vault_skip_verify is True
+    assert command.resolve({"vault_skip_verify": True}).values["vault_skip_verify"] is True
 
 
 def test_durations_in_days_are_documented(capsys: pytest.CaptureFixture[str]) -> None:

@@ -16,8 +16,8 @@ from tokensidecar.config import (
     parse_file_mode,
     parse_listen,
     resolve,
-    sidecar_settings,
 )
+from tokensidecar.sidecar.settings import sidecar_settings
 
 
 @pytest.mark.parametrize(
@@ -68,15 +68,15 @@ def test_refresh_interval_must_be_positive() -> None:
 
 def test_defaults_are_parsed_like_user_input() -> None:
     config = resolve(sidecar_settings(), {}, {})
-    assert config.refresh_interval == 60.0
-    assert config.max_backoff == 60.0
-    assert config.file_mode == 0o440
-    assert config.listen == ("0.0.0.0", 8099)
-    assert config.source == "vault"
-    assert config.token_file == "/var/run/tokensidecar/token"
-    assert config.vault_skip_verify is False
-    assert config.vault_kv_version == 2
-    assert config.notify_url is None
+    assert config.values["refresh_interval"] == 60.0
+    assert config.values["max_backoff"] == 60.0
+    assert config.values["file_mode"] == 0o440
+    assert config.values["listen"] == ("0.0.0.0", 8099)
+    assert config.values["source"] == "vault"
+    assert config.values["token_file"] == "/var/run/tokensidecar/token"
+    assert config.values["vault_skip_verify"] is False
+    assert config.values["vault_kv_version"] == 2
+    assert config.values["notify_url"] is None
     assert not config.is_set("source")
 
 
@@ -84,9 +84,9 @@ def test_flag_wins_over_environment_which_wins_over_default() -> None:
     settings = sidecar_settings()
     env = {"TOKENSIDECAR_REFRESH_INTERVAL": "5m", "TOKENSIDECAR_TOKEN_FILE": "/env/token"}
     config = resolve(settings, {"refresh_interval": "30s"}, env)
-    assert config.refresh_interval == 30.0  # flag
-    assert config.token_file == "/env/token"  # environment
-    assert config.max_backoff == 60.0  # default
+    assert config.values["refresh_interval"] == 30.0  # flag
+    assert config.values["token_file"] == "/env/token"  # environment
+    assert config.values["max_backoff"] == 60.0  # default
     assert config.is_set("refresh_interval")
     assert config.is_set("token_file")
     assert not config.is_set("max_backoff")
@@ -95,7 +95,7 @@ def test_flag_wins_over_environment_which_wins_over_default() -> None:
 def test_empty_environment_value_falls_back_to_default() -> None:
     # Kubernetes renders `value: ""` for an unset Helm/Kustomize value; it means "not set".
     config = resolve(sidecar_settings(), {}, {"TOKENSIDECAR_REFRESH_INTERVAL": ""})
-    assert config.refresh_interval == 60.0
+    assert config.values["refresh_interval"] == 60.0
     assert not config.is_set("refresh_interval")
 
 
@@ -135,7 +135,7 @@ def test_choices_are_enforced_with_the_list_of_valid_values() -> None:
     for choice in ("vault", "kubernetes-secret", "file", "oidc-exchange"):
         assert choice in message
     config = resolve(sidecar_settings(), {"source": "file"}, {"TOKENSIDECAR_SOURCE": "s3"})
-    assert config.source == "file"  # the flag wins before the bad env value is even read
+    assert config.values["source"] == "file"  # the flag wins before the bad env value is even read
 
 
 def test_choices_are_case_sensitive() -> None:
@@ -171,20 +171,24 @@ def test_bad_boolean_in_environment_names_the_variable() -> None:
 def test_boolean_flag_wins_over_environment_both_ways() -> None:
     settings = sidecar_settings()
     assert (
-        resolve(settings, {"vault_skip_verify": False}, {"VAULT_SKIP_VERIFY": "true"}).vault_skip_verify
+        resolve(settings, {"vault_skip_verify": False}, {"VAULT_SKIP_VERIFY": "true"}).values[
+            "vault_skip_verify"
+        ]
         is False
     )
     assert (
-        resolve(settings, {"vault_skip_verify": True}, {"VAULT_SKIP_VERIFY": "false"}).vault_skip_verify
+        resolve(settings, {"vault_skip_verify": True}, {"VAULT_SKIP_VERIFY": "false"}).values[
+            "vault_skip_verify"
+        ]
         is True
     )
-    assert resolve(settings, {}, {"VAULT_SKIP_VERIFY": "true"}).vault_skip_verify is True
+    assert resolve(settings, {}, {"VAULT_SKIP_VERIFY": "true"}).values["vault_skip_verify"] is True
 
 
 def test_env_only_setting_ignores_a_flag_value() -> None:
     # VAULT_TOKEN is never read from argv, where every local user could see it.
     config = resolve(sidecar_settings(), {"vault_token": "from-argv"}, {"VAULT_TOKEN": "from-env"})
-    assert config.vault_token == "from-env"
+    assert config.values["vault_token"] == "from-env"
 
 
 @pytest.mark.parametrize(
@@ -202,7 +206,7 @@ def test_bad_file_modes_are_refused(text: str) -> None:
 
 def test_file_mode_from_environment() -> None:
     config = resolve(sidecar_settings(), {}, {"TOKENSIDECAR_FILE_MODE": "0400"})
-    assert config.file_mode == 0o400
+    assert config.values["file_mode"] == 0o400
     with pytest.raises(ConfigError) as caught:
         resolve(sidecar_settings(), {}, {"TOKENSIDECAR_FILE_MODE": "0999"})
     assert caught.value.setting == "TOKENSIDECAR_FILE_MODE"
@@ -241,11 +245,21 @@ def test_require_names_the_environment_variable_and_the_condition() -> None:
     )
 
 
-def test_unknown_attribute_is_an_attribute_error() -> None:
-    config = Config(values={"a": 1})
-    assert config.a == 1
-    with pytest.raises(AttributeError):
-        _ = config.b
+def test_a_misspelt_setting_name_is_an_error_at_once() -> None:
+    config = Config(values={"a": 1, "b": None})
+    assert config.get("a", int) == 1
+    assert config.optional("b", int) is None
+    with pytest.raises(LookupError):
+        config.get("c", int)
+    with pytest.raises(LookupError):
+        config.optional("c", int)
+
+
+def test_a_setting_read_as_the_wrong_type_is_an_error() -> None:
+    config = resolve(sidecar_settings(), {}, {})
+    assert config.get("refresh_interval", float) == 60.0
+    with pytest.raises(TypeError):
+        config.get("refresh_interval", str)
 
 
 def test_every_sidecar_setting_has_a_distinct_flag_and_env_name() -> None:
@@ -266,7 +280,7 @@ def test_standard_variables_keep_their_standard_names() -> None:
 
 def test_a_custom_setting_goes_through_the_same_rules() -> None:
     setting = Setting("timeout", "MY_TIMEOUT", "a timeout", default="2s", parse=parse_duration)
-    assert resolve([setting], {}, {}).timeout == 2.0
-    assert resolve([setting], {}, {"MY_TIMEOUT": "1m"}).timeout == 60.0
-    assert resolve([setting], {"timeout": "500ms"}, {"MY_TIMEOUT": "1m"}).timeout == 0.5
-    assert math.isclose(resolve([setting], {"timeout": "0.1"}, {}).timeout, 0.1)
+    assert resolve([setting], {}, {}).values["timeout"] == 2.0
+    assert resolve([setting], {}, {"MY_TIMEOUT": "1m"}).values["timeout"] == 60.0
+    assert resolve([setting], {"timeout": "500ms"}, {"MY_TIMEOUT": "1m"}).values["timeout"] == 0.5
+    assert math.isclose(resolve([setting], {"timeout": "0.1"}, {}).values["timeout"], 0.1)

@@ -75,7 +75,7 @@ COMMANDS = {
             "Fetch the Hugging Face token from the source, verify it at the Hub, publish it "
             "atomically to the token file, and keep it fresh until SIGTERM. Serves /healthz, "
             "/readyz, /metrics and /status. Failures keep the last good token published.",
-            "tokensidecar.sidecar.main",
+            "tokensidecar.sidecar.settings",
             "tokensidecar.sidecar.main:main_run",
         ),
         Command(
@@ -83,7 +83,7 @@ COMMANDS = {
             "fetch, verify and publish once, then exit (init containers, debugging)",
             "Fetch, verify and publish the token once. Exit 0 when it is on disk, 1 with a "
             "one-line reason when it is not.",
-            "tokensidecar.sidecar.main",
+            "tokensidecar.sidecar.settings",
             "tokensidecar.sidecar.main:main_once",
             # The refresh schedule and the probe port belong to `run`'s loop.
             unused=frozenset({"refresh_interval", "max_backoff", "listen"}),
@@ -261,7 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = command.resolve(vars(namespace))
         from tokensidecar import logs
 
-        logs.configure(fmt=config.log_format, level=config.log_level)
+        logs.configure(fmt=config.get("log_format", str), level=config.get("log_level", str))
         return command.entry_point()(config)
     except ConfigError as exc:
         print(redact(f"error: {_as_given(exc, command=command, config=config)}"), file=sys.stderr)

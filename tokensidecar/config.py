@@ -1,15 +1,23 @@
 """Settings: one declaration per setting, read from a flag or an environment variable.
 
 Every setting of every command is declared exactly once, as a :class:`Setting`, in a
-module-level tuple of the room that owns it (``SIDECAR_SETTINGS`` here, the webhook's
-and the rotation job's in their own packages). The CLI turns the declarations into
-argparse flags, the docs reference is generated from them, and :func:`resolve` gives
-every command the same precedence: flag, then environment, then default.
+module-level tuple of the room that owns it: the sidecar's in
+:mod:`tokensidecar.sidecar.settings`, the Hub's, Vault's and Kubernetes' in
+:mod:`tokensidecar.backends.settings`, the token exchange source's in
+:mod:`tokensidecar.sources.settings`, the webhook's, the rotation job's, the gateway's and
+the demo's in their own packages. This module keeps the machinery they share and the
+settings of every command (logging). The CLI turns the declarations into argparse flags,
+the docs reference is generated from them, and :func:`resolve` gives every command the
+same precedence: flag, then environment, then default.
 
 Values are parsed and checked here so that a misconfiguration is reported once, as one
 line that names the setting the way the user gave it — the flag when it came from a flag
 (``error: --refresh-interval: ...``), the environment variable when it came from the
 environment (``error: TOKENSIDECAR_REFRESH_INTERVAL: ...``) — before any work starts.
+A resolved :class:`Config` is read only by each room's resolver, at the door, through a
+typed API (:meth:`Config.get`, :meth:`Config.optional`, :meth:`Config.require`,
+:meth:`Config.address`) that fails at once on a misspelt name; the rooms themselves take
+frozen, typed settings.
 Secret *values* are never settings: only paths to files that hold them (``VAULT_TOKEN`` is
 the one standard exception, and it is read from the environment only, never from argv,
 where every local user could see it).
@@ -22,11 +30,10 @@ import os
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar, overload
 
 __all__ = [
     "COMMON_SETTINGS",
-    "SIDECAR_SETTINGS",
     "Config",
     "ConfigError",
     "Setting",
@@ -35,6 +42,9 @@ __all__ = [
     "parse_file_mode",
     "resolve",
 ]
+
+
+T = TypeVar("T")
 
 
 class ConfigError(Exception):
@@ -111,7 +121,8 @@ def parse_listen(text: str) -> tuple[str, int]:
 
 @dataclass(frozen=True)
 class Setting:
-    """One setting: its attribute name, environment variable, flag, default and parser.
+    """One setting: its name (what resolvers read, ``config.get("token_file", str)``), environment
+    variable, flag, default and parser.
 
     ``default`` is given as the string a user would type, so the docs show it the way a
     user writes it and it goes through the same parser as user input.
@@ -150,7 +161,13 @@ class Setting:
 
 @dataclass
 class Config:
-    """Resolved settings of one command, by attribute (``config.token_file``)."""
+    """Resolved settings of one command, read by name through a typed API.
+
+    Only resolvers read it (``SidecarSettings.resolve(config)`` and the like), each once,
+    at the door; what they return is what the rooms take. Every read names its type and is
+    checked at run time, and a name that is not a setting of the command fails at once:
+    a misspelt setting is an error, never a silent ``None``.
+    """
 
     values: dict[str, Any] = field(default_factory=dict)
     explicit: frozenset[str] = frozenset()
@@ -158,11 +175,29 @@ class Config:
     #: environment variable (``TOKENSIDECAR_VAULT_PATH``).
     given_as: Mapping[str, str] = field(default_factory=dict)
 
-    def __getattr__(self, name: str) -> Any:
+    def get(self, name: str, kind: type[T]) -> T:
+        """The value of setting ``name``, which must be a ``kind`` (a default or a parse)."""
+        value = self._value(name)
+        if not isinstance(value, kind):
+            raise TypeError(f"setting {name} is a {type(value).__name__}, not a {kind.__name__}")
+        return value
+
+    def optional(self, name: str, kind: type[T]) -> T | None:
+        """Like :meth:`get`, but None when the setting is unset (no default, or given empty)."""
+        if self._value(name) in (None, ""):
+            return None
+        return self.get(name, kind)
+
+    def address(self, name: str) -> tuple[str, int]:
+        """The (host, port) of a ``HOST:PORT`` setting (parsed by :func:`parse_listen`)."""
+        host, port = self.get(name, tuple)
+        return str(host), int(port)
+
+    def _value(self, name: str) -> Any:
         try:
-            return self.__dict__["values"][name]
+            return self.values[name]
         except KeyError:
-            raise AttributeError(name) from None
+            raise LookupError(f"{name!r} is not a setting of this command") from None
 
     def is_set(self, name: str) -> bool:
         """True when the user gave the setting (flag or environment), not just the default."""
@@ -176,9 +211,17 @@ class Config:
         setting = _BY_NAME.get(name)
         return setting.env if setting else name
 
-    def require(self, name: str, *, when: str) -> Any:
-        value = self.values.get(name)
-        if value in (None, ""):
+    @overload
+    def require(self, name: str, *, when: str) -> str: ...
+
+    @overload
+    def require(self, name: str, kind: type[T], *, when: str) -> T: ...
+
+    def require(self, name: str, kind: type[Any] = str, *, when: str) -> Any:
+        """The value of setting ``name`` (text unless ``kind`` says otherwise); a
+        ConfigError naming it when it is unset."""
+        value = self.optional(name, kind)
+        if value is None:
             setting = _BY_NAME.get(name)
             label = setting.env if setting else name
             raise ConfigError("", f"{label} is required when {when}")
@@ -255,249 +298,3 @@ COMMON_SETTINGS = register(
         choices=("debug", "info", "warning", "error"),
     ),
 )
-
-# Settings the sidecar (run, once) shares with the rotation job: where tokens live and
-# how they are verified.
-HUB_SETTINGS = register(
-    Setting(
-        "hf_endpoint",
-        "HF_ENDPOINT",
-        "Hugging Face Hub base URL (verification, token exchange, revocation).",
-        default="https://huggingface.co",
-        section="hub",
-    ),
-    Setting(
-        "verify",
-        "TOKENSIDECAR_VERIFY",
-        "Check a new token at the Hub before publishing it: none, whoami "
-        "(GET /api/whoami-v2), repo (whoami plus GET /api/models/{id}/auth-check: read access "
-        "to --model-id, gated access included), or scope (repo, and refuse a token that can "
-        "write to any other repository or whose fine-grained scope lacks --model-id).",
-        default="whoami",
-        choices=VERIFY_MODES,
-        section="hub",
-    ),
-    Setting(
-        "verify_on_hub_outage",
-        "TOKENSIDECAR_VERIFY_ON_HUB_OUTAGE",
-        "When the Hub cannot be reached (connection error, 5xx, 429) and no valid token is "
-        "published yet (none, or the published one expired): publish the new token unverified, "
-        "or hold it until the Hub answers. A verified, unexpired token is never displaced by an "
-        "unverified one, and a rejection (401/403) always holds.",
-        default="publish",
-        choices=("publish", "hold"),
-        section="hub",
-    ),
-    Setting(
-        "model_id",
-        "TOKENSIDECAR_MODEL_ID",
-        "Model repository (org/name) that --verify=repo and --verify=scope prove read access to.",
-        section="hub",
-    ),
-    Setting(
-        "key",
-        "TOKENSIDECAR_KEY",
-        "Key of the token inside the Vault secret data or the Kubernetes Secret data.",
-        default="token",
-    ),
-)
-
-VAULT_SETTINGS = register(
-    Setting("vault_addr", "VAULT_ADDR", "Vault/OpenBao address.", section="vault"),
-    Setting(
-        "vault_token",
-        "VAULT_TOKEN",
-        "Vault token for --vault-auth=token (environment only: never put a token in argv).",
-        section="vault",
-        env_only=True,
-    ),
-    Setting(
-        "vault_token_file",
-        "TOKENSIDECAR_VAULT_TOKEN_FILE",
-        "File holding the Vault token for --vault-auth=token (read again at each login).",
-        section="vault",
-    ),
-    Setting("vault_namespace", "VAULT_NAMESPACE", "Vault Enterprise / OpenBao namespace.", section="vault"),
-    Setting("vault_cacert", "VAULT_CACERT", "CA bundle that signs Vault's TLS certificate.", section="vault"),
-    Setting(
-        "vault_skip_verify",
-        "VAULT_SKIP_VERIFY",
-        "Do not verify Vault's TLS certificate (testing only).",
-        default="false",
-        parse=parse_bool,
-        is_bool=True,
-        # 0.1.0's --help showed `--vault-skip-verify VAULT_SKIP_VERIFY`: a value still works.
-        switch_takes_value=True,
-        section="vault",
-    ),
-    Setting(
-        "vault_path",
-        "TOKENSIDECAR_VAULT_PATH",
-        "KV secret holding the token, as <mount>/<path> (e.g. secret/hf/model-a).",
-        section="vault",
-    ),
-    Setting(
-        "vault_kv_version",
-        "TOKENSIDECAR_VAULT_KV_VERSION",
-        "KV secrets engine version of the mount.",
-        default="2",
-        choices=("1", "2"),
-        parse=int,
-        section="vault",
-    ),
-    Setting(
-        "vault_auth",
-        "TOKENSIDECAR_VAULT_AUTH",
-        "How to log in to Vault: kubernetes (role + service-account JWT), jwt, approle, "
-        "or token (VAULT_TOKEN or --vault-token-file).",
-        default="kubernetes",
-        choices=VAULT_AUTH_METHODS,
-        section="vault",
-    ),
-    Setting("vault_role", "TOKENSIDECAR_VAULT_ROLE", "Vault role for kubernetes/jwt auth.", section="vault"),
-    Setting(
-        "vault_auth_mount",
-        "TOKENSIDECAR_VAULT_AUTH_MOUNT",
-        "Mount path of the auth method (default: the method's name).",
-        section="vault",
-    ),
-    Setting(
-        "vault_jwt_file",
-        "TOKENSIDECAR_VAULT_JWT_FILE",
-        "JWT presented for kubernetes/jwt auth (read again at each login: kubelet rotates it).",
-        default=SA_TOKEN_FILE,
-        section="vault",
-    ),
-    Setting(
-        "vault_role_id_file", "TOKENSIDECAR_VAULT_ROLE_ID_FILE", "AppRole role_id file.", section="vault"
-    ),
-    Setting(
-        "vault_secret_id_file",
-        "TOKENSIDECAR_VAULT_SECRET_ID_FILE",
-        "AppRole secret_id file.",
-        section="vault",
-    ),
-)
-
-KUBERNETES_SETTINGS = register(
-    Setting(
-        "secret_name",
-        "TOKENSIDECAR_SECRET_NAME",
-        "Kubernetes Secret holding the token.",
-        section="kubernetes",
-    ),
-    Setting(
-        "secret_namespace",
-        "TOKENSIDECAR_SECRET_NAMESPACE",
-        "Namespace of the Secret (default: the pod's own namespace).",
-        section="kubernetes",
-    ),
-    Setting(
-        "kubeconfig",
-        "KUBECONFIG",
-        "Kubeconfig file for running outside a cluster (default: in-cluster config).",
-        section="kubernetes",
-    ),
-)
-
-OIDC_SETTINGS = register(
-    Setting(
-        "oidc_resource",
-        "TOKENSIDECAR_OIDC_RESOURCE",
-        "Resource requested in the Hugging Face token exchange (RFC 8693 'resource').",
-        section="hub",
-    ),
-    Setting(
-        "oidc_token_file",
-        "TOKENSIDECAR_OIDC_TOKEN_FILE",
-        "Projected service-account token used as the exchange's id_token subject "
-        "(read again at each exchange: kubelet rotates it).",
-        section="hub",
-    ),
-)
-
-SIDECAR_SETTINGS = register(
-    Setting(
-        "source",
-        "TOKENSIDECAR_SOURCE",
-        "Where the token comes from.",
-        default="vault",
-        choices=SOURCES,
-        section="sidecar",
-    ),
-    Setting(
-        "source_file",
-        "TOKENSIDECAR_SOURCE_FILE",
-        "File holding the token for --source=file (e.g. a projected Secret volume); watched.",
-        section="sidecar",
-    ),
-    Setting(
-        "token_file",
-        "TOKENSIDECAR_TOKEN_FILE",
-        "Where the token is published; token.json is written beside it.",
-        default="/var/run/tokensidecar/token",
-        section="sidecar",
-    ),
-    Setting(
-        "file_mode",
-        "TOKENSIDECAR_FILE_MODE",
-        "Mode of the published files (octal).",
-        default="0440",
-        parse=parse_file_mode,
-        section="sidecar",
-    ),
-    Setting(
-        "refresh_interval",
-        "TOKENSIDECAR_REFRESH_INTERVAL",
-        "How often polled sources are read again; earlier when the token's expiry is near "
-        "(refresh at 2/3 of its remaining lifetime). ±10% jitter.",
-        default="60s",
-        parse=parse_positive_duration,
-        section="sidecar",
-    ),
-    Setting(
-        "max_backoff",
-        "TOKENSIDECAR_MAX_BACKOFF",
-        "Ceiling of the exponential backoff (full jitter, from 1s) after failures.",
-        default="60s",
-        parse=parse_positive_duration,
-        section="sidecar",
-    ),
-    Setting(
-        "listen",
-        "TOKENSIDECAR_LISTEN",
-        "Address of /healthz, /readyz, /metrics and /status (port 0 picks a free port).",
-        default="0.0.0.0:8099",
-        parse=parse_listen,
-        section="sidecar",
-    ),
-    Setting(
-        "notify_signal",
-        "TOKENSIDECAR_NOTIFY_SIGNAL",
-        "Signal sent after each publish (e.g. SIGHUP) to the processes named by --notify-process.",
-        section="sidecar",
-    ),
-    Setting(
-        "notify_process",
-        "TOKENSIDECAR_NOTIFY_PROCESS",
-        "Comma list of process names to signal (needs shareProcessNamespace).",
-        section="sidecar",
-    ),
-    Setting(
-        "notify_url",
-        "TOKENSIDECAR_NOTIFY_URL",
-        "URL POSTed after each publish, with token.json as the JSON body.",
-        section="sidecar",
-    ),
-)
-
-
-def sidecar_settings() -> tuple[Setting, ...]:
-    return (
-        COMMON_SETTINGS
-        + SIDECAR_SETTINGS
-        + HUB_SETTINGS
-        + VAULT_SETTINGS
-        + KUBERNETES_SETTINGS
-        + OIDC_SETTINGS
-    )

@@ -24,10 +24,13 @@ from huggingface_hub import HfApi, hf_hub_download, snapshot_download
 from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
 
 from tokensidecar.backends.hub import HubVerifier, revoke
+from tokensidecar.backends.hub_errors import HubUnavailable, TokenRejected
+from tokensidecar.backends.settings import VerifySettings
 from tokensidecar.client import read_token, watch_token
-from tokensidecar.config import ConfigError, resolve, sidecar_settings
+from tokensidecar.config import ConfigError, resolve
 from tokensidecar.demo.hub import DEFAULT_FILES, DEFAULT_REPO, HubStandIn, serve_in_thread
-from tokensidecar.sidecar.verify import HubUnavailable, TokenRejected, build_verifier
+from tokensidecar.sidecar.settings import sidecar_settings
+from tokensidecar.sidecar.verify import build_verifier
 from tokensidecar.token import Token
 
 
@@ -216,12 +219,12 @@ def test_auth_check_says_repository_not_found_as_the_hub_does(hub: HubStandIn) -
 def test_repo_verification_requires_a_model_id() -> None:
     config = resolve(sidecar_settings(), {}, environ={"TOKENSIDECAR_VERIFY": "repo"})
     with pytest.raises(ConfigError, match="TOKENSIDECAR_MODEL_ID is required when --verify=repo"):
-        build_verifier(config)
+        build_verifier(VerifySettings.resolve(config))
     config = resolve(
         sidecar_settings(), {}, environ={"TOKENSIDECAR_VERIFY": "repo", "TOKENSIDECAR_MODEL_ID": "no-slash"}
     )
     with pytest.raises(ConfigError, match="TOKENSIDECAR_MODEL_ID"):
-        build_verifier(config)
+        build_verifier(VerifySettings.resolve(config))
 
 
 def test_verifier_is_built_from_settings(hub: HubStandIn) -> None:
@@ -234,10 +237,15 @@ def test_verifier_is_built_from_settings(hub: HubStandIn) -> None:
             "TOKENSIDECAR_MODEL_ID": DEFAULT_REPO,
         },
     )
-    verifier = build_verifier(config)
+    verifier = build_verifier(VerifySettings.resolve(config))
     assert isinstance(verifier, HubVerifier)
     assert (verifier.endpoint, verifier.mode, verifier.model_id) == (hub.url, "repo", DEFAULT_REPO)
-    assert build_verifier(resolve(sidecar_settings(), {}, environ={"TOKENSIDECAR_VERIFY": "none"})) is None
+    assert (
+        build_verifier(
+            VerifySettings.resolve(resolve(sidecar_settings(), {}, environ={"TOKENSIDECAR_VERIFY": "none"}))
+        )
+        is None
+    )
 
 
 async def test_verification_latency_against_the_stand_in(hub: HubStandIn) -> None:

@@ -35,10 +35,10 @@ import pytest
 from tests.fixtures.hub import OidcIssuer
 from tests.sidecar_process import SidecarProcess, wait_for
 from tokensidecar.backends.hub import HubVerifier, exchange_enterprise, exchange_id_token
+from tokensidecar.backends.hub_errors import HubUnavailable, TokenRejected
 from tokensidecar.backends.hub_scope import judge, scope_from_whoami, verdict
 from tokensidecar.demo.hub import DEFAULT_REPO, HubStandIn, serve_in_thread
 from tokensidecar.redact import fingerprint
-from tokensidecar.sidecar.verify import HubUnavailable, TokenRejected
 from tokensidecar.token import Token
 
 MODEL = DEFAULT_REPO  # acme/private-model

@@ -21,6 +21,7 @@ from tests.fixtures.openbao import (
     unseal,
 )
 from tokensidecar.backends.errors import UpstreamRefused, UpstreamUnavailable
+from tokensidecar.backends.settings import VaultSettings
 from tokensidecar.backends.vault import (
     KvPath,
     VaultCasConflict,
@@ -30,8 +31,9 @@ from tokensidecar.backends.vault import (
     VaultSession,
     VaultUnavailable,
 )
-from tokensidecar.config import Config, ConfigError, resolve, sidecar_settings
+from tokensidecar.config import Config, ConfigError, resolve
 from tokensidecar.demo.openbao import DevServer
+from tokensidecar.sidecar.settings import sidecar_settings
 from tokensidecar.sources import SourceError
 
 
@@ -78,7 +80,7 @@ def approle_session(
         TOKENSIDECAR_VAULT_ROLE_ID_FILE=write(tmp_path, "role-id", role_id),
         TOKENSIDECAR_VAULT_SECRET_ID_FILE=write(tmp_path, "secret-id", secret_id),
     )
-    return VaultSession.from_config(config)
+    return VaultSession.from_settings(VaultSettings.resolve(config))
 
 
 def seed(openbao: DevServer, data: Mapping[str, str], **kwargs: object) -> str:
@@ -148,8 +150,8 @@ async def test_check_and_set_write_wins_once_and_merges_custom_metadata(
 ) -> None:
     path = KvPath.parse(seed(openbao, {"token": "hf_cas_value_1"}, custom_metadata={"owner": "ml-platform"}))
     token, _ = openbao.create_token(policies=[_write_policy(openbao, path)])
-    session = VaultSession.from_config(
-        vault_config(openbao, TOKENSIDECAR_VAULT_AUTH="token", VAULT_TOKEN=token)
+    session = VaultSession.from_settings(
+        VaultSettings.resolve(vault_config(openbao, TOKENSIDECAR_VAULT_AUTH="token", VAULT_TOKEN=token))
     )
     sessions.append(session)
 
@@ -182,8 +184,10 @@ def _write_policy(openbao: DevServer, path: KvPath) -> str:
 async def test_missing_secret_and_data_prefix_give_a_hint(
     openbao: DevServer, sessions: list[VaultSession]
 ) -> None:
-    session = VaultSession.from_config(
-        vault_config(openbao, TOKENSIDECAR_VAULT_AUTH="token", VAULT_TOKEN=openbao.root_token)
+    session = VaultSession.from_settings(
+        VaultSettings.resolve(
+            vault_config(openbao, TOKENSIDECAR_VAULT_AUTH="token", VAULT_TOKEN=openbao.root_token)
+        )
     )
     sessions.append(session)
 
@@ -225,12 +229,14 @@ async def test_jwt_login_reads_the_jwt_file_at_each_login(
         role, policies=[openbao.read_policy_for(path)], audience="tokensidecar", mount=openbao_jwt_auth
     )
     jwt_file = write(tmp_path, "jwt", jwt_issuer.sign({"sub": "model-a", "aud": "tokensidecar"}))
-    session = VaultSession.from_config(
-        vault_config(
-            openbao,
-            TOKENSIDECAR_VAULT_AUTH="jwt",
-            TOKENSIDECAR_VAULT_ROLE=role,
-            TOKENSIDECAR_VAULT_JWT_FILE=jwt_file,
+    session = VaultSession.from_settings(
+        VaultSettings.resolve(
+            vault_config(
+                openbao,
+                TOKENSIDECAR_VAULT_AUTH="jwt",
+                TOKENSIDECAR_VAULT_ROLE=role,
+                TOKENSIDECAR_VAULT_JWT_FILE=jwt_file,
+            )
         )
     )
     sessions.append(session)
@@ -257,12 +263,14 @@ async def test_jwt_with_wrong_audience_is_refused_clearly(
     role = unique("jwt-role")
     openbao.create_jwt_role(role, policies=["default"], audience="tokensidecar", mount=openbao_jwt_auth)
     jwt = jwt_issuer.sign({"sub": "model-a", "aud": "someone-else"})
-    session = VaultSession.from_config(
-        vault_config(
-            openbao,
-            TOKENSIDECAR_VAULT_AUTH="jwt",
-            TOKENSIDECAR_VAULT_ROLE=role,
-            TOKENSIDECAR_VAULT_JWT_FILE=write(tmp_path, "jwt", jwt),
+    session = VaultSession.from_settings(
+        VaultSettings.resolve(
+            vault_config(
+                openbao,
+                TOKENSIDECAR_VAULT_AUTH="jwt",
+                TOKENSIDECAR_VAULT_ROLE=role,
+                TOKENSIDECAR_VAULT_JWT_FILE=write(tmp_path, "jwt", jwt),
+            )
         )
     )
     sessions.append(session)
@@ -292,12 +300,14 @@ async def test_kubernetes_login_is_checked_through_token_review(  # noqa: PLR091
     jwt = jwt_issuer.service_account_token(namespace=namespace, name=account)
     token_review.admit(jwt, namespace=namespace, name=account)
     reviews_before = token_review.reviews
-    session = VaultSession.from_config(
-        vault_config(
-            openbao,
-            TOKENSIDECAR_VAULT_AUTH="kubernetes",
-            TOKENSIDECAR_VAULT_ROLE=role,
-            TOKENSIDECAR_VAULT_JWT_FILE=write(tmp_path, "sa-token", jwt),
+    session = VaultSession.from_settings(
+        VaultSettings.resolve(
+            vault_config(
+                openbao,
+                TOKENSIDECAR_VAULT_AUTH="kubernetes",
+                TOKENSIDECAR_VAULT_ROLE=role,
+                TOKENSIDECAR_VAULT_JWT_FILE=write(tmp_path, "sa-token", jwt),
+            )
         )
     )
     sessions.append(session)
@@ -308,12 +318,14 @@ async def test_kubernetes_login_is_checked_through_token_review(  # noqa: PLR091
     # A service-account token the API server does not know is refused.
     stranger = jwt_issuer.service_account_token(namespace=namespace, name=account)
     write(tmp_path, "sa-token", stranger)
-    refused = VaultSession.from_config(
-        vault_config(
-            openbao,
-            TOKENSIDECAR_VAULT_AUTH="kubernetes",
-            TOKENSIDECAR_VAULT_ROLE=role,
-            TOKENSIDECAR_VAULT_JWT_FILE=str(tmp_path / "sa-token"),
+    refused = VaultSession.from_settings(
+        VaultSettings.resolve(
+            vault_config(
+                openbao,
+                TOKENSIDECAR_VAULT_AUTH="kubernetes",
+                TOKENSIDECAR_VAULT_ROLE=role,
+                TOKENSIDECAR_VAULT_JWT_FILE=str(tmp_path / "sa-token"),
+            )
         )
     )
     sessions.append(refused)
@@ -324,16 +336,20 @@ async def test_kubernetes_login_is_checked_through_token_review(  # noqa: PLR091
 async def test_tls_server_is_trusted_through_vault_cacert(tmp_path: pathlib.Path) -> None:
     with DevServer(tls=True) as tls_server:
         path = seed(tls_server, {"token": "hf_over_tls_value"})
-        session = VaultSession.from_config(
-            vault_config(
-                tls_server,
-                TOKENSIDECAR_VAULT_AUTH="token",
-                VAULT_TOKEN=tls_server.root_token,
-                VAULT_CACERT=tls_server.ca_cert or "",
+        session = VaultSession.from_settings(
+            VaultSettings.resolve(
+                vault_config(
+                    tls_server,
+                    TOKENSIDECAR_VAULT_AUTH="token",
+                    VAULT_TOKEN=tls_server.root_token,
+                    VAULT_CACERT=tls_server.ca_cert or "",
+                )
             )
         )
-        untrusted = VaultSession.from_config(
-            vault_config(tls_server, TOKENSIDECAR_VAULT_AUTH="token", VAULT_TOKEN=tls_server.root_token)
+        untrusted = VaultSession.from_settings(
+            VaultSettings.resolve(
+                vault_config(tls_server, TOKENSIDECAR_VAULT_AUTH="token", VAULT_TOKEN=tls_server.root_token)
+            )
         )
         try:
             assert (await session.read_kv(KvPath.parse(path))).data["token"] == "hf_over_tls_value"
@@ -354,8 +370,10 @@ async def test_vault_namespace_is_sent_with_every_request(
         path="hf/model", secret={"token": "hf_namespaced"}, mount_point="secret"
     )
     env = {"TOKENSIDECAR_VAULT_AUTH": "token", "VAULT_TOKEN": openbao.root_token}
-    inside = VaultSession.from_config(vault_config(openbao, VAULT_NAMESPACE=namespace, **env))
-    outside = VaultSession.from_config(vault_config(openbao, **env))
+    inside = VaultSession.from_settings(
+        VaultSettings.resolve(vault_config(openbao, VAULT_NAMESPACE=namespace, **env))
+    )
+    outside = VaultSession.from_settings(VaultSettings.resolve(vault_config(openbao, **env)))
     sessions += [inside, outside]
 
     assert (await inside.read_kv(KvPath.parse("secret/hf/model"))).data["token"] == "hf_namespaced"
@@ -451,11 +469,13 @@ async def test_user_supplied_token_is_renewed_but_never_revoked(
 ) -> None:
     path = seed(openbao, {"token": "hf_user_token_value"})
     token, accessor = openbao.create_token(policies=[openbao.read_policy_for(path)], ttl="2s")
-    session = VaultSession.from_config(
-        vault_config(
-            openbao,
-            TOKENSIDECAR_VAULT_AUTH="token",
-            TOKENSIDECAR_VAULT_TOKEN_FILE=write(tmp_path, "vault-token", token),
+    session = VaultSession.from_settings(
+        VaultSettings.resolve(
+            vault_config(
+                openbao,
+                TOKENSIDECAR_VAULT_AUTH="token",
+                TOKENSIDECAR_VAULT_TOKEN_FILE=write(tmp_path, "vault-token", token),
+            )
         )
     )
     try:
@@ -507,12 +527,14 @@ async def test_policy_denial_without_the_default_policy_logs_in_once_per_login(
     )
     role_id = openbao.admin.auth.approle.read_role_id(role_name=role)["data"]["role_id"]
     secret_id = openbao.admin.auth.approle.generate_secret_id(role_name=role)["data"]["secret_id"]
-    session = VaultSession.from_config(
-        vault_config(
-            openbao,
-            TOKENSIDECAR_VAULT_AUTH="approle",
-            TOKENSIDECAR_VAULT_ROLE_ID_FILE=write(tmp_path, "role-id", role_id),
-            TOKENSIDECAR_VAULT_SECRET_ID_FILE=write(tmp_path, "secret-id", secret_id),
+    session = VaultSession.from_settings(
+        VaultSettings.resolve(
+            vault_config(
+                openbao,
+                TOKENSIDECAR_VAULT_AUTH="approle",
+                TOKENSIDECAR_VAULT_ROLE_ID_FILE=write(tmp_path, "role-id", role_id),
+                TOKENSIDECAR_VAULT_SECRET_ID_FILE=write(tmp_path, "secret-id", secret_id),
+            )
         )
     )
     sessions.append(session)
@@ -564,9 +586,13 @@ async def test_token_expired_during_an_outage_is_not_renewed_in_a_loop(
 
 
 async def test_unreachable_vault_is_a_retryable_error(restartable_openbao: DevServer) -> None:
-    session = VaultSession.from_config(
-        vault_config(
-            restartable_openbao, TOKENSIDECAR_VAULT_AUTH="token", VAULT_TOKEN=restartable_openbao.root_token
+    session = VaultSession.from_settings(
+        VaultSettings.resolve(
+            vault_config(
+                restartable_openbao,
+                TOKENSIDECAR_VAULT_AUTH="token",
+                VAULT_TOKEN=restartable_openbao.root_token,
+            )
         )
     )
     restartable_openbao.stop()
@@ -585,11 +611,15 @@ async def test_vault_errors_say_unavailable_or_refused_and_are_not_source_errors
     """The session is Vault's client for the sidecar and the rotation job alike: its errors
     speak the upstream vocabulary (an outage to retry, or a verdict), never the sidecar's."""
     server = restartable_openbao
-    refused_session = VaultSession.from_config(
-        vault_config(server, TOKENSIDECAR_VAULT_AUTH="token", VAULT_TOKEN="hvs.not-a-token-vault-knows")
+    refused_session = VaultSession.from_settings(
+        VaultSettings.resolve(
+            vault_config(server, TOKENSIDECAR_VAULT_AUTH="token", VAULT_TOKEN="hvs.not-a-token-vault-knows")
+        )
     )
-    down_session = VaultSession.from_config(
-        vault_config(server, TOKENSIDECAR_VAULT_AUTH="token", VAULT_TOKEN=server.root_token)
+    down_session = VaultSession.from_settings(
+        VaultSettings.resolve(
+            vault_config(server, TOKENSIDECAR_VAULT_AUTH="token", VAULT_TOKEN=server.root_token)
+        )
     )
     try:
         with pytest.raises(VaultError, match="Vault refused the login") as refused:
@@ -644,18 +674,22 @@ async def test_vault_errors_say_unavailable_or_refused_and_are_not_source_errors
 )
 def test_misconfiguration_names_the_setting(env: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
-        VaultSession.from_config(resolve(sidecar_settings(), {}, environ=env))
+        VaultSession.from_settings(VaultSettings.resolve(resolve(sidecar_settings(), {}, environ=env)))
 
 
 def test_auth_mount_defaults_to_the_method_name() -> None:
     env = {"VAULT_ADDR": "http://v:8200", "TOKENSIDECAR_VAULT_ROLE": "r"}
     assert (
-        VaultSession.from_config(resolve(sidecar_settings(), {}, environ=env)).login_method.mount
+        VaultSession.from_settings(
+            VaultSettings.resolve(resolve(sidecar_settings(), {}, environ=env))
+        ).login_method.mount
         == "kubernetes"
     )
     env["TOKENSIDECAR_VAULT_AUTH_MOUNT"] = "/k8s-prod/"
     assert (
-        VaultSession.from_config(resolve(sidecar_settings(), {}, environ=env)).login_method.mount
+        VaultSession.from_settings(
+            VaultSettings.resolve(resolve(sidecar_settings(), {}, environ=env))
+        ).login_method.mount
         == "k8s-prod"
     )
 
@@ -696,7 +730,9 @@ async def test_refused_login_credentials_never_appear_in_errors_or_logs(
     errors: list[str] = []
     with caplog.at_level(logging.DEBUG):
         for method, env in cases.items():
-            session = VaultSession.from_config(vault_config(openbao, TOKENSIDECAR_VAULT_AUTH=method, **env))
+            session = VaultSession.from_settings(
+                VaultSettings.resolve(vault_config(openbao, TOKENSIDECAR_VAULT_AUTH=method, **env))
+            )
             sessions.append(session)
             with pytest.raises(VaultError) as refused:
                 await session.read_kv(KvPath.parse("secret/hf/model"))

@@ -23,7 +23,7 @@ from tokensidecar.demo.apiserver import ApiServerStandIn, serve_in_thread
 from tokensidecar.demo.gateway_flow import direct_cost
 from tokensidecar.demo.hub import DEFAULT_FILES
 from tokensidecar.demo.run import Demo
-from tokensidecar.demo.settings import SETTINGS
+from tokensidecar.demo.settings import SETTINGS, DemoSettings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -57,7 +57,7 @@ def test_the_gateway_flow_serves_three_replicas_with_one_upstream_download_denie
         environ={},
     )
     out = io.StringIO()
-    demo = Demo(config=config, out=out)
+    demo = Demo(settings=DemoSettings.resolve(config), out=out)
 
     assert demo.run() == 0, out.getvalue()
 

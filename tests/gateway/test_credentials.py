@@ -24,12 +24,13 @@ from tests.fixtures.kube import KubeApi
 from tests.gateway.conftest import KubeletVolume, ServiceAccountTokens
 from tests.gateway.harness import TEAM_A_POLICY, GatewayProcess
 from tests.sidecar_process import wait_for
-from tokensidecar.config import ConfigError, resolve, sidecar_settings
+from tokensidecar.config import ConfigError, resolve
 from tokensidecar.demo.hub import HubStandIn, serve_in_thread
 from tokensidecar.demo.openbao import DevServer
 from tokensidecar.gateway.credentials import CREDENTIAL_SETTINGS, CredentialStore
 from tokensidecar.logs import JsonFormatter
 from tokensidecar.sidecar.metrics import SidecarMetrics
+from tokensidecar.sidecar.settings import sidecar_settings
 
 DEFAULT_TOKEN_FILE = pathlib.Path("/var/run/tokensidecar/token")
 

@@ -17,11 +17,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from tokensidecar.backends.hub_errors import HubUnavailable, TokenRejected
 from tokensidecar.redact import fingerprint
 from tokensidecar.rotate.issuers import Issuer
 from tokensidecar.rotate.job import Outcome, Progress, RotationFailed, RotationPolicy, rotate
 from tokensidecar.rotate.targets import StoreConflict, StoredToken, Target, TargetError
-from tokensidecar.sidecar.verify import HubUnavailable, TokenRejected
 from tokensidecar.token import Token
 
 NOW = datetime(2030, 6, 1, 12, 0, tzinfo=UTC)

@@ -19,9 +19,10 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from tokensidecar.config import ConfigError, resolve, sidecar_settings
+from tokensidecar.config import ConfigError, resolve
 from tokensidecar.sidecar.metrics import SidecarMetrics
 from tokensidecar.sidecar.notify import Notifier, find_processes
+from tokensidecar.sidecar.settings import NotifySettings, sidecar_settings
 from tokensidecar.token import Token
 
 _RECEIVER = textwrap.dedent(
@@ -121,7 +122,8 @@ async def endpoint() -> AsyncIterator[NotifyEndpoint]:
 def _notifier(**flags: str) -> tuple[Notifier | None, SidecarMetrics]:
     metrics = SidecarMetrics(source="file")
     config = resolve(sidecar_settings(), flags, {})
-    return Notifier.from_config(config, metrics=metrics), metrics
+    notify = NotifySettings.resolve(config)
+    return (None if notify is None else Notifier.from_settings(notify, metrics=metrics)), metrics
 
 
 def _failures(metrics: SidecarMetrics, kind: str) -> float:

@@ -26,12 +26,12 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from tokensidecar.backends.hub_errors import HubUnavailable, TokenRejected
 from tokensidecar.backoff import Backoff, jittered
 from tokensidecar.sidecar.metrics import SidecarMetrics
 from tokensidecar.sidecar.publish import Publisher
 from tokensidecar.sidecar.refresh import MIN_REFRESH_SECONDS, Refresher
 from tokensidecar.sidecar.server import build_app
-from tokensidecar.sidecar.verify import HubUnavailable, TokenRejected
 from tokensidecar.sources import Source, SourceError
 from tokensidecar.token import Token, format_time
 

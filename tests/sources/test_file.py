@@ -12,9 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from tokensidecar.config import ConfigError, resolve, sidecar_settings
+from tokensidecar.config import ConfigError, resolve
+from tokensidecar.sidecar.settings import sidecar_settings
 from tokensidecar.sources import SourceError, build_source
 from tokensidecar.sources.file import FileSource
+from tokensidecar.sources.settings import resolve_source
 from tokensidecar.token import Token
 
 SEEN_WITHIN = 0.3  # seconds; the poll is 100 ms
@@ -231,9 +233,9 @@ async def test_a_directory_instead_of_a_file_is_a_source_error(tmp_path: Path) -
 def test_file_source_requires_its_path_setting() -> None:
     config = resolve(sidecar_settings(), {"source": "file"}, {})
     with pytest.raises(ConfigError, match="TOKENSIDECAR_SOURCE_FILE is required when --source=file"):
-        build_source(config)
+        build_source(resolve_source(config))
     config = resolve(sidecar_settings(), {"source": "file", "source_file": "/mnt/secret/token"}, {})
-    source = build_source(config)
+    source = build_source(resolve_source(config))
     assert isinstance(source, FileSource)
     assert source.path == Path("/mnt/secret/token")
     assert source.watchable

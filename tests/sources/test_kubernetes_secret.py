@@ -17,10 +17,12 @@ import pytest
 
 from tests.fixtures.kube import SECRETS, KubeApi, secret_body
 from tokensidecar.backends import kube
-from tokensidecar.config import ConfigError, resolve, sidecar_settings
+from tokensidecar.config import ConfigError, resolve
 from tokensidecar.logs import JsonFormatter
+from tokensidecar.sidecar.settings import sidecar_settings
 from tokensidecar.sources import SourceError
 from tokensidecar.sources.kubernetes_secret import KubernetesSecretSource
+from tokensidecar.sources.settings import KubernetesSecretSourceSettings
 from tokensidecar.token import Token
 
 NAME = "hf-token"
@@ -365,7 +367,7 @@ async def test_update_reaches_the_watch_in_milliseconds(kube_api: KubeApi, watch
 def test_from_config_requires_the_secret_name(kube_api: KubeApi) -> None:
     config = resolve(sidecar_settings(), {}, {"TOKENSIDECAR_SOURCE": "kubernetes-secret"})
     with pytest.raises(ConfigError, match="TOKENSIDECAR_SECRET_NAME is required"):
-        KubernetesSecretSource.from_config(config)
+        KubernetesSecretSource.from_settings(KubernetesSecretSourceSettings.resolve(config))
 
 
 def test_from_config_takes_namespace_from_setting_or_kubeconfig_context(
@@ -378,16 +380,20 @@ def test_from_config_takes_namespace_from_setting_or_kubeconfig_context(
         "KUBECONFIG": str(kube_api.kubeconfig_path),
         "TOKENSIDECAR_KEY": "hf",
     }
-    from_context = KubernetesSecretSource.from_config(resolve(sidecar_settings(), {}, environ))
+    from_context = KubernetesSecretSource.from_settings(
+        KubernetesSecretSourceSettings.resolve(resolve(sidecar_settings(), {}, environ))
+    )
     assert (from_context.namespace, from_context.key) == ("default", "hf")
-    explicit = KubernetesSecretSource.from_config(
-        resolve(sidecar_settings(), {}, {**environ, "TOKENSIDECAR_SECRET_NAMESPACE": "models"})
+    explicit = KubernetesSecretSource.from_settings(
+        KubernetesSecretSourceSettings.resolve(
+            resolve(sidecar_settings(), {}, {**environ, "TOKENSIDECAR_SECRET_NAMESPACE": "models"})
+        )
     )
     assert explicit.ref == "models/hf-token"
     monkeypatch.setenv("POD_NAMESPACE", "from-downward-api")
-    assert KubernetesSecretSource.from_config(resolve(sidecar_settings(), {}, environ)).namespace == (
-        "from-downward-api"
-    )
+    assert KubernetesSecretSource.from_settings(
+        KubernetesSecretSourceSettings.resolve(resolve(sidecar_settings(), {}, environ))
+    ).namespace == ("from-downward-api")
 
 
 def test_from_config_outside_a_cluster_without_kubeconfig_names_kubeconfig(
@@ -400,7 +406,9 @@ def test_from_config_outside_a_cluster_without_kubeconfig_names_kubeconfig(
         "TOKENSIDECAR_SECRET_NAMESPACE": "default",
     }
     with pytest.raises(ConfigError, match="KUBECONFIG"):
-        KubernetesSecretSource.from_config(resolve(sidecar_settings(), {}, environ))
+        KubernetesSecretSource.from_settings(
+            KubernetesSecretSourceSettings.resolve(resolve(sidecar_settings(), {}, environ))
+        )
 
 
 # -- no leaks --------------------------------------------------------------------------------

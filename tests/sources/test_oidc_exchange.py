@@ -26,11 +26,13 @@ from tokensidecar.backends.hub import (
     exchange_enterprise,
     exchange_id_token,
 )
-from tokensidecar.config import ConfigError, resolve, sidecar_settings
+from tokensidecar.backends.hub_errors import HubUnavailable, TokenRejected
+from tokensidecar.config import ConfigError, resolve
 from tokensidecar.demo.hub import DEFAULT_REPO, HubStandIn, mint_subject_jwt
-from tokensidecar.sidecar.verify import HubUnavailable, TokenRejected
+from tokensidecar.sidecar.settings import sidecar_settings
 from tokensidecar.sources import SourceError, build_source
 from tokensidecar.sources.oidc_exchange import OidcExchangeSource
+from tokensidecar.sources.settings import resolve_source
 from tokensidecar.token import Token
 
 RESOURCE = DEFAULT_REPO  # a repository resource: an hf_jwt_ token that can write to it
@@ -47,7 +49,7 @@ def _source(hub: HubStandIn, subject_file: Path, *, resource: str = RESOURCE) ->
             "TOKENSIDECAR_OIDC_TOKEN_FILE": str(subject_file),
         },
     )
-    source = build_source(config)
+    source = build_source(resolve_source(config))
     assert isinstance(source, OidcExchangeSource)
     return source
 
@@ -192,17 +194,17 @@ async def test_exchange_during_hub_outage_is_unavailable(hub: HubStandIn, oidc_i
         await exchange_id_token(endpoint=hub.url, subject_token=oidc_issuer.mint(), resource=RESOURCE)
 
 
-async def test_an_exchange_answer_with_an_unusable_lifetime_is_an_outage_not_a_crash(
+async def test_an_exchange_answer_with_an_unusable_lifetime_is_refused_not_a_crash(
     hub: HubStandIn, oidc_issuer: OidcIssuer, tmp_path: Path
 ) -> None:
-    # expires_in of 10^20 s is no lifetime a schedule can use: a clear, retryable SourceError
-    # (asked again later), never a bare ValueError out of the source.
+    # expires_in of 10^20 s is no lifetime a schedule can use: a clear SourceError, as the
+    # rotation job's exchange issuers report it, never a bare ValueError out of the source.
     subject_file = tmp_path / "subject"
     subject_file.write_text(oidc_issuer.mint(expires_in=600))
     hub.exchange_lifetime = 1e20
     with pytest.raises(SourceError, match=r"unusable lifetime: expires_in .* is out of range") as raised:
         await _source(hub, subject_file).fetch()
-    assert raised.value.retryable
+    assert not raised.value.retryable
 
 
 async def test_enterprise_exchange_acts_for_a_member(hub: HubStandIn) -> None:
@@ -335,7 +337,7 @@ async def test_source_reports_a_missing_or_empty_subject_file(hub: HubStandIn, t
 def test_source_settings_are_checked(environ: dict[str, str], message: str) -> None:
     config = resolve(sidecar_settings(), {}, environ={"TOKENSIDECAR_SOURCE": "oidc-exchange", **environ})
     with pytest.raises(ConfigError, match=message):
-        build_source(config)
+        build_source(resolve_source(config))
 
 
 async def test_canary_never_leaks_from_exchange_paths(

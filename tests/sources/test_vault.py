@@ -14,9 +14,11 @@ from datetime import UTC, datetime
 import pytest
 
 from tokensidecar import logs
-from tokensidecar.config import ConfigError, resolve, sidecar_settings
+from tokensidecar.config import ConfigError, resolve
 from tokensidecar.demo.openbao import DevServer
+from tokensidecar.sidecar.settings import sidecar_settings
 from tokensidecar.sources import SourceError, build_source
+from tokensidecar.sources.settings import resolve_source
 from tokensidecar.sources.vault import VaultSource
 
 
@@ -38,7 +40,7 @@ async def open_source(openbao: DevServer) -> AsyncIterator[Callable[..., VaultSo
             "TOKENSIDECAR_VERIFY": "none",
             **env,
         }
-        source = build_source(resolve(sidecar_settings(), {}, environ=settings))
+        source = build_source(resolve_source(resolve(sidecar_settings(), {}, environ=settings)))
         assert isinstance(source, VaultSource)
         opened.append(source)
         return source
@@ -317,7 +319,11 @@ async def test_unparseable_expires_at_is_ignored_with_a_warning(
 )
 def test_bad_config_names_the_setting(env: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
-        build_source(resolve(sidecar_settings(), {}, environ={"TOKENSIDECAR_VAULT_AUTH": "token", **env}))
+        build_source(
+            resolve_source(
+                resolve(sidecar_settings(), {}, environ={"TOKENSIDECAR_VAULT_AUTH": "token", **env})
+            )
+        )
 
 
 async def test_canary_token_never_leaks_from_the_vault_source(

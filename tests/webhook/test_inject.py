@@ -656,7 +656,8 @@ def sidecar_environment(pod: dict[str, Any], name: str = "tokensidecar") -> dict
 )
 def test_injected_environment_is_a_valid_sidecar_configuration(annotations: dict[str, str]) -> None:
     """Every variable the webhook sets is a sidecar setting, and the sidecar accepts its value."""
-    from tokensidecar.config import resolve, sidecar_settings
+    from tokensidecar.config import resolve
+    from tokensidecar.sidecar.settings import sidecar_settings
 
     settings = sidecar_settings()
     known = {setting.env for setting in settings} | {"PYTHONDONTWRITEBYTECODE"}
@@ -672,10 +673,10 @@ def test_injected_environment_is_a_valid_sidecar_configuration(annotations: dict
             environ = sidecar_environment(pod, name)
             assert set(environ) <= known, set(environ) - known
             config = resolve(settings, {}, environ)
-            assert config.token_file == TOKEN_PATH
-            assert config.listen == ("0.0.0.0", 8099)
-            assert config.source == annotations.get("tokensidecar.io/source", "vault")
-            assert config.hf_endpoint == "http://hub.local:8080"
+            assert config.values["token_file"] == TOKEN_PATH
+            assert config.values["listen"] == ("0.0.0.0", 8099)
+            assert config.values["source"] == annotations.get("tokensidecar.io/source", "vault")
+            assert config.values["hf_endpoint"] == "http://hub.local:8080"
 
 
 def test_a_container_whose_name_is_not_a_string_does_not_break_injection() -> None:

@@ -52,14 +52,13 @@ import httpx2
 from huggingface_hub import get_session
 from huggingface_hub.utils import build_hf_headers  # type: ignore[attr-defined]  # public, lazily exported
 
+from tokensidecar.backends.hub_errors import HubMisconfigured, HubUnavailable, TokenRejected
 from tokensidecar.backends.hub_scope import TokenScope, judge, scope_from_whoami
-from tokensidecar.config import ConfigError
 from tokensidecar.redact import fingerprint, redact, remember
-from tokensidecar.sidecar.verify import HubMisconfigured, HubUnavailable, TokenRejected
-from tokensidecar.token import InvalidTime, parse_lifetime, parse_time
+from tokensidecar.token import parse_lifetime, parse_time
 
 if TYPE_CHECKING:
-    from tokensidecar.config import Config
+    from tokensidecar.backends.settings import HubSettings, VerifySettings
     from tokensidecar.token import Token
 
 __all__ = [
@@ -201,16 +200,10 @@ def _exchange_answer(response: httpx2.Response) -> ExchangedToken:
     if not isinstance(value, str) or not value:
         raise HubUnavailable("token exchange answer has no access_token")
     remember(value)
-    try:
-        expires_in = parse_lifetime(body.get("expires_in"))
-    except InvalidTime as invalid:
-        # A lifetime nobody can schedule by (1e400, a century and more) is a malformed
-        # answer, like one that is not JSON: the Hub is asked again later.
-        raise HubUnavailable(f"token exchange answer has an unusable lifetime: {invalid}") from None
     scope = body.get("scope")
     return ExchangedToken(
         value=value,
-        expires_in=expires_in,
+        expires_in=parse_lifetime(body.get("expires_in")),  # InvalidTime (ValueError) when out of range
         token_type=str(body.get("token_type") or "bearer"),
         scope=tuple(scope.split()) if isinstance(scope, str) else None,
     )
@@ -446,15 +439,9 @@ class HubVerifier:
         self.timeout = request_timeout
 
     @classmethod
-    def from_config(cls, config: Config) -> HubVerifier:
-        if config.verify in ("repo", "scope"):
-            model_id = config.require("model_id", when=f"--verify={config.verify}")
-            if str(model_id).count("/") != 1 or any(not part for part in str(model_id).split("/")):
-                raise ConfigError("TOKENSIDECAR_MODEL_ID", f"{model_id!r} is not a repository id (org/name)")
-        endpoint = str(config.hf_endpoint or "").strip()
-        if not endpoint.startswith(("http://", "https://")):
-            raise ConfigError("HF_ENDPOINT", f"{endpoint!r} is not an http(s) URL")
-        return cls(endpoint=endpoint, mode=config.verify, model_id=config.model_id)
+    def from_settings(cls, settings: VerifySettings, *, hub: HubSettings) -> HubVerifier:
+        """A verifier for resolved ``settings`` (their mode is not ``none``), at ``hub``."""
+        return cls(endpoint=hub.endpoint, mode=settings.mode, model_id=settings.model_id)
 
     async def verify(self, token: Token) -> Token:
         started = time.monotonic()

@@ -31,17 +31,18 @@ from collections.abc import AsyncGenerator, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tokensidecar.config import ConfigError
 from tokensidecar.redact import redact
 
 if TYPE_CHECKING:
-    from kubernetes.client import AdmissionregistrationV1Api, ApiClient, CoreV1Api
+    from kubernetes.client import AdmissionregistrationV1Api, ApiClient, Configuration, CoreV1Api
 
 __all__ = [
     "NAMESPACE_FILE",
     "REQUEST_TIMEOUT",
+    "KubeconfigUnusable",
     "admissionregistration_v1",
     "api_client",
+    "client_configuration",
     "core_v1",
     "describe_error",
     "pod_namespace",
@@ -58,11 +59,20 @@ NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 REQUEST_TIMEOUT = (5.0, 10.0)
 
 
-def api_client(*, kubeconfig: str | None) -> ApiClient:
-    """An ``ApiClient`` for ``kubeconfig`` (a path, or a ``:``-separated list like
-    ``KUBECONFIG``), or for the pod's in-cluster service account when it is None.
+class KubeconfigUnusable(Exception):
+    """Neither ``KUBECONFIG`` nor the in-cluster service account leads to an API server.
 
-    Raises :class:`ConfigError` naming ``KUBECONFIG`` when neither works.
+    The message says what is wrong with it; the settings resolver
+    (:class:`tokensidecar.backends.settings.KubernetesSettings`) reports it as a
+    configuration error naming ``KUBECONFIG``.
+    """
+
+
+def client_configuration(*, kubeconfig: str | None) -> Configuration:
+    """The client ``Configuration`` for ``kubeconfig`` (a path, or a ``:``-separated list
+    like ``KUBECONFIG``), or for the pod's in-cluster service account when it is None.
+
+    Raises :class:`KubeconfigUnusable` when neither works.
     """
     from kubernetes import client, config
     from kubernetes.config.config_exception import ConfigException
@@ -71,20 +81,29 @@ def api_client(*, kubeconfig: str | None) -> ApiClient:
     if kubeconfig:
         missing = [path for path in kubeconfig.split(os.pathsep) if path and not Path(path).is_file()]
         if missing:
-            raise ConfigError("KUBECONFIG", f"{missing[0]} does not exist or is not a file")
+            raise KubeconfigUnusable(f"{missing[0]} does not exist or is not a file")
         try:
             config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)  # type: ignore[no-untyped-call]
         except (ConfigException, OSError, ValueError, TypeError, KeyError) as exc:
-            raise ConfigError("KUBECONFIG", f"cannot use {kubeconfig}: {redact(str(exc))}") from None
+            raise KubeconfigUnusable(f"cannot use {kubeconfig}: {redact(str(exc))}") from None
     else:
         try:
             config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
         except ConfigException as exc:
-            raise ConfigError(
-                "KUBECONFIG",
+            raise KubeconfigUnusable(
                 f"not set, and not running in a cluster ({redact(str(exc))}); "
                 "set KUBECONFIG to run outside Kubernetes",
             ) from None
+    return configuration
+
+
+def api_client(*, kubeconfig: str | None = None, configuration: Configuration | None = None) -> ApiClient:
+    """An ``ApiClient`` for a resolved ``configuration``, else for ``kubeconfig`` as
+    :func:`client_configuration` finds it (raises :class:`KubeconfigUnusable`)."""
+    from kubernetes import client
+
+    if configuration is None:
+        configuration = client_configuration(kubeconfig=kubeconfig)
     return client.ApiClient(configuration)
 
 

@@ -48,7 +48,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import pathlib
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -58,14 +57,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from tokensidecar.backends.credential_file import CredentialUnavailable, read_credential
 from tokensidecar.backends.errors import UpstreamError, UpstreamRefused, UpstreamUnavailable
 from tokensidecar.backoff import Backoff
-from tokensidecar.config import ConfigError
 from tokensidecar.redact import redact, remember, safe_error
 from tokensidecar.token import parse_time
 
 if TYPE_CHECKING:
     import hvac
 
-    from tokensidecar.config import Config
+    from tokensidecar.backends.settings import VaultSettings
 
 __all__ = [
     "METADATA_EXPIRES_AT",
@@ -282,48 +280,14 @@ class VaultSession:
     # -- construction -------------------------------------------------------------------
 
     @classmethod
-    def from_config(cls, config: Config) -> VaultSession:
-        """Check the VAULT_SETTINGS of ``config`` and build a session (raises ConfigError)."""
-        addr = config.require("vault_addr", when="Vault is used")
-        if not str(addr).startswith(("http://", "https://")):
-            raise ConfigError("VAULT_ADDR", f"{addr!r} is not an http:// or https:// URL")
-        method = config.vault_auth
-        mount = (config.vault_auth_mount or method).strip("/")
-        when = f"--vault-auth={method}"
-        if method in ("kubernetes", "jwt"):
-            login = VaultLogin(
-                method=method,
-                mount=mount,
-                role=config.require("vault_role", when=when),
-                jwt_file=config.require("vault_jwt_file", when=when),
-            )
-        elif method == "approle":
-            login = VaultLogin(
-                method=method,
-                mount=mount,
-                role_id_file=config.require("vault_role_id_file", when=when),
-                secret_id_file=config.vault_secret_id_file or None,
-            )
-        elif method == "token":
-            token = config.vault_token or None
-            if not token and not config.vault_token_file:
-                raise ConfigError("", f"VAULT_TOKEN or TOKENSIDECAR_VAULT_TOKEN_FILE is required when {when}")
-            remember(token)
-            login = VaultLogin(method=method, mount=mount, token=token, token_file=config.vault_token_file)
-        else:  # the Setting's choices make this unreachable from the CLI
-            raise ConfigError("TOKENSIDECAR_VAULT_AUTH", f"unknown auth method {method!r}")
-        verify: bool | str = not config.vault_skip_verify
-        if config.vault_cacert:
-            if not pathlib.Path(config.vault_cacert).is_file():
-                raise ConfigError("VAULT_CACERT", f"{config.vault_cacert} is not a readable file")
-            verify = config.vault_cacert
+    def from_settings(cls, settings: VaultSettings) -> VaultSession:
+        """A session for resolved ``settings`` (:class:`~tokensidecar.backends.settings.VaultSettings`)."""
         return cls(
-            addr=addr,
-            login=login,
-            namespace=config.vault_namespace or None,
-            verify=verify,
-            # The rotation job has no TOKENSIDECAR_MAX_BACKOFF; it runs once and exits.
-            max_backoff=float(getattr(config, "max_backoff", None) or MAX_BACKOFF),
+            addr=settings.addr,
+            login=settings.login,
+            namespace=settings.namespace,
+            verify=settings.tls_verify,
+            max_backoff=settings.max_backoff,
         )
 
     # -- public API ---------------------------------------------------------------------

@@ -44,6 +44,7 @@ from typing import Any, TextIO
 
 from tokensidecar.config import Config
 from tokensidecar.demo.harness import free_port, rotate_repeatedly, stop_process, wait_until
+from tokensidecar.demo.settings import DemoSettings
 from tokensidecar.redact import fingerprint
 
 __all__ = ["main"]
@@ -87,19 +88,18 @@ class _Sidecar:
 
 
 class Demo:
-    def __init__(self, *, config: Config, out: TextIO = sys.stdout) -> None:
-        self.config = config
+    def __init__(self, *, settings: DemoSettings, out: TextIO = sys.stdout) -> None:
+        self.settings = settings
         self.out = out
-        self.rotations_wanted = config.rotations
-        flow = getattr(config, "demo_flow", None) or "both"
-        self.flows: tuple[str, ...] = ("sidecar", "gateway") if flow == "both" else (flow,)
+        self.rotations_wanted = settings.rotations
+        self.flows: tuple[str, ...] = settings.flows
         # --forever keeps the last flow rotating; an earlier one does --rotations.
-        self.forever = bool(config.forever) and self.flows == ("sidecar",)
-        self.gateway_forever = bool(config.forever) and "gateway" in self.flows
+        self.forever = settings.forever and self.flows == ("sidecar",)
+        self.gateway_forever = settings.forever and "gateway" in self.flows
         self.total_steps = 2 + sum(FLOW_STEPS[name] for name in self.flows) + 1
         self._step = 0
         self.gateway: Any = None  # the GatewayOutcome once the gateway flow ran
-        self.pause = float(config.demo_interval)
+        self.pause = settings.interval
         self.results: list[dict[str, Any]] = []
         self.summary: dict[str, Any] = {}
 
@@ -133,8 +133,8 @@ class Demo:
         return 0 if ok else 1
 
     def _workdir(self, cleanup: contextlib.ExitStack) -> Path:
-        if self.config.demo_dir:
-            workdir = Path(self.config.demo_dir)
+        if self.settings.directory:
+            workdir = Path(self.settings.directory)
             workdir.mkdir(parents=True, exist_ok=True)
             return workdir
         # A memory-backed directory when there is one, like the pod's emptyDir{medium: Memory}.
@@ -525,4 +525,4 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 def main(config: Config) -> int:
     with _sigterm_as_interrupt():
-        return Demo(config=config).run()
+        return Demo(settings=DemoSettings.resolve(config)).run()

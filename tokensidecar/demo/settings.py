@@ -1,10 +1,13 @@
-"""Settings of ``tokensidecar demo`` (light: imported for ``--help``)."""
+"""Settings of ``tokensidecar demo`` (light: imported for ``--help``), and the frozen
+:class:`DemoSettings` the demo takes once they are resolved."""
 
 from __future__ import annotations
 
-from tokensidecar.config import COMMON_SETTINGS, Setting, parse_bool, register
+from dataclasses import dataclass
 
-__all__ = ["SETTINGS"]
+from tokensidecar.config import COMMON_SETTINGS, Config, Setting, parse_bool, register
+
+__all__ = ["SETTINGS", "DemoSettings"]
 
 
 def _positive_int(text: str) -> int:
@@ -63,3 +66,30 @@ DEMO_SETTINGS = register(
 )
 
 SETTINGS = (*COMMON_SETTINGS, *DEMO_SETTINGS)
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """What the demo runs, how often and where."""
+
+    #: ``TOKENSIDECAR_DEMO_FLOW``: the flows to run, in order.
+    flows: tuple[str, ...] = ("sidecar", "gateway")
+    #: ``TOKENSIDECAR_DEMO_ROTATIONS``: rotations per flow.
+    rotations: int = 3
+    #: ``TOKENSIDECAR_DEMO_FOREVER``: keep the last flow rotating until interrupted.
+    forever: bool = False
+    #: ``TOKENSIDECAR_DEMO_INTERVAL``: seconds between rotations.
+    interval: float = 1.0
+    #: ``TOKENSIDECAR_DEMO_DIR``: the working directory, or None for a fresh temporary one.
+    directory: str | None = None
+
+    @classmethod
+    def resolve(cls, config: Config) -> DemoSettings:
+        flow = config.optional("demo_flow", str) or "both"
+        return cls(
+            flows=("sidecar", "gateway") if flow == "both" else (flow,),
+            rotations=config.get("rotations", int),
+            forever=config.get("forever", bool),
+            interval=float(config.get("demo_interval", float)),
+            directory=config.optional("demo_dir", str),
+        )

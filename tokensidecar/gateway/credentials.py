@@ -59,12 +59,15 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-from tokensidecar.config import Config, ConfigError, Setting, resolve, sidecar_settings
+from tokensidecar.backends.settings import VerifySettings
+from tokensidecar.config import Config, ConfigError, Setting, resolve
 from tokensidecar.sidecar.metrics import SidecarMetrics
 from tokensidecar.sidecar.publish import Publisher
 from tokensidecar.sidecar.refresh import Refresher
+from tokensidecar.sidecar.settings import sidecar_settings
 from tokensidecar.sidecar.verify import Verifier, build_verifier
 from tokensidecar.sources import Source, build_source
+from tokensidecar.sources.settings import resolve_source
 from tokensidecar.token import Token, validate
 
 __all__ = [
@@ -264,8 +267,9 @@ class CredentialStore:
         values["hf_endpoint"] = upstream
         config = Config(values=values, explicit=config.explicit)
         try:
-            source = build_source(config)
-            verifier = build_verifier(config)
+            max_backoff = config.get("max_backoff", float)
+            source = build_source(resolve_source(config, max_backoff=max_backoff))
+            verifier = build_verifier(VerifySettings.resolve(config))
         except ConfigError as exc:
             raise _translate(exc, name=name) from None
         metrics = SidecarMetrics(source=source.kind)
@@ -275,9 +279,9 @@ class CredentialStore:
             publisher=publisher,
             metrics=metrics,
             verifier=verifier,
-            refresh_interval=config.refresh_interval,
-            max_backoff=config.max_backoff,
-            on_hub_outage=config.verify_on_hub_outage,
+            refresh_interval=config.get("refresh_interval", float),
+            max_backoff=max_backoff,
+            on_hub_outage=config.get("verify_on_hub_outage", str),
         )
         return Credential(
             name=name,

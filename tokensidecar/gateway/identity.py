@@ -53,6 +53,7 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from tokensidecar.backends import kube
+from tokensidecar.backends.settings import KubernetesSettings
 from tokensidecar.redact import redact
 from tokensidecar.token import jwt_exp
 
@@ -204,10 +205,10 @@ class TokenReviewer:
         cache_size: int = 10_000,
         registry: CollectorRegistry | None = None,
     ) -> TokenReviewer:
-        """In-cluster config, or ``KUBECONFIG`` (raises ConfigError naming it)."""
+        """In-cluster config, or ``KUBECONFIG`` (a ConfigError naming it when neither works)."""
         return cls(
             audience=audience,
-            kube=kube.api_client(kubeconfig=kubeconfig),
+            kube=kube.api_client(configuration=KubernetesSettings.for_kubeconfig(kubeconfig).configuration),
             cache_size=cache_size,
             registry=registry,
         )

@@ -33,6 +33,7 @@ from tokensidecar.gateway.cache import BlobStore, FillFailed, read_fill
 from tokensidecar.gateway.identity import Identity
 from tokensidecar.gateway.metadata import Metadata, is_commit
 from tokensidecar.gateway.metrics import GatewayMetrics
+from tokensidecar.gateway.settings import GatewaySettings
 from tokensidecar.gateway.upstream import Answer, FileMeta, Upstream, UpstreamUnavailable
 from tokensidecar.metrics import CONTENT_TYPE_LATEST, exposition
 from tokensidecar.redact import safe_error
@@ -486,22 +487,22 @@ async def _sendfile(
 SHUTDOWN_GRACE_SECONDS = 10.0
 
 
-def _build(config: Config) -> tuple[Gateway, Any, Any, CertificateReloader | None]:
-    """Every part, checked before anything starts (ConfigError names the setting)."""
+def _build(
+    settings: GatewaySettings, *, config: Config
+) -> tuple[Gateway, Any, Any, CertificateReloader | None]:
+    """Every part, checked before anything starts (ConfigError names the setting). ``config``
+    holds the sidecar's source settings: the credential ``default`` without a credentials file."""
     from tokensidecar.gateway.authz import Gatekeeper as RealGatekeeper
     from tokensidecar.gateway.credentials import CredentialStore
     from tokensidecar.gateway.identity import TokenReviewer
     from tokensidecar.gateway.policy import PolicyError, PolicyFile
 
-    policy_path = config.require("gateway_policy", when="running the gateway")
-    if bool(config.tls_cert_file) != bool(config.tls_key_file):
-        raise ConfigError("TOKENSIDECAR_TLS_KEY_FILE", "--tls-cert-file and --tls-key-file go together")
     tls = (
-        CertificateReloader(cert_file=config.tls_cert_file, key_file=config.tls_key_file)
-        if config.tls_cert_file
+        CertificateReloader(cert_file=settings.tls_cert_file, key_file=settings.tls_key_file)
+        if settings.tls_cert_file and settings.tls_key_file
         else None
     )
-    cache_dir = Path(config.gateway_cache_dir)
+    cache_dir = Path(settings.cache_dir)
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -509,21 +510,23 @@ def _build(config: Config) -> tuple[Gateway, Any, Any, CertificateReloader | Non
             "TOKENSIDECAR_GATEWAY_CACHE_DIR", f"cannot create {cache_dir}: {exc.strerror}"
         ) from None
     metrics = GatewayMetrics()
-    upstream_url = config.gateway_upstream
-    if config.gateway_credentials:
+    upstream_url = settings.upstream
+    if settings.credentials_file:
         credentials = CredentialStore.from_file(
-            Path(config.gateway_credentials), upstream=upstream_url, registry=metrics.registry
+            Path(settings.credentials_file), upstream=upstream_url, registry=metrics.registry
         )
     else:
         credentials = CredentialStore.from_sidecar_config(
             config, upstream=upstream_url, registry=metrics.registry
         )
     try:
-        policy = PolicyFile(Path(policy_path), credentials=credentials.names(), registry=metrics.registry)
+        policy = PolicyFile(
+            Path(settings.policy_file), credentials=credentials.names(), registry=metrics.registry
+        )
     except PolicyError as exc:
         raise ConfigError("TOKENSIDECAR_GATEWAY_POLICY", str(exc)) from None
     reviewer = TokenReviewer.from_kubeconfig(
-        audience=config.gateway_audience, kubeconfig=config.kubeconfig, registry=metrics.registry
+        audience=settings.audience, kubeconfig=settings.kubeconfig, registry=metrics.registry
     )
     upstream = Upstream(base_url=upstream_url, metrics=metrics)
 
@@ -538,10 +541,10 @@ def _build(config: Config) -> tuple[Gateway, Any, Any, CertificateReloader | Non
         metadata=Metadata(
             directory=cache_dir,
             upstream=upstream,
-            revision_ttl=config.gateway_revision_ttl,
-            stale_if_error=config.gateway_stale_if_error,
+            revision_ttl=settings.revision_ttl,
+            stale_if_error=settings.stale_if_error,
         ),
-        blobs=BlobStore(directory=cache_dir, max_bytes=config.gateway_cache_size, metrics=metrics),
+        blobs=BlobStore(directory=cache_dir, max_bytes=settings.cache_size, metrics=metrics),
         gatekeeper=RealGatekeeper(reviewer=reviewer, policy=policy, registry=metrics.registry),
         credentials=credentials,
         metrics=metrics,
@@ -553,7 +556,8 @@ def _build(config: Config) -> tuple[Gateway, Any, Any, CertificateReloader | Non
 
 async def serve(config: Config, *, ready: asyncio.Future[int] | None = None) -> int:
     """Run until SIGTERM/SIGINT. ``ready`` (tests) receives the bound port once serving."""
-    gateway, credentials, (policy, reviewer), tls = _build(config)
+    settings = GatewaySettings.resolve(config)
+    gateway, credentials, (policy, reviewer), tls = _build(settings, config=config)
     tasks: list[asyncio.Task[None]] = []
     runner = web.AppRunner(
         build_app(gateway), access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE_SECONDS
@@ -564,7 +568,7 @@ async def serve(config: Config, *, ready: asyncio.Future[int] | None = None) -> 
         tasks.append(asyncio.create_task(policy.watch(), name="policy-watch"))
         if tls is not None:
             tasks.append(asyncio.create_task(tls.watch(), name="certificate-reloader"))
-        host, port = config.gateway_listen
+        host, port = settings.listen
         bound = await listen(runner, host=host, port=port, ssl_context=tls.context if tls else None)
         log.info(
             "gateway listening",
@@ -572,9 +576,9 @@ async def serve(config: Config, *, ready: asyncio.Future[int] | None = None) -> 
                 "version": __version__,
                 "listen": f"{host}:{bound}",
                 "port": bound,
-                "upstream": config.gateway_upstream,
+                "upstream": settings.upstream,
                 "tls": tls is not None,
-                "cache_dir": config.gateway_cache_dir,
+                "cache_dir": settings.cache_dir,
                 "cache_bytes": gateway.blobs.used_bytes,
             },
         )

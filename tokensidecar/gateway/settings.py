@@ -12,22 +12,23 @@ This module stays light (no aiohttp): the CLI imports it for ``--help``.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
+from tokensidecar.backends.settings import HUB_SETTINGS, KUBERNETES_SETTINGS, VAULT_SETTINGS
 from tokensidecar.config import (
     COMMON_SETTINGS,
-    HUB_SETTINGS,
-    KUBERNETES_SETTINGS,
-    OIDC_SETTINGS,
-    SIDECAR_SETTINGS,
-    VAULT_SETTINGS,
+    Config,
+    ConfigError,
     Setting,
     parse_duration,
     parse_listen,
     register,
 )
+from tokensidecar.sidecar.settings import SIDECAR_SETTINGS
+from tokensidecar.sources.settings import OIDC_SETTINGS
 from tokensidecar.webhook.settings import WEBHOOK_SETTINGS
 
-__all__ = ["GATEWAY_SETTINGS", "SETTINGS", "parse_size"]
+__all__ = ["GATEWAY_SETTINGS", "SETTINGS", "GatewaySettings", "parse_size"]
 
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGTP]i?)?B?", re.IGNORECASE)
 _UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12, "p": 10**15}
@@ -144,3 +145,54 @@ SETTINGS: tuple[Setting, ...] = (
     + KUBERNETES_SETTINGS
     + OIDC_SETTINGS
 )
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    """The gateway's own settings, resolved and checked. Its upstream credentials are
+    resolved apart (:class:`tokensidecar.gateway.credentials.CredentialStore`): from the
+    credentials file, or from the sidecar's source settings for the one named ``default``."""
+
+    #: ``TOKENSIDECAR_GATEWAY_LISTEN``: (host, port).
+    listen: tuple[str, int]
+    #: ``TOKENSIDECAR_GATEWAY_UPSTREAM``: the Hub the gateway fetches from.
+    upstream: str
+    #: ``TOKENSIDECAR_GATEWAY_CREDENTIALS``: the credentials file, or None for ``default``.
+    credentials_file: str | None
+    #: ``TOKENSIDECAR_GATEWAY_POLICY``: who may read what.
+    policy_file: str
+    #: ``TOKENSIDECAR_GATEWAY_AUDIENCE``: the audience of workload tokens.
+    audience: str
+    #: ``TOKENSIDECAR_GATEWAY_CACHE_DIR`` and ``…_CACHE_SIZE`` (bytes).
+    cache_dir: str
+    cache_size: int
+    #: ``TOKENSIDECAR_GATEWAY_REVISION_TTL`` and ``…_STALE_IF_ERROR``, seconds.
+    revision_ttl: float
+    stale_if_error: float
+    #: ``TOKENSIDECAR_TLS_CERT_FILE`` and ``…_KEY_FILE``, both or neither.
+    tls_cert_file: str | None
+    tls_key_file: str | None
+    #: ``KUBECONFIG`` (TokenReview), or None for in-cluster config.
+    kubeconfig: str | None
+
+    @classmethod
+    def resolve(cls, config: Config) -> GatewaySettings:
+        policy_file = config.require("gateway_policy", when="running the gateway")
+        cert_file = config.optional("tls_cert_file", str)
+        key_file = config.optional("tls_key_file", str)
+        if bool(cert_file) != bool(key_file):
+            raise ConfigError("TOKENSIDECAR_TLS_KEY_FILE", "--tls-cert-file and --tls-key-file go together")
+        return cls(
+            listen=config.address("gateway_listen"),
+            upstream=config.get("gateway_upstream", str),
+            credentials_file=config.optional("gateway_credentials", str),
+            policy_file=policy_file,
+            audience=config.get("gateway_audience", str),
+            cache_dir=config.get("gateway_cache_dir", str),
+            cache_size=config.get("gateway_cache_size", int),
+            revision_ttl=config.get("gateway_revision_ttl", float),
+            stale_if_error=config.get("gateway_stale_if_error", float),
+            tls_cert_file=cert_file,
+            tls_key_file=key_file,
+            kubeconfig=config.optional("kubeconfig", str),
+        )

@@ -34,14 +34,19 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from tokensidecar.config import ConfigError
 from tokensidecar.redact import remember, safe_error
+from tokensidecar.rotate.settings import (
+    CommandIssuerSettings,
+    EnterpriseExchangeIssuerSettings,
+    IssuerSettings,
+    VaultIssuerSettings,
+)
+from tokensidecar.sources.settings import OidcExchangeSettings
 from tokensidecar.token import InvalidTime, Token, parse_lifetime, parse_time, utcnow
 
 if TYPE_CHECKING:
     from tokensidecar.backends.hub import ExchangedToken
     from tokensidecar.backends.vault import KvPath, VaultSession
-    from tokensidecar.config import Config
 
 __all__ = [
     "BASE_ENVIRONMENT",
@@ -158,13 +163,9 @@ class CommandIssuer(Issuer):
         self.mints = mints
 
     @classmethod
-    def from_config(cls, config: Config) -> CommandIssuer:
-        argv: tuple[str, ...] = config.require("issuer_command", when="--issuer=command")
+    def from_settings(cls, settings: CommandIssuerSettings) -> CommandIssuer:
         return cls(
-            argv=argv,
-            timeout=config.issuer_timeout,
-            pass_env=tuple(config.issuer_command_env or ()),
-            mints=bool(config.issuer_command_mints),
+            argv=settings.argv, timeout=settings.timeout, pass_env=settings.pass_env, mints=settings.mints
         )
 
     async def issue(self) -> Token:
@@ -415,7 +416,7 @@ class _HubExchangeIssuer(Issuer):
     async def _exchanged(self, exchange: Awaitable[ExchangedToken]) -> Token:
         """The token ``exchange`` returns; the Hub's refusals and outages as :class:`IssuerError`."""
         from tokensidecar.backends import hub
-        from tokensidecar.sidecar.verify import HubUnavailable
+        from tokensidecar.backends.hub_errors import HubUnavailable
 
         try:
             exchanged = await exchange
@@ -442,12 +443,11 @@ class OidcExchangeIssuer(_HubExchangeIssuer):
         self.subject_token_file = subject_token_file
 
     @classmethod
-    def from_config(cls, config: Config) -> OidcExchangeIssuer:
-        when = "--issuer=oidc-exchange"
+    def from_settings(cls, settings: OidcExchangeSettings) -> OidcExchangeIssuer:
         return cls(
-            endpoint=_hub_endpoint(config),
-            resource=config.require("oidc_resource", when=when),
-            subject_token_file=config.require("oidc_token_file", when=when),
+            endpoint=settings.hub.endpoint,
+            resource=settings.resource,
+            subject_token_file=settings.subject_token_file,
         )
 
     async def issue(self) -> Token:
@@ -485,14 +485,13 @@ class EnterpriseExchangeIssuer(_HubExchangeIssuer):
         self.scope = scope
 
     @classmethod
-    def from_config(cls, config: Config) -> EnterpriseExchangeIssuer:
-        when = "--issuer=enterprise-exchange"
+    def from_settings(cls, settings: EnterpriseExchangeIssuerSettings) -> EnterpriseExchangeIssuer:
         return cls(
-            endpoint=_hub_endpoint(config),
-            client_id_file=config.require("enterprise_client_id_file", when=when),
-            client_secret_file=config.require("enterprise_client_secret_file", when=when),
-            subject=config.require("enterprise_subject", when=when),
-            scope=" ".join(str(config.enterprise_scope or "").split()) or None,
+            endpoint=settings.hub.endpoint,
+            client_id_file=settings.client_id_file,
+            client_secret_file=settings.client_secret_file,
+            subject=settings.subject,
+            scope=settings.scope,
         )
 
     async def issue(self) -> Token:
@@ -526,23 +525,14 @@ class VaultIssuer(Issuer):
         self.kv_version = kv_version
 
     @classmethod
-    def from_config(cls, config: Config) -> VaultIssuer:
-        from tokensidecar.backends.vault import KvPath, VaultSession
+    def from_settings(cls, settings: VaultIssuerSettings) -> VaultIssuer:
+        from tokensidecar.backends.vault import VaultSession
 
-        raw_path = config.require("issuer_vault_path", when="--issuer=vault")
-        try:
-            path = KvPath.parse(raw_path)
-        except ValueError as exc:
-            raise ConfigError("TOKENSIDECAR_ISSUER_VAULT_PATH", str(exc)) from None
-        if config.target == "vault" and config.vault_path and KvPath.parse(config.vault_path) == path:
-            raise ConfigError(
-                "TOKENSIDECAR_ISSUER_VAULT_PATH", "is the same secret as TOKENSIDECAR_VAULT_PATH (the target)"
-            )
         return cls(
-            session=VaultSession.from_config(config),
-            path=path,
-            key=config.issuer_vault_key,
-            kv_version=config.vault_kv_version,
+            session=VaultSession.from_settings(settings.vault),
+            path=settings.path,
+            key=settings.key,
+            kv_version=settings.kv_version,
         )
 
     async def issue(self) -> Token:
@@ -571,28 +561,12 @@ class VaultIssuer(Issuer):
         await self.session.aclose()
 
 
-def _hub_endpoint(config: Config) -> str:
-    endpoint = str(config.hf_endpoint or "").strip().rstrip("/")
-    if not endpoint.startswith(("http://", "https://")):
-        raise ConfigError("HF_ENDPOINT", f"{endpoint!r} is not an http(s) URL")
-    return endpoint
-
-
-_ISSUERS: dict[str, type[CommandIssuer | OidcExchangeIssuer | EnterpriseExchangeIssuer | VaultIssuer]] = {
-    "command": CommandIssuer,
-    "oidc-exchange": OidcExchangeIssuer,
-    "enterprise-exchange": EnterpriseExchangeIssuer,
-    "vault": VaultIssuer,
-}
-
-
-def build_issuer(config: Config) -> Issuer:
-    """Check the chosen issuer's settings and build it (raises ConfigError)."""
-    issuer = config.require("issuer", when="running rotate")
-    if config.requested_lifetime is not None:
-        raise ConfigError(
-            "TOKENSIDECAR_REQUESTED_LIFETIME",
-            "is no longer supported: the Hub documents no lifetime parameter for token exchanges "
-            "(the org OAuth app's token duration decides); unset it",
-        )
-    return _ISSUERS[issuer].from_config(config)
+def build_issuer(settings: IssuerSettings) -> Issuer:
+    """Build the issuer that resolved ``settings`` describe (:mod:`tokensidecar.rotate.settings`)."""
+    if isinstance(settings, CommandIssuerSettings):
+        return CommandIssuer.from_settings(settings)
+    if isinstance(settings, OidcExchangeSettings):
+        return OidcExchangeIssuer.from_settings(settings)
+    if isinstance(settings, EnterpriseExchangeIssuerSettings):
+        return EnterpriseExchangeIssuer.from_settings(settings)
+    return VaultIssuer.from_settings(settings)

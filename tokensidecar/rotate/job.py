@@ -39,12 +39,14 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, TextIO
 
+from tokensidecar.backends.hub_errors import HubUnavailable, TokenRejected
 from tokensidecar.backoff import Backoff
 from tokensidecar.redact import fingerprint, safe_error
 from tokensidecar.rotate.issuers import Issuer, IssuerError, build_issuer
 from tokensidecar.rotate.report import write_metrics_file
+from tokensidecar.rotate.settings import RotationSettings
 from tokensidecar.rotate.targets import StoreConflict, StoredToken, Target, TargetError, build_target
-from tokensidecar.sidecar.verify import HubUnavailable, TokenRejected, build_verifier
+from tokensidecar.sidecar.verify import build_verifier
 from tokensidecar.token import InvalidToken, Token, format_time, jwt_expiry, utcnow, validate
 
 if TYPE_CHECKING:
@@ -769,23 +771,12 @@ def _report_revocation_failure(run: _Run, *, retired: _Retired, error: BaseExcep
     )
 
 
-def rotation_verifier(config: Config) -> Verifier | None:
-    """The sidecar's Hub verifier, with ``repo`` access proven when a model is named."""
-    from tokensidecar.config import Config as ConfigType
-
-    if config.verify == "whoami" and config.model_id:
-        config = ConfigType(values={**config.values, "verify": "repo"}, explicit=config.explicit)
-    return build_verifier(config)
-
-
-def rotation_revoker(config: Config) -> Revoke | None:
+def rotation_revoker(endpoint: str | None) -> Revoke | None:
     """Revocation at the Hub, used for stored tokens past ``--revoke-after`` and for tokens
     this run minted and did not store (whatever ``--revoke-after`` says)."""
-    if not config.hf_endpoint:
+    if not endpoint:
         return None
     from tokensidecar.backends import hub
-
-    endpoint: str = config.hf_endpoint
 
     async def revoke(token: str) -> None:
         await hub.revoke(endpoint=endpoint, token=token)
@@ -793,31 +784,30 @@ def rotation_revoker(config: Config) -> Revoke | None:
     return revoke
 
 
-def policy_from_config(config: Config) -> RotationPolicy:
+def policy_from_settings(settings: RotationSettings) -> RotationPolicy:
     return RotationPolicy(
-        min_remaining=config.min_remaining,
-        revoke_after=config.revoke_after,
-        dry_run=bool(config.dry_run),
+        min_remaining=settings.min_remaining,
+        revoke_after=settings.revoke_after,
+        dry_run=settings.dry_run,
         # A Hub outage holds by default here, unlike the sidecar: the stored token is still
         # good and the CronJob runs again, so waiting costs nothing.
-        store_unverified_on_outage=config.is_set("verify_on_hub_outage")
-        and config.verify_on_hub_outage == "publish",
+        store_unverified_on_outage=settings.store_unverified_on_outage,
     )
 
 
-async def _run(config: Config, *, outcome: Outcome, progress: Progress) -> Outcome:
-    issuer = build_issuer(config)
+async def _run(settings: RotationSettings, *, outcome: Outcome, progress: Progress) -> Outcome:
+    issuer = build_issuer(settings.issuer)
     target: Target | None = None
     verifier: Verifier | None = None
     try:
-        target = build_target(config)
-        verifier = rotation_verifier(config)
+        target = build_target(settings.target)
+        verifier = build_verifier(settings.verify)
         return await rotate(
             issuer=issuer,
             target=target,
             verifier=verifier,
-            revoke=rotation_revoker(config),
-            policy=policy_from_config(config),
+            revoke=rotation_revoker(settings.revoke_endpoint),
+            policy=policy_from_settings(settings),
             progress=progress,
             outcome=outcome,
         )
@@ -834,20 +824,21 @@ async def _run(config: Config, *, outcome: Outcome, progress: Progress) -> Outco
 
 def main(config: Config) -> int:
     """``tokensidecar rotate``: one rotation, then exit (0 ok, 1 failed; ConfigError → 2)."""
+    settings = RotationSettings.resolve(config)
     progress = Progress()
-    outcome = Outcome(issuer=config.issuer or "", target=config.target)
+    outcome = Outcome(issuer=settings.issuer.kind, target=settings.target.kind)
     try:
-        asyncio.run(_run(config, outcome=outcome, progress=progress))
+        asyncio.run(_run(settings, outcome=outcome, progress=progress))
     except RotationFailed as exc:
         # One line, whatever the upstream's message looked like (Vault's are multi-line).
         outcome.result, outcome.error = "failed", " ".join(str(exc).split())
     progress.say(outcome.summary())
-    if config.metrics_file:
+    if settings.metrics_file:
         try:
-            write_metrics_file(config.metrics_file, outcome=outcome)
+            write_metrics_file(settings.metrics_file, outcome=outcome)
         except OSError as exc:
             log.warning(
-                "cannot write the metrics file", extra={"path": config.metrics_file, "error": str(exc)}
+                "cannot write the metrics file", extra={"path": settings.metrics_file, "error": str(exc)}
             )
     if outcome.error:
         sys.stderr.write(f"error: {outcome.error}\n")

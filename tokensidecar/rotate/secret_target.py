@@ -31,13 +31,12 @@ from tokensidecar.backends.secret import (
     ROTATED_AT,
     VERSION,
 )
-from tokensidecar.config import ConfigError
 from tokensidecar.redact import fingerprint
 from tokensidecar.rotate.targets import StoreConflict, StoredToken, Target, TargetError, stored_time
 from tokensidecar.token import format_time
 
 if TYPE_CHECKING:
-    from tokensidecar.config import Config
+    from tokensidecar.rotate.settings import SecretTargetSettings
     from tokensidecar.token import Token
 
 log = logging.getLogger(__name__)
@@ -65,8 +64,8 @@ class SecretTarget(Target):
     kind = "kubernetes-secret"
 
     def __init__(self, *, api_client: Any, name: str, namespace: str, key: str) -> None:
-        if key == PREVIOUS_KEY:
-            raise ConfigError("TOKENSIDECAR_KEY", f"{PREVIOUS_KEY!r} is reserved for the previous token")
+        if key == PREVIOUS_KEY:  # SecretTargetSettings refuses it as a setting
+            raise ValueError(f"{PREVIOUS_KEY!r} is reserved for the previous token")
         self.api_client = api_client
         self.name = name
         self.namespace = namespace
@@ -74,20 +73,14 @@ class SecretTarget(Target):
         self.where = f"Secret {namespace}/{name}"
 
     @classmethod
-    def from_config(cls, config: Config) -> SecretTarget:
+    def from_settings(cls, settings: SecretTargetSettings) -> SecretTarget:
         from tokensidecar.backends import kube
 
-        name = config.require("secret_name", when="--target=kubernetes-secret")
-        namespace = config.secret_namespace or kube.pod_namespace(kubeconfig=config.kubeconfig)
-        if not namespace:
-            raise ConfigError(
-                "TOKENSIDECAR_SECRET_NAMESPACE", "not set, and this pod's namespace cannot be found"
-            )
         return cls(
-            api_client=kube.api_client(kubeconfig=config.kubeconfig),
-            name=name,
-            namespace=namespace,
-            key=config.key,
+            api_client=kube.api_client(configuration=settings.kubernetes.configuration),
+            name=settings.name,
+            namespace=settings.namespace,
+            key=settings.key,
         )
 
     def _core(self) -> Any:

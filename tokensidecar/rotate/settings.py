@@ -12,21 +12,47 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass, replace
+from typing import ClassVar
 
-from tokensidecar.config import (
-    COMMON_SETTINGS,
+from tokensidecar.backends.settings import (
     HUB_SETTINGS,
     KUBERNETES_SETTINGS,
-    OIDC_SETTINGS,
     VAULT_SETTINGS,
+    HubSettings,
+    KubernetesSettings,
+    VaultSettings,
+    VerifySettings,
+)
+from tokensidecar.backends.vault import KvPath
+from tokensidecar.config import (
+    COMMON_SETTINGS,
+    Config,
+    ConfigError,
     Setting,
     parse_bool,
     parse_duration,
     parse_positive_duration,
     register,
 )
+from tokensidecar.sources.settings import OIDC_SETTINGS, OidcExchangeSettings, parse_kv_path, secret_namespace
 
-__all__ = ["ISSUERS", "ROTATE_SETTINGS", "SETTINGS", "TARGETS", "parse_argv", "parse_env_names"]
+__all__ = [
+    "ISSUERS",
+    "ROTATE_SETTINGS",
+    "SETTINGS",
+    "TARGETS",
+    "CommandIssuerSettings",
+    "EnterpriseExchangeIssuerSettings",
+    "IssuerSettings",
+    "RotationSettings",
+    "SecretTargetSettings",
+    "TargetSettings",
+    "VaultIssuerSettings",
+    "VaultTargetSettings",
+    "parse_argv",
+    "parse_env_names",
+]
 
 ISSUERS = ("oidc-exchange", "enterprise-exchange", "vault", "command")
 TARGETS = ("kubernetes-secret", "vault")
@@ -202,3 +228,224 @@ ROTATE_SETTINGS = register(
 SETTINGS: tuple[Setting, ...] = (
     COMMON_SETTINGS + ROTATE_SETTINGS + HUB_SETTINGS + VAULT_SETTINGS + KUBERNETES_SETTINGS + OIDC_SETTINGS
 )
+
+
+# -- resolved: what the job's parts take ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CommandIssuerSettings:
+    """``--issuer=command``: a program that prints the token."""
+
+    kind: ClassVar[str] = "command"
+
+    #: ``TOKENSIDECAR_ISSUER_COMMAND``, run without a shell.
+    argv: tuple[str, ...]
+    #: ``TOKENSIDECAR_ISSUER_TIMEOUT``, seconds.
+    timeout: float
+    #: ``TOKENSIDECAR_ISSUER_COMMAND_ENV``: variables (``NAME`` or ``PREFIX*``) it may see.
+    pass_env: tuple[str, ...] = ()
+    #: ``TOKENSIDECAR_ISSUER_COMMAND_MINTS``: its tokens are new (revocable) ones.
+    mints: bool = False
+
+    @classmethod
+    def resolve(cls, config: Config) -> CommandIssuerSettings:
+        argv = config.require("issuer_command", tuple, when="--issuer=command")
+        return cls(
+            argv=tuple(str(arg) for arg in argv),
+            timeout=config.get("issuer_timeout", float),
+            pass_env=tuple(str(name) for name in config.optional("issuer_command_env", tuple) or ()),
+            mints=config.get("issuer_command_mints", bool),
+        )
+
+
+@dataclass(frozen=True)
+class EnterpriseExchangeIssuerSettings:
+    """``--issuer=enterprise-exchange``: the org's OAuth app asks for a member's token."""
+
+    kind: ClassVar[str] = "enterprise-exchange"
+
+    hub: HubSettings
+    #: ``TOKENSIDECAR_ENTERPRISE_CLIENT_ID_FILE`` and ``…_CLIENT_SECRET_FILE``.
+    client_id_file: str
+    client_secret_file: str
+    #: ``TOKENSIDECAR_ENTERPRISE_SUBJECT``: the member's e-mail.
+    subject: str
+    #: ``TOKENSIDECAR_ENTERPRISE_SCOPE``, whitespace normalised; None for the app's scopes.
+    scope: str | None = None
+
+    @classmethod
+    def resolve(cls, config: Config) -> EnterpriseExchangeIssuerSettings:
+        when = "--issuer=enterprise-exchange"
+        hub = HubSettings.resolve(config)
+        return cls(
+            hub=hub,
+            client_id_file=config.require("enterprise_client_id_file", when=when),
+            client_secret_file=config.require("enterprise_client_secret_file", when=when),
+            subject=config.require("enterprise_subject", when=when),
+            scope=" ".join((config.optional("enterprise_scope", str) or "").split()) or None,
+        )
+
+
+@dataclass(frozen=True)
+class VaultIssuerSettings:
+    """``--issuer=vault``: copy the token kept at another KV path."""
+
+    kind: ClassVar[str] = "vault"
+
+    vault: VaultSettings
+    #: ``TOKENSIDECAR_ISSUER_VAULT_PATH``, never the target's path.
+    path: KvPath
+    #: ``TOKENSIDECAR_ISSUER_VAULT_KEY``.
+    key: str
+    #: ``TOKENSIDECAR_VAULT_KV_VERSION``.
+    kv_version: int
+
+    @classmethod
+    def resolve(cls, config: Config) -> VaultIssuerSettings:
+        path = parse_kv_path(
+            config.require("issuer_vault_path", when="--issuer=vault"),
+            setting="TOKENSIDECAR_ISSUER_VAULT_PATH",
+        )
+        target_path = config.optional("vault_path", str)
+        if config.get("target", str) == "vault" and target_path and KvPath.parse(target_path) == path:
+            raise ConfigError(
+                "TOKENSIDECAR_ISSUER_VAULT_PATH", "is the same secret as TOKENSIDECAR_VAULT_PATH (the target)"
+            )
+        return cls(
+            vault=VaultSettings.resolve(config),
+            path=path,
+            key=config.get("issuer_vault_key", str),
+            kv_version=config.get("vault_kv_version", int),
+        )
+
+
+IssuerSettings = (
+    CommandIssuerSettings | OidcExchangeSettings | EnterpriseExchangeIssuerSettings | VaultIssuerSettings
+)
+
+_ISSUERS: dict[str, type[CommandIssuerSettings | EnterpriseExchangeIssuerSettings | VaultIssuerSettings]] = {
+    "command": CommandIssuerSettings,
+    "enterprise-exchange": EnterpriseExchangeIssuerSettings,
+    "vault": VaultIssuerSettings,
+}
+
+
+def resolve_issuer(config: Config) -> IssuerSettings:
+    """The chosen issuer's settings, checked (raises ConfigError)."""
+    issuer = config.require("issuer", when="running rotate")
+    if config.optional("requested_lifetime", float) is not None:
+        raise ConfigError(
+            "TOKENSIDECAR_REQUESTED_LIFETIME",
+            "is no longer supported: the Hub documents no lifetime parameter for token exchanges "
+            "(the org OAuth app's token duration decides); unset it",
+        )
+    if issuer == "oidc-exchange":  # Trusted Publishers, as the sidecar's source does it
+        return OidcExchangeSettings.resolve(config, when="--issuer=oidc-exchange")
+    return _ISSUERS[issuer].resolve(config)
+
+
+@dataclass(frozen=True)
+class SecretTargetSettings:
+    """``--target=kubernetes-secret``: the rotating Secret."""
+
+    kind: ClassVar[str] = "kubernetes-secret"
+
+    #: ``TOKENSIDECAR_SECRET_NAME``.
+    name: str
+    #: ``TOKENSIDECAR_SECRET_NAMESPACE``, else the pod's own.
+    namespace: str
+    #: ``TOKENSIDECAR_KEY``: never ``previous``, which holds the token rotated out.
+    key: str
+    kubernetes: KubernetesSettings
+
+    @classmethod
+    def resolve(cls, config: Config) -> SecretTargetSettings:
+        from tokensidecar.backends.secret import PREVIOUS_KEY
+
+        name = config.require("secret_name", when="--target=kubernetes-secret")
+        namespace = secret_namespace(config, unknown="not set, and this pod's namespace cannot be found")
+        kubernetes = KubernetesSettings.resolve(config)
+        key = config.get("key", str)
+        if key == PREVIOUS_KEY:
+            raise ConfigError("TOKENSIDECAR_KEY", f"{PREVIOUS_KEY!r} is reserved for the previous token")
+        return cls(name=name, namespace=namespace, key=key, kubernetes=kubernetes)
+
+
+@dataclass(frozen=True)
+class VaultTargetSettings:
+    """``--target=vault``: the rotating KV v2 secret."""
+
+    kind: ClassVar[str] = "vault"
+
+    vault: VaultSettings
+    #: ``TOKENSIDECAR_VAULT_PATH``.
+    path: KvPath
+    #: ``TOKENSIDECAR_KEY``.
+    key: str
+
+    @classmethod
+    def resolve(cls, config: Config) -> VaultTargetSettings:
+        path = parse_kv_path(
+            config.require("vault_path", when="--target=vault"), setting="TOKENSIDECAR_VAULT_PATH"
+        )
+        if config.get("vault_kv_version", int) != 2:
+            raise ConfigError(
+                "TOKENSIDECAR_VAULT_KV_VERSION", "--target=vault needs KV v2 (versions and check-and-set)"
+            )
+        return cls(vault=VaultSettings.resolve(config), path=path, key=config.get("key", str))
+
+
+TargetSettings = SecretTargetSettings | VaultTargetSettings
+
+
+@dataclass(frozen=True)
+class RotationSettings:
+    """Everything one run of ``tokensidecar rotate`` needs, resolved and checked."""
+
+    issuer: IssuerSettings
+    target: TargetSettings
+    #: Verification of the fresh token; ``whoami`` with a model named proves ``repo`` access.
+    verify: VerifySettings
+    #: ``HF_ENDPOINT`` for revocation, or None to revoke nothing.
+    revoke_endpoint: str | None
+    #: ``TOKENSIDECAR_MIN_REMAINING`` and ``TOKENSIDECAR_REVOKE_AFTER``, seconds, or None.
+    min_remaining: float | None
+    revoke_after: float | None
+    #: ``TOKENSIDECAR_DRY_RUN``.
+    dry_run: bool
+    #: Store a token the Hub could not judge: only when ``--verify-on-hub-outage=publish``
+    #: is given (the job holds by default, unlike the sidecar).
+    store_unverified_on_outage: bool
+    #: ``TOKENSIDECAR_METRICS_FILE``, or None.
+    metrics_file: str | None
+
+    @classmethod
+    def resolve(cls, config: Config) -> RotationSettings:
+        """Issuer first, then target, then verification (raises ConfigError before anything runs)."""
+        issuer = resolve_issuer(config)
+        target: TargetSettings
+        if config.get("target", str) == "vault":
+            target = VaultTargetSettings.resolve(config)
+        else:
+            target = SecretTargetSettings.resolve(config)
+        return cls(
+            issuer=issuer,
+            target=target,
+            verify=_rotation_verify(config),
+            revoke_endpoint=config.optional("hf_endpoint", str),
+            min_remaining=config.optional("min_remaining", float),
+            revoke_after=config.optional("revoke_after", float),
+            dry_run=config.get("dry_run", bool),
+            store_unverified_on_outage=config.is_set("verify_on_hub_outage")
+            and config.get("verify_on_hub_outage", str) == "publish",
+            metrics_file=config.optional("metrics_file", str),
+        )
+
+
+def _rotation_verify(config: Config) -> VerifySettings:
+    """The sidecar's verification, with ``repo`` access proven when a model is named."""
+    model_id = config.optional("model_id", str)
+    if config.get("verify", str) == "whoami" and model_id:
+        return VerifySettings.resolve(replace(config, values={**config.values, "verify": "repo"}))
+    return VerifySettings.resolve(config)

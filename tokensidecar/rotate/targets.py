@@ -28,7 +28,7 @@ from tokensidecar.redact import fingerprint
 from tokensidecar.token import InvalidTime, parse_time
 
 if TYPE_CHECKING:
-    from tokensidecar.config import Config
+    from tokensidecar.rotate.settings import TargetSettings
     from tokensidecar.token import Token
 
 __all__ = ["StoreConflict", "StoredToken", "Target", "TargetError", "build_target", "stored_time"]
@@ -112,9 +112,9 @@ _MODULES = {
 }
 
 
-def build_target(config: Config) -> Target:
-    """Check the chosen target's settings and build it (raises ConfigError)."""
-    module_name, class_name = _MODULES[config.target]
+def build_target(settings: TargetSettings) -> Target:
+    """Build the target that resolved ``settings`` describe (:mod:`tokensidecar.rotate.settings`)."""
+    module_name, class_name = _MODULES[settings.kind]
     cls = getattr(importlib.import_module(module_name), class_name)
-    target: Target = cls.from_config(config)
+    target: Target = cls.from_settings(settings)
     return target

@@ -29,14 +29,13 @@ from tokensidecar.backends.vault import (
     METADATA_ROTATED_AT,
     UNKNOWN_TIME,
 )
-from tokensidecar.config import ConfigError
 from tokensidecar.redact import fingerprint
 from tokensidecar.rotate.targets import StoreConflict, StoredToken, Target, TargetError, stored_time
 from tokensidecar.token import format_time
 
 if TYPE_CHECKING:
     from tokensidecar.backends.vault import KvPath, KvSecret, VaultSession
-    from tokensidecar.config import Config
+    from tokensidecar.rotate.settings import VaultTargetSettings
     from tokensidecar.token import Token
 
 log = logging.getLogger(__name__)
@@ -60,19 +59,10 @@ class VaultTarget(Target):
         self.where = f"Vault {path}"
 
     @classmethod
-    def from_config(cls, config: Config) -> VaultTarget:
-        from tokensidecar.backends.vault import KvPath, VaultSession
+    def from_settings(cls, settings: VaultTargetSettings) -> VaultTarget:
+        from tokensidecar.backends.vault import VaultSession
 
-        raw_path = config.require("vault_path", when="--target=vault")
-        try:
-            path = KvPath.parse(raw_path)
-        except ValueError as exc:
-            raise ConfigError("TOKENSIDECAR_VAULT_PATH", str(exc)) from None
-        if config.vault_kv_version != 2:
-            raise ConfigError(
-                "TOKENSIDECAR_VAULT_KV_VERSION", "--target=vault needs KV v2 (versions and check-and-set)"
-            )
-        return cls(session=VaultSession.from_config(config), path=path, key=config.key)
+        return cls(session=VaultSession.from_settings(settings.vault), path=settings.path, key=settings.key)
 
     async def _read_version(self, version: int) -> KvSecret | None:
         from tokensidecar.backends.vault import VaultError

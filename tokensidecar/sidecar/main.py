@@ -33,19 +33,18 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from tokensidecar import __version__
-from tokensidecar.config import Config, sidecar_settings
+from tokensidecar.config import Config
 from tokensidecar.sidecar.metrics import SidecarMetrics
 from tokensidecar.sidecar.notify import Notifier
 from tokensidecar.sidecar.publish import Publisher
 from tokensidecar.sidecar.refresh import Refresher, RefreshFailed
+from tokensidecar.sidecar.settings import SidecarSettings
 from tokensidecar.sidecar.verify import Verifier, build_verifier
 from tokensidecar.sources import Source, build_source
 
-__all__ = ["SETTINGS", "Sidecar", "main_once", "main_run"]
+__all__ = ["Sidecar", "main_once", "main_run"]
 
 log = logging.getLogger(__name__)
-
-SETTINGS = sidecar_settings()
 
 T = TypeVar("T")
 
@@ -73,20 +72,25 @@ class Sidecar:
 
     @classmethod
     def from_config(cls, config: Config) -> Sidecar:
-        """Build every part; raises ConfigError before anything starts."""
-        source = build_source(config)
-        verifier = build_verifier(config)
+        """Resolve the settings and build every part; raises ConfigError before anything starts."""
+        return cls.from_settings(SidecarSettings.resolve(config))
+
+    @classmethod
+    def from_settings(cls, settings: SidecarSettings) -> Sidecar:
+        source = build_source(settings.source)
+        verifier = build_verifier(settings.verify)
         metrics = SidecarMetrics(source=source.kind)
-        publisher = Publisher(token_path=config.token_file, mode=config.file_mode)
+        publisher = Publisher(token_path=settings.token_file, mode=settings.file_mode)
+        notify = settings.notify
         refresher = Refresher(
             source=source,
             publisher=publisher,
             metrics=metrics,
             verifier=verifier,
-            notifier=Notifier.from_config(config, metrics=metrics),
-            refresh_interval=config.refresh_interval,
-            max_backoff=config.max_backoff,
-            on_hub_outage=config.verify_on_hub_outage,
+            notifier=None if notify is None else Notifier.from_settings(notify, metrics=metrics),
+            refresh_interval=settings.refresh_interval,
+            max_backoff=settings.max_backoff,
+            on_hub_outage=settings.on_hub_outage,
         )
         return cls(source=source, verifier=verifier, refresher=refresher)
 
@@ -160,10 +164,10 @@ def _bind(host: str, port: int) -> socket.socket:
     return listener
 
 
-async def _run(config: Config, *, executor: DaemonThreadExecutor) -> int:
+async def _run(settings: SidecarSettings, *, executor: DaemonThreadExecutor) -> int:
     loop = asyncio.get_running_loop()
     loop.set_default_executor(executor)
-    sidecar = Sidecar.from_config(config)
+    sidecar = Sidecar.from_settings(settings)
     refresher = sidecar.refresher
     await asyncio.to_thread(refresher.publisher.prepare)
     stop = asyncio.Event()
@@ -178,7 +182,7 @@ async def _run(config: Config, *, executor: DaemonThreadExecutor) -> int:
         loop.add_signal_handler(signum, on_signal)
 
     # Bind the probe port before anything else, so a taken port fails the start at once.
-    host, port = config.listen
+    host, port = settings.listen
     listener = _bind(host, port)
     loop_task = asyncio.create_task(refresher.run(), name="refresh-loop")
     stop_task = asyncio.create_task(stop.wait())
@@ -202,10 +206,10 @@ async def _run(config: Config, *, executor: DaemonThreadExecutor) -> int:
         "tokensidecar started",
         extra={
             "version": __version__,
-            "source": config.source,
-            "token_file": str(config.token_file),
+            "source": settings.source.kind,
+            "token_file": settings.token_file,
             "listen": f"{host}:{bound}",
-            "verify": config.verify,
+            "verify": settings.verify.mode,
         },
     )
     try:
@@ -244,8 +248,8 @@ async def _shutdown(loop_task: asyncio.Task[None], *, sidecar: Sidecar, runner: 
         await asyncio.wait_for(runner.cleanup(), timeout=max(left(HTTP_STOP_SECONDS), 0.1))
 
 
-async def _once(config: Config) -> int:
-    sidecar = Sidecar.from_config(config)
+async def _once(settings: SidecarSettings) -> int:
+    sidecar = Sidecar.from_settings(settings)
     try:
         await asyncio.to_thread(sidecar.refresher.publisher.prepare)
         token = await sidecar.refresher.fetch_and_publish()
@@ -256,14 +260,15 @@ async def _once(config: Config) -> int:
         await sidecar.aclose()
     log.info(
         "token published",
-        extra={"fingerprint": token.fingerprint, "token_file": str(config.token_file)},
+        extra={"fingerprint": token.fingerprint, "token_file": settings.token_file},
     )
     return 0
 
 
 def main_run(config: Config) -> int:
+    settings = SidecarSettings.resolve(config)
     executor = DaemonThreadExecutor()
-    code = asyncio.run(_run(config, executor=executor))
+    code = asyncio.run(_run(settings, executor=executor))
     if executor.busy:
         # Calls abandoned at shutdown are still stuck upstream: leave without finalizing
         # the interpreter under them (see the module docstring).
@@ -276,4 +281,4 @@ def main_run(config: Config) -> int:
 
 
 def main_once(config: Config) -> int:
-    return asyncio.run(_once(config))
+    return asyncio.run(_once(SidecarSettings.resolve(config)))

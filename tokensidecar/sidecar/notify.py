@@ -15,11 +15,11 @@ import signal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tokensidecar.config import Config, ConfigError
 from tokensidecar.redact import safe_error
 
 if TYPE_CHECKING:
     from tokensidecar.sidecar.metrics import SidecarMetrics
+    from tokensidecar.sidecar.settings import NotifySettings
 
 __all__ = ["Notifier", "find_processes"]
 
@@ -60,27 +60,13 @@ class Notifier:
         self.url = url
 
     @classmethod
-    def from_config(cls, config: Config, *, metrics: SidecarMetrics) -> Notifier | None:
-        signal_number = None
-        if config.notify_signal:
-            name = config.notify_signal.upper()
-            name = name if name.startswith("SIG") else "SIG" + name
-            try:
-                signal_number = int(signal.Signals[name])
-            except KeyError:
-                raise ConfigError(
-                    "TOKENSIDECAR_NOTIFY_SIGNAL", f"{config.notify_signal!r} is not a signal name"
-                ) from None
-            if not config.notify_process:
-                raise ConfigError(
-                    "", "TOKENSIDECAR_NOTIFY_PROCESS is required when TOKENSIDECAR_NOTIFY_SIGNAL is set"
-                )
-        names = {n.strip() for n in (config.notify_process or "").split(",") if n.strip()}
-        if names and signal_number is None:
-            signal_number = int(signal.SIGHUP)
-        if signal_number is None and not config.notify_url:
-            return None
-        return cls(metrics=metrics, signal_number=signal_number, process_names=names, url=config.notify_url)
+    def from_settings(cls, settings: NotifySettings, *, metrics: SidecarMetrics) -> Notifier:
+        return cls(
+            metrics=metrics,
+            signal_number=settings.signal_number,
+            process_names=set(settings.process_names),
+            url=settings.url,
+        )
 
     async def notify(self, metadata: dict[str, Any]) -> None:
         if self.signal_number is not None and self.process_names:

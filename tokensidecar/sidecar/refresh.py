@@ -37,10 +37,10 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from tokensidecar.backends.hub_errors import HubMisconfigured, HubUnavailable, TokenRejected
 from tokensidecar.backoff import Backoff, jittered
 from tokensidecar.redact import redact, safe_error
 from tokensidecar.sidecar.publish import PublishError
-from tokensidecar.sidecar.verify import HubMisconfigured, HubUnavailable, TokenRejected
 from tokensidecar.sources import SourceError
 from tokensidecar.token import InvalidToken, Token, format_time, utcnow, validate
 

@@ -1,6 +1,9 @@
 """What the refresher needs from verification, without importing the Hub client.
 
-The implementation lives in :mod:`tokensidecar.backends.hub` and is imported only when
+The implementation lives in :mod:`tokensidecar.backends.hub`, and the Hub's verdicts
+(:class:`~tokensidecar.backends.hub_errors.TokenRejected`,
+:class:`~tokensidecar.backends.hub_errors.HubUnavailable`) beside it in
+:mod:`tokensidecar.backends.hub_errors`; the client is imported only when
 ``TOKENSIDECAR_VERIFY`` is not ``none``.
 """
 
@@ -9,38 +12,26 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from tokensidecar.config import Config
+    from tokensidecar.backends.settings import VerifySettings
     from tokensidecar.token import Token
 
-__all__ = ["HubMisconfigured", "HubUnavailable", "TokenRejected", "Verifier", "build_verifier"]
-
-
-class TokenRejected(Exception):
-    """The Hub answered and refused the token (401/403, or no access to the model)."""
-
-
-class HubMisconfigured(TokenRejected):
-    """``HF_ENDPOINT`` does not lead to a Hub: its name does not exist (NXDOMAIN), or what
-    answers there is not a Hub (no ``/api/whoami-v2``). A configuration error, never an
-    outage: no token is published unverified because of it."""
-
-
-class HubUnavailable(Exception):
-    """The Hub could not answer (connection error, timeout, 5xx, 429): not a verdict."""
+__all__ = ["Verifier", "build_verifier"]
 
 
 class Verifier(Protocol):
     async def verify(self, token: Token) -> Token:
         """Return the token marked verified (with the Hub's expiry when it gives one),
-        or raise :class:`TokenRejected` / :class:`HubUnavailable`."""
+        or raise :class:`~tokensidecar.backends.hub_errors.TokenRejected` /
+        :class:`~tokensidecar.backends.hub_errors.HubUnavailable`."""
         ...
 
     async def aclose(self) -> None: ...
 
 
-def build_verifier(config: Config) -> Verifier | None:
-    if config.verify == "none":
+def build_verifier(settings: VerifySettings) -> Verifier | None:
+    """The Hub verifier ``settings`` ask for, or None for ``--verify=none``."""
+    if settings.hub is None:
         return None
     from tokensidecar.backends.hub import HubVerifier
 
-    return HubVerifier.from_config(config)
+    return HubVerifier.from_settings(settings, hub=settings.hub)

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, ClassVar
 
 if TYPE_CHECKING:
-    from tokensidecar.config import Config
+    from tokensidecar.sources.settings import SourceSettings
     from tokensidecar.token import Token
 
 __all__ = ["Source", "SourceError", "build_source"]
@@ -69,9 +69,10 @@ _MODULES = {
 }
 
 
-def build_source(config: Config) -> Source:
-    """Check the chosen source's settings and build it (raises ConfigError)."""
-    module_name, class_name = _MODULES[config.source]
+def build_source(settings: SourceSettings) -> Source:
+    """Build the source that resolved ``settings`` describe
+    (:func:`tokensidecar.sources.settings.resolve_source` checks them)."""
+    module_name, class_name = _MODULES[settings.kind]
     cls = getattr(importlib.import_module(module_name), class_name)
-    source: Source = cls.from_config(config)
+    source: Source = cls.from_settings(settings)
     return source

@@ -21,8 +21,8 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-from tokensidecar.config import Config
 from tokensidecar.sources import Source, SourceError
+from tokensidecar.sources.settings import FileSourceSettings
 from tokensidecar.token import Token
 
 __all__ = ["FileSource"]
@@ -41,9 +41,8 @@ class FileSource(Source):
         self.poll_seconds = poll_seconds
 
     @classmethod
-    def from_config(cls, config: Config) -> FileSource:
-        path = config.require("source_file", when="--source=file")
-        return cls(path=path)
+    def from_settings(cls, settings: FileSourceSettings) -> FileSource:
+        return cls(path=settings.path)
 
     def _signature(self) -> _Signature:
         try:

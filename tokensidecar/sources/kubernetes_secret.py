@@ -43,13 +43,14 @@ from typing import TYPE_CHECKING, Any
 from tokensidecar.backends import kube
 from tokensidecar.backends import secret as layout
 from tokensidecar.backoff import Backoff
-from tokensidecar.config import Config, ConfigError
 from tokensidecar.sources import Source, SourceError
 from tokensidecar.sources.expiry import StoredExpiry
 from tokensidecar.token import Token
 
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient
+
+    from tokensidecar.sources.settings import KubernetesSecretSourceSettings
 
 __all__ = ["KubernetesSecretSource"]
 
@@ -109,17 +110,12 @@ class KubernetesSecretSource(Source):
         self._stored_expiry = StoredExpiry(where=self.ref, field=f"annotation {layout.EXPIRES_AT}", log=log)
 
     @classmethod
-    def from_config(cls, config: Config) -> KubernetesSecretSource:
-        name = config.require("secret_name", when="--source=kubernetes-secret")
-        namespace = config.secret_namespace or kube.pod_namespace(kubeconfig=config.kubeconfig)
-        if not namespace:
-            raise ConfigError(
-                "TOKENSIDECAR_SECRET_NAMESPACE",
-                "not set, and the pod's namespace is unknown (no POD_NAMESPACE, no service-account "
-                "namespace file, no namespace in the kubeconfig context)",
-            )
+    def from_settings(cls, settings: KubernetesSecretSourceSettings) -> KubernetesSecretSource:
         return cls(
-            api=kube.api_client(kubeconfig=config.kubeconfig), name=name, namespace=namespace, key=config.key
+            api=kube.api_client(configuration=settings.kubernetes.configuration),
+            name=settings.name,
+            namespace=settings.namespace,
+            key=settings.key,
         )
 
     @property

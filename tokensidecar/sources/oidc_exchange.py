@@ -25,10 +25,10 @@ from pathlib import Path
 
 from tokensidecar.backends.credential_file import CredentialUnavailable, read_credential
 from tokensidecar.backends.hub import ExchangeRefused, InvalidSubjectToken, exchange_id_token
-from tokensidecar.config import Config, ConfigError
-from tokensidecar.sidecar.verify import HubUnavailable
+from tokensidecar.backends.hub_errors import HubUnavailable
 from tokensidecar.sources import Source, SourceError
-from tokensidecar.token import Token
+from tokensidecar.sources.settings import OidcExchangeSettings
+from tokensidecar.token import InvalidTime, Token
 
 __all__ = ["OidcExchangeSource"]
 
@@ -42,13 +42,12 @@ class OidcExchangeSource(Source):
         self.subject_token_file = Path(subject_token_file)
 
     @classmethod
-    def from_config(cls, config: Config) -> OidcExchangeSource:
-        resource = config.require("oidc_resource", when="--source=oidc-exchange")
-        token_file = config.require("oidc_token_file", when="--source=oidc-exchange")
-        endpoint = str(config.hf_endpoint or "").strip()
-        if not endpoint.startswith(("http://", "https://")):
-            raise ConfigError("HF_ENDPOINT", f"{endpoint!r} is not an http(s) URL")
-        return cls(endpoint=endpoint, resource=str(resource), subject_token_file=str(token_file))
+    def from_settings(cls, settings: OidcExchangeSettings) -> OidcExchangeSource:
+        return cls(
+            endpoint=settings.hub.endpoint,
+            resource=settings.resource,
+            subject_token_file=settings.subject_token_file,
+        )
 
     def _read_subject(self) -> str:
         try:
@@ -74,5 +73,9 @@ class OidcExchangeSource(Source):
             raise SourceError(str(refused), retryable=False) from None
         except HubUnavailable as outage:
             raise SourceError(str(outage)) from None
+        except InvalidTime as invalid:  # the answer's expires_in, out of any usable range
+            raise SourceError(
+                f"the Hub's token exchange answer has an unusable lifetime: {invalid}", retryable=False
+            ) from None
         # Count the lifetime from when we asked, so that network time errs on the early side.
         return exchanged.to_token(source=self.kind, issued_at=requested_at)

@@ -40,13 +40,12 @@ from tokensidecar.backends.vault import (
     VaultPermissionDenied,
     VaultSession,
 )
-from tokensidecar.config import ConfigError
 from tokensidecar.sources import Source, SourceError
 from tokensidecar.sources.expiry import StoredExpiry
 from tokensidecar.token import Token
 
 if TYPE_CHECKING:
-    from tokensidecar.config import Config
+    from tokensidecar.sources.settings import VaultSourceSettings
 
 __all__ = ["VaultSource"]
 
@@ -72,20 +71,12 @@ class VaultSource(Source):
         )
 
     @classmethod
-    def from_config(cls, config: Config) -> VaultSource:
-        when = "--source=vault"
-        config.require("vault_addr", when=when)
-        raw_path = config.require("vault_path", when=when)
-        try:
-            path = KvPath.parse(raw_path)
-        except ValueError as exc:
-            raise ConfigError("TOKENSIDECAR_VAULT_PATH", str(exc)) from None
-        key = config.key or "token"
+    def from_settings(cls, settings: VaultSourceSettings) -> VaultSource:
         return cls(
-            session=VaultSession.from_config(config),
-            path=path,
-            key=key,
-            kv_version=int(config.vault_kv_version or 2),
+            session=VaultSession.from_settings(settings.vault),
+            path=settings.path,
+            key=settings.key,
+            kv_version=settings.kv_version,
         )
 
     async def fetch(self) -> Token:

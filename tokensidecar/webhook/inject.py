@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from tokensidecar.config import SOURCES, VERIFY_MODES, Config, ConfigError, parse_positive_duration
+from tokensidecar.config import SOURCES, VERIFY_MODES, ConfigError, parse_positive_duration
 from tokensidecar.webhook.confine import image_allowed, normalize_vault_addr
 from tokensidecar.webhook.quantity import check_quantity, parse_quantity
 
@@ -206,34 +206,6 @@ class InjectionSettings:
                         raise ConfigError(
                             env, f"{address!r} is plain http:// (set --allow-insecure-vault to allow it)"
                         )
-
-    @classmethod
-    def from_config(cls, config: Config) -> InjectionSettings:
-        return cls(
-            image=config.sidecar_image,
-            cpu_request=config.sidecar_cpu_request,
-            cpu_limit=config.sidecar_cpu_limit,
-            memory_request=config.sidecar_memory_request,
-            memory_limit=config.sidecar_memory_limit,
-            port=config.sidecar_port,
-            legacy_sidecar=bool(config.legacy_sidecar),
-            vault_addr=config.inject_vault_addr,
-            verify=config.inject_verify,
-            hf_endpoint=config.inject_hf_endpoint,
-            vault_token_audience=config.vault_token_audience,
-            oidc_token_audience=config.oidc_token_audience,
-            token_lifetime_seconds=config.token_lifetime_seconds,
-            allowed_vault_addrs=config.allowed_vault_addrs or (),
-            allow_insecure_vault=bool(config.allow_insecure_vault),
-            allowed_images=config.allowed_images or (),
-            allowed_secret_namespaces=config.allowed_secret_namespaces or (),
-            mode=config.inject_mode,
-            gateway_url=config.inject_gateway_url,
-            gateway_audience=config.inject_gateway_audience,
-            localmodel_namespace=config.localmodel_namespace,
-            localmodel_mode=config.localmodel_mode,
-            localmodel_annotations=config.localmodel_annotations or {},
-        )
 
 
 @dataclass

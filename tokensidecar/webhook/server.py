@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from tokensidecar import __version__
+from tokensidecar.backends.settings import KubernetesSettings
 from tokensidecar.backoff import Backoff, jittered
 from tokensidecar.config import Config, ConfigError
 from tokensidecar.metrics import CONTENT_TYPE_LATEST, exposition
@@ -51,7 +52,7 @@ from tokensidecar.serving import listen, shut_down, stop_on_signals, until_stopp
 from tokensidecar.webhook.inject import InjectionSettings
 from tokensidecar.webhook.metrics import WebhookMetrics
 from tokensidecar.webhook.review import ReviewOutcome, review
-from tokensidecar.webhook.settings import MAX_REVIEW_BYTES
+from tokensidecar.webhook.settings import MAX_REVIEW_BYTES, SelfSignedSettings, WebhookSettings
 
 if TYPE_CHECKING:
     from tokensidecar.gateway.policy import PolicyFile
@@ -295,12 +296,13 @@ async def _metrics_page(request: web.Request) -> web.Response:
 class _SelfSigned:
     """--self-signed: the shared CA, this replica's serving files, and the caBundle upkeep."""
 
-    def __init__(self, *, config: Config) -> None:
+    def __init__(self, *, settings: SelfSignedSettings) -> None:
         from tokensidecar.backends import kube
 
-        self.config = config
-        self.api_client = kube.api_client(kubeconfig=config.kubeconfig)
-        namespace = config.service_namespace or kube.pod_namespace(kubeconfig=config.kubeconfig)
+        self.settings = settings
+        kubernetes = KubernetesSettings.for_kubeconfig(settings.kubeconfig)
+        self.api_client = kube.api_client(configuration=kubernetes.configuration)
+        namespace = settings.service_namespace or kube.pod_namespace(kubeconfig=settings.kubeconfig)
         if not namespace:
             self.api_client.close()  # type: ignore[no-untyped-call]
             raise ConfigError(
@@ -317,7 +319,9 @@ class _SelfSigned:
         """Shared CA + serving certificate on disk; returns (cert_file, key_file)."""
         from tokensidecar.webhook import certs
 
-        self.ca = certs.shared_ca(self.core, namespace=self.namespace, secret_name=self.config.ca_secret_name)
+        self.ca = certs.shared_ca(
+            self.core, namespace=self.namespace, secret_name=self.settings.ca_secret_name
+        )
         self.files = certs.ServingFiles()
         self._issue()
         return str(self.files.cert_file), str(self.files.key_file)
@@ -325,7 +329,7 @@ class _SelfSigned:
     def _issue(self) -> None:
         from tokensidecar.webhook import certs
 
-        names = certs.service_dns_names(service=self.config.service_name, namespace=self.namespace)
+        names = certs.service_dns_names(service=self.settings.service_name, namespace=self.namespace)
         self.files.write(certs.issue_serving_cert(self.ca, dns_names=names))
 
     def upkeep_once(self) -> bool:
@@ -335,16 +339,16 @@ class _SelfSigned:
         if self.files.due_for_renewal():
             self._issue()
             log.info("serving certificate re-issued", extra={"not_after": str(self.files.not_after)})
-        if self.config.ca_configmap_name and not self.ca_published:
+        if self.settings.ca_configmap_name and not self.ca_published:
             certs.publish_ca_certificate(
                 self.core,
                 namespace=self.namespace,
-                name=self.config.ca_configmap_name,
+                name=self.settings.ca_configmap_name,
                 ca_pem=self.ca.cert_pem,
             )
             self.ca_published = True
         return certs.ensure_ca_bundle(
-            self.admission, name=self.config.webhook_config_name, ca_pem=self.ca.cert_pem
+            self.admission, name=self.settings.webhook_config_name, ca_pem=self.ca.cert_pem
         )
 
     async def upkeep(self) -> None:
@@ -370,41 +374,42 @@ class _SelfSigned:
         self.api_client.close()  # type: ignore[no-untyped-call]
 
 
-async def serve(config: Config, *, ready: asyncio.Future[int] | None = None) -> int:
+async def serve(webhook: WebhookSettings, *, ready: asyncio.Future[int] | None = None) -> int:
     """Run until SIGTERM/SIGINT. ``ready`` (tests) receives the bound port once serving."""
     from tokensidecar.webhook.certs import CertificateError
 
-    settings = InjectionSettings.from_config(config)
-    gateway_policy = _gateway_policy(config.inject_gateway_policy)
+    settings = webhook.injection
+    gateway_policy = _gateway_policy(webhook.gateway_policy_file)
     metrics = WebhookMetrics()
     self_signed: _SelfSigned | None = None
     tasks: list[asyncio.Task[None]] = []
     runner: web.AppRunner | None = None
     try:
-        if config.self_signed:
-            self_signed = _SelfSigned(config=config)
+        if webhook.self_signed is not None:
+            self_signed = _SelfSigned(settings=webhook.self_signed)
             try:
                 cert_file, key_file = await asyncio.to_thread(self_signed.prepare)
             except CertificateError as exc:
                 log.error("cannot set up the self-signed certificate", extra={"error": str(exc)})
                 return 1
         else:
-            cert_file, key_file = config.tls_cert_file, config.tls_key_file
+            assert webhook.tls_cert_file is not None and webhook.tls_key_file is not None
+            cert_file, key_file = webhook.tls_cert_file, webhook.tls_key_file
         reloader = CertificateReloader(cert_file=cert_file, key_file=key_file, metrics=metrics)
         stop = stop_on_signals()
 
         app = build_app(
             settings=settings,
             metrics=metrics,
-            on_invalid=config.on_invalid,
-            max_body_bytes=config.max_body_bytes,
-            max_inflight_bytes=config.max_inflight_bytes,
+            on_invalid=webhook.on_invalid,
+            max_body_bytes=webhook.max_body_bytes,
+            max_inflight_bytes=webhook.max_inflight_bytes,
             gateway_policy=gateway_policy,
         )
         runner = web.AppRunner(
             app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE_SECONDS
         )
-        host, port = config.webhook_listen
+        host, port = webhook.listen
         bound = await listen(runner, host=host, port=port, ssl_context=reloader.context)
         tasks += _background_tasks(reloader=reloader, gateway_policy=gateway_policy, self_signed=self_signed)
         log.info(
@@ -415,7 +420,7 @@ async def serve(config: Config, *, ready: asyncio.Future[int] | None = None) -> 
                 "port": bound,
                 "certificates": "self-signed" if self_signed else "files",
                 "legacy_sidecar": settings.legacy_sidecar,
-                "on_invalid": config.on_invalid,
+                "on_invalid": webhook.on_invalid,
             },
         )
         await until_stopped(stop, ready=ready, bound=bound)
@@ -454,15 +459,5 @@ def _gateway_policy(path: str | None) -> PolicyFile | None:
 
 
 def main(config: Config) -> int:
-    """``tokensidecar webhook``: check the certificate settings, then serve until SIGTERM."""
-    if config.self_signed:
-        for name, env in (
-            ("tls_cert_file", "TOKENSIDECAR_TLS_CERT_FILE"),
-            ("tls_key_file", "TOKENSIDECAR_TLS_KEY_FILE"),
-        ):
-            if config.values.get(name):
-                raise ConfigError(env, "cannot be combined with --self-signed (choose one)")
-    else:
-        config.require("tls_cert_file", when="--self-signed is not set")
-        config.require("tls_key_file", when="--self-signed is not set")
-    return asyncio.run(serve(config))
+    """``tokensidecar webhook``: check the settings, then serve until SIGTERM."""
+    return asyncio.run(serve(WebhookSettings.resolve(config)))

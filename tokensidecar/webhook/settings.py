@@ -6,28 +6,42 @@ stamps into every injected sidecar (image, resources, Vault address, verificatio
 service-account token audiences). A pod's annotations override the second kind, pod by
 pod; the first kind is the platform team's alone.
 
-This module stays light (no kubernetes, no aiohttp): the CLI imports it for ``--help``.
+:meth:`WebhookSettings.resolve` reads both once, at the door, into frozen values (the
+second kind as :class:`~tokensidecar.webhook.inject.InjectionSettings`, which the pure
+patch logic takes). This module stays light (no kubernetes, no aiohttp): the CLI imports
+it for ``--help``.
 """
 
 from __future__ import annotations
 
 import json
 import urllib.parse
+from dataclasses import dataclass
 
 from tokensidecar import __version__
+from tokensidecar.backends.settings import KUBERNETES_SETTINGS
 from tokensidecar.config import (
     COMMON_SETTINGS,
-    KUBERNETES_SETTINGS,
     VERIFY_MODES,
+    Config,
+    ConfigError,
     Setting,
     parse_bool,
     parse_listen,
     register,
 )
 from tokensidecar.webhook.confine import parse_image_patterns, parse_namespaces, parse_vault_addrs
+from tokensidecar.webhook.inject import InjectionSettings
 from tokensidecar.webhook.quantity import check_quantity
 
-__all__ = ["MAX_REVIEW_BYTES", "SETTINGS", "WEBHOOK_SETTINGS", "parse_positive_int"]
+__all__ = [
+    "MAX_REVIEW_BYTES",
+    "SETTINGS",
+    "WEBHOOK_SETTINGS",
+    "SelfSignedSettings",
+    "WebhookSettings",
+    "parse_positive_int",
+]
 
 # The API server reads at most 3 MiB of a request body that creates an object
 # (MaxRequestBodyBytes in k8s.io/apiserver/pkg/server/config.go: "1.5MB is the recommended
@@ -411,3 +425,107 @@ WEBHOOK_SETTINGS = register(
 _KUBECONFIG = tuple(setting for setting in KUBERNETES_SETTINGS if setting.name == "kubeconfig")
 
 SETTINGS: tuple[Setting, ...] = COMMON_SETTINGS + WEBHOOK_SETTINGS + _KUBECONFIG
+
+
+@dataclass(frozen=True)
+class SelfSignedSettings:
+    """``--self-signed``: where the shared CA lives and what to keep patched with its bundle."""
+
+    #: ``TOKENSIDECAR_WEBHOOK_CONFIG_NAME``: the MutatingWebhookConfiguration whose caBundle is kept.
+    webhook_config_name: str
+    #: ``TOKENSIDECAR_WEBHOOK_SERVICE``: the Service the serving certificate names.
+    service_name: str
+    #: ``TOKENSIDECAR_WEBHOOK_NAMESPACE``, else the pod's own.
+    service_namespace: str | None
+    #: ``TOKENSIDECAR_WEBHOOK_CA_SECRET``: the Secret holding the shared CA.
+    ca_secret_name: str
+    #: ``TOKENSIDECAR_WEBHOOK_CA_CONFIGMAP``: where the CA certificate is published, or None.
+    ca_configmap_name: str | None
+    #: ``KUBECONFIG``, or None for in-cluster config.
+    kubeconfig: str | None
+
+
+@dataclass(frozen=True)
+class WebhookSettings:
+    """Everything ``tokensidecar webhook`` needs, resolved and checked."""
+
+    #: ``TOKENSIDECAR_WEBHOOK_LISTEN``: (host, port).
+    listen: tuple[str, int]
+    #: The certificate files; None with ``--self-signed``.
+    tls_cert_file: str | None
+    tls_key_file: str | None
+    #: Set with ``--self-signed``: the webhook makes and publishes its own CA.
+    self_signed: SelfSignedSettings | None
+    #: ``TOKENSIDECAR_ON_INVALID``: what a pod with invalid annotations gets.
+    on_invalid: str
+    #: ``TOKENSIDECAR_WEBHOOK_MAX_BODY_BYTES`` and ``…_MAX_INFLIGHT_BYTES``.
+    max_body_bytes: int
+    max_inflight_bytes: int
+    #: ``TOKENSIDECAR_INJECT_GATEWAY_POLICY``: the gateway's policy file, or None.
+    gateway_policy_file: str | None
+    #: The defaults stamped into every injected sidecar.
+    injection: InjectionSettings
+
+    @classmethod
+    def resolve(cls, config: Config) -> WebhookSettings:
+        """Certificates first, then the injection defaults (raises ConfigError)."""
+        self_signed: SelfSignedSettings | None = None
+        if config.get("self_signed", bool):
+            for name, env in (
+                ("tls_cert_file", "TOKENSIDECAR_TLS_CERT_FILE"),
+                ("tls_key_file", "TOKENSIDECAR_TLS_KEY_FILE"),
+            ):
+                if config.optional(name, str):
+                    raise ConfigError(env, "cannot be combined with --self-signed (choose one)")
+            self_signed = SelfSignedSettings(
+                webhook_config_name=config.get("webhook_config_name", str),
+                service_name=config.get("service_name", str),
+                service_namespace=config.optional("service_namespace", str),
+                ca_secret_name=config.get("ca_secret_name", str),
+                ca_configmap_name=config.optional("ca_configmap_name", str),
+                kubeconfig=config.optional("kubeconfig", str),
+            )
+            cert_file = key_file = None
+        else:
+            cert_file = config.require("tls_cert_file", when="--self-signed is not set")
+            key_file = config.require("tls_key_file", when="--self-signed is not set")
+        return cls(
+            listen=config.address("webhook_listen"),
+            tls_cert_file=cert_file,
+            tls_key_file=key_file,
+            self_signed=self_signed,
+            on_invalid=config.get("on_invalid", str),
+            max_body_bytes=config.get("max_body_bytes", int),
+            max_inflight_bytes=config.get("max_inflight_bytes", int),
+            gateway_policy_file=config.optional("inject_gateway_policy", str),
+            injection=_injection(config),
+        )
+
+
+def _injection(config: Config) -> InjectionSettings:
+    """The injection defaults (:class:`InjectionSettings` checks how they combine)."""
+    return InjectionSettings(
+        image=config.get("sidecar_image", str),
+        cpu_request=config.get("sidecar_cpu_request", str),
+        cpu_limit=config.optional("sidecar_cpu_limit", str),
+        memory_request=config.get("sidecar_memory_request", str),
+        memory_limit=config.optional("sidecar_memory_limit", str),
+        port=config.get("sidecar_port", int),
+        legacy_sidecar=config.get("legacy_sidecar", bool),
+        vault_addr=config.optional("inject_vault_addr", str),
+        verify=config.get("inject_verify", str),
+        hf_endpoint=config.optional("inject_hf_endpoint", str),
+        vault_token_audience=config.get("vault_token_audience", str),
+        oidc_token_audience=config.get("oidc_token_audience", str),
+        token_lifetime_seconds=config.get("token_lifetime_seconds", int),
+        allowed_vault_addrs=config.optional("allowed_vault_addrs", tuple) or (),
+        allow_insecure_vault=config.get("allow_insecure_vault", bool),
+        allowed_images=config.optional("allowed_images", tuple) or (),
+        allowed_secret_namespaces=config.optional("allowed_secret_namespaces", tuple) or (),
+        mode=config.get("inject_mode", str),
+        gateway_url=config.optional("inject_gateway_url", str),
+        gateway_audience=config.get("inject_gateway_audience", str),
+        localmodel_namespace=config.get("localmodel_namespace", str),
+        localmodel_mode=config.get("localmodel_mode", str),
+        localmodel_annotations=config.optional("localmodel_annotations", dict) or {},
+    )
