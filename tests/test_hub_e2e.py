@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.hub import OidcIssuer
+from tests.fixtures.jwt import JwtIssuer
 from tests.sidecar_process import SidecarProcess, wait_for
 from tokensidecar.demo.hub import HubStandIn
 
@@ -141,7 +141,7 @@ def test_token_published_unverified_then_revoked_makes_the_sidecar_unready(
 
 
 def test_exchanged_token_is_refreshed_from_expires_in(
-    hub: HubStandIn, oidc_issuer: OidcIssuer, tmp_path: Path
+    hub: HubStandIn, oidc_issuer: JwtIssuer, tmp_path: Path
 ) -> None:
     hub.exchange_lifetime = 6
     subject_file = tmp_path / "sa-token"

@@ -32,7 +32,7 @@ from typing import Any
 
 import pytest
 
-from tests.fixtures.hub import OidcIssuer
+from tests.fixtures.jwt import JwtIssuer
 from tests.sidecar_process import SidecarProcess, wait_for
 from tokensidecar.backends.hub import HubVerifier, exchange_enterprise, exchange_id_token
 from tokensidecar.backends.hub_scope import judge, scope_from_whoami, verdict
@@ -231,7 +231,7 @@ async def test_scope_judges_oauth_tokens_by_the_scopes_the_exchange_granted(hub:
 
 
 async def test_scope_accepts_a_trusted_publisher_token_for_the_model_only(
-    hub: HubStandIn, oidc_issuer: OidcIssuer
+    hub: HubStandIn, oidc_issuer: JwtIssuer
 ) -> None:
     exchanged = await exchange_id_token(endpoint=hub.url, subject_token=oidc_issuer.mint(), resource=MODEL)
     verified = await _scope_verifier(hub).verify(Token(value=exchanged.value, source="oidc-exchange"))
@@ -252,7 +252,7 @@ async def test_scope_accepts_a_trusted_publisher_token_for_the_model_only(
 
 @pytest.mark.parametrize("jwt_whoami", ["accept", "refuse"])
 async def test_trusted_publisher_tokens_are_judged_whatever_whoami_says_of_them(
-    jwt_whoami: str, oidc_issuer: OidcIssuer
+    jwt_whoami: str, oidc_issuer: JwtIssuer
 ) -> None:
     # Undocumented: whether whoami-v2 accepts hf_jwt_ tokens. Either way, repo and scope
     # verification rely on auth-check; whoami-only verification cannot tell and says so as

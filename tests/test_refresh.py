@@ -11,7 +11,6 @@ what only the loop does: the first publish, watch events, restarting a broken wa
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import math
 import statistics
@@ -26,6 +25,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from tests.fixtures.jwt import unsigned_jwt
 from tokensidecar.backoff import Backoff, jittered
 from tokensidecar.sidecar.metrics import SidecarMetrics
 from tokensidecar.sidecar.publish import Publisher
@@ -46,10 +46,7 @@ def _token(value: str, *, expires_in: float | None = None, version: str = "1") -
 
 
 def _jwt(exp: float) -> str:
-    def part(document: dict[str, object]) -> str:
-        return base64.urlsafe_b64encode(json.dumps(document).encode()).decode().rstrip("=")
-
-    return f"hf_jwt_{part({'alg': 'RS256', 'typ': 'JWT'})}.{part({'sub': 'u', 'exp': exp})}.c2lnbmF0dXJl"
+    return "hf_jwt_" + unsigned_jwt({"sub": "u", "exp": exp})
 
 
 class ScriptedSource(Source):

@@ -5,7 +5,6 @@ token file and token.json, /readyz, /status, /metrics, notifications and SIGTERM
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import json
 import signal
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures.jwt import unsigned_jwt
 from tests.fixtures.stalling import StallingListener
 from tests.sidecar_process import SidecarProcess, wait_for
 from tests.test_notify import NotifyEndpoint, SignalReceiver
@@ -59,10 +59,7 @@ def _write(path: Path, value: str) -> None:
 
 
 def _jwt(exp: int) -> str:
-    def part(document: dict[str, object]) -> str:
-        return base64.urlsafe_b64encode(json.dumps(document).encode()).decode().rstrip("=")
-
-    return f"hf_jwt_{part({'alg': 'RS256', 'typ': 'JWT'})}.{part({'sub': 'e2e', 'exp': exp})}.c2lnbmF0dXJl"
+    return "hf_jwt_" + unsigned_jwt({"sub": "e2e", "exp": exp})
 
 
 @pytest.fixture

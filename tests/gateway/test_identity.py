@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
+from tests.fixtures.jwt import JwtIssuer
 from tests.fixtures.kube import KubeApi
-from tests.fixtures.openbao import JwtIssuer
 from tests.gateway.conftest import GATEWAY_AUDIENCE, KubeletVolume, ServiceAccountTokens
 from tests.gateway.harness import HUB_SETUP, GatewayProcess, run_client
 from tests.sidecar_process import wait_for
