@@ -3,9 +3,11 @@ expiry-driven refresh of exchanged tokens, observed from outside (file, /metrics
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -105,9 +107,12 @@ def test_hub_outage_never_displaces_a_verified_token(hub: HubStandIn, tmp_path: 
     assert second not in sidecar.logs
 
 
-def test_hub_outage_with_publish_policy_publishes_the_first_token_unverified(
+@contextlib.contextmanager
+def _first_token_published_unverified(
     hub: HubStandIn, tmp_path: Path
-) -> None:
+) -> Iterator[tuple[SidecarProcess, str]]:
+    """A sidecar with the "publish" outage policy, started while the Hub's whoami answers
+    503, once it has published its first token (unverified); yields it and the token."""
     sidecar, source_file = _file_sidecar(hub, tmp_path, TOKENSIDECAR_VERIFY_ON_HUB_OUTAGE="publish")
     first = hub.issue_token()
     _write(source_file, first)
@@ -115,6 +120,13 @@ def test_hub_outage_with_publish_policy_publishes_the_first_token_unverified(
     with sidecar:
         # Nothing valid is published yet: "publish" puts the token out unverified.
         sidecar.wait_for_token(first)
+        yield sidecar, first
+
+
+def test_hub_outage_with_publish_policy_publishes_the_first_token_unverified(
+    hub: HubStandIn, tmp_path: Path
+) -> None:
+    with _first_token_published_unverified(hub, tmp_path) as (sidecar, first):
         assert _verify_count(sidecar, "hub_unavailable_published") == 1
         assert sidecar.status()["verified"] is False  # the Hub is still down: nothing can verify it
         assert sidecar.get("/readyz")[0] == 200
@@ -126,12 +138,7 @@ def test_hub_outage_with_publish_policy_publishes_the_first_token_unverified(
 def test_token_published_unverified_then_revoked_makes_the_sidecar_unready(
     hub: HubStandIn, tmp_path: Path
 ) -> None:
-    sidecar, source_file = _file_sidecar(hub, tmp_path, TOKENSIDECAR_VERIFY_ON_HUB_OUTAGE="publish")
-    first = hub.issue_token()
-    _write(source_file, first)
-    hub.fail_next(1000, status=503, path_prefix="/api/whoami-v2")
-    with sidecar:
-        sidecar.wait_for_token(first)
+    with _first_token_published_unverified(hub, tmp_path) as (sidecar, first):
         hub.revoke(first)
         hub.clear_faults()  # the Hub answers again, and refuses the token it never vouched for
         wait_for(lambda: sidecar.get("/readyz")[0] == 503, timeout=10)
