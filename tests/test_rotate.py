@@ -425,13 +425,15 @@ def test_a_token_dropped_from_previous_without_revoke_after_is_reported_as_left_
 
 @dataclass
 class Intrusion:
-    """A job run whose issuer, while "minting", lets another writer PATCH the Secret first."""
+    """A Secret the job has rotated once (``first``), and the next run of the job, whose
+    issuer, while "minting", lets another writer PATCH the Secret first."""
 
     secret_env: dict[str, str]
     tmp_path: Path
     token_file: Path
     monkeypatch: pytest.MonkeyPatch
     capsys: Any
+    first: str = ""
 
     def rotate(self, *, patch: dict[str, Any], **settings: str) -> Run:
         script = self.tmp_path / "racing_issuer.py"
@@ -453,28 +455,30 @@ class Intrusion:
 
 
 @pytest.fixture
-def intrusion(
-    secret_env: dict[str, str], tmp_path: Path, token_file: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+def intrusion(  # noqa: PLR0917 - fixtures
+    hub: HubStandIn,
+    secret_env: dict[str, str],
+    tmp_path: Path,
+    token_file: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: Any,
 ) -> Intrusion:
+    first = issue(hub, token_file)
+    assert rotate(secret_env, capsys).code == 0
     return Intrusion(
         secret_env=secret_env,
         tmp_path=tmp_path,
         token_file=token_file,
         monkeypatch=monkeypatch,
         capsys=capsys,
+        first=first,
     )
 
 
-def test_a_metadata_write_between_read_and_store_is_retried_on_top(  # noqa: PLR0917 - fixtures
-    kube_api: KubeApi,
-    hub: HubStandIn,
-    token_file: Path,
-    secret_env: dict[str, str],
-    intrusion: Intrusion,
-    capsys: Any,
+def test_a_metadata_write_between_read_and_store_is_retried_on_top(
+    kube_api: KubeApi, hub: HubStandIn, token_file: Path, intrusion: Intrusion
 ) -> None:
-    first = issue(hub, token_file)
-    assert rotate(secret_env, capsys).code == 0
+    first = intrusion.first
     # Someone annotates the Secret (kubectl annotate) while the job mints: same token, new resourceVersion.
     mine = issue(hub, token_file)
     run = intrusion.rotate(patch={"metadata": {"annotations": {"example.com/owner": "ml-team"}}})
@@ -485,16 +489,10 @@ def test_a_metadata_write_between_read_and_store_is_retried_on_top(  # noqa: PLR
     assert annotations["example.com/owner"] == "ml-team" and annotations["tokensidecar.io/version"] == "2"
 
 
-def test_a_token_stored_by_another_writer_meanwhile_is_kept_and_ours_revoked(  # noqa: PLR0917 - fixtures
-    kube_api: KubeApi,
-    hub: HubStandIn,
-    token_file: Path,
-    secret_env: dict[str, str],
-    intrusion: Intrusion,
-    capsys: Any,
+def test_a_token_stored_by_another_writer_meanwhile_is_kept_and_ours_revoked(
+    kube_api: KubeApi, hub: HubStandIn, token_file: Path, intrusion: Intrusion
 ) -> None:
-    first = issue(hub, token_file)
-    assert rotate(secret_env, capsys).code == 0
+    first = intrusion.first
     intruder = hub.issue_token()
     encoded = {
         "token": base64.b64encode(intruder.encode()).decode(),
