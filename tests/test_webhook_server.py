@@ -19,8 +19,6 @@ import secrets
 import signal
 import socket
 import ssl
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -33,7 +31,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.test_webhook_inject import VAULT_ANNOTATIONS, kserve_predictor_pod
-from tests.webhook_process import WebhookProcess, webhook_command
+from tests.webhook_process import WebhookProcess, webhook_command, webhook_command_exit
 from tokensidecar import logs
 from tokensidecar.webhook import certs
 from tokensidecar.webhook.inject import KNOWN_ANNOTATIONS, InjectionSettings
@@ -624,16 +622,7 @@ def _webhook_command(
     ],
 )
 def test_bad_configuration_exits_2_with_one_line(extra: dict[str, str], message: str) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENSIDECAR_")}
-    env.update({"TOKENSIDECAR_WEBHOOK_LISTEN": "127.0.0.1:0", **extra})
-    result = subprocess.run(
-        [sys.executable, "-m", "tokensidecar", "webhook"],
-        check=False,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    result = webhook_command_exit(extra)
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
@@ -794,20 +783,12 @@ def test_an_invalid_gateway_policy_file_exits_2_naming_the_setting(
     cert_file, key_file, _ = tls_files
     policy_file = tmp_path / "policy.yaml"
     policy_file.write_text("rules: [{subjects: nobody}]\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENSIDECAR_")}
-    env.update(
-        TOKENSIDECAR_WEBHOOK_LISTEN="127.0.0.1:0",
-        TOKENSIDECAR_TLS_CERT_FILE=str(cert_file),
-        TOKENSIDECAR_TLS_KEY_FILE=str(key_file),
-        TOKENSIDECAR_INJECT_GATEWAY_POLICY=str(policy_file),
-    )
-    result = subprocess.run(
-        [sys.executable, "-m", "tokensidecar", "webhook"],
-        check=False,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
+    result = webhook_command_exit(
+        {
+            "TOKENSIDECAR_TLS_CERT_FILE": str(cert_file),
+            "TOKENSIDECAR_TLS_KEY_FILE": str(key_file),
+            "TOKENSIDECAR_INJECT_GATEWAY_POLICY": str(policy_file),
+        }
     )
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()

@@ -8,6 +8,7 @@ is that lifecycle: the environment holds no ``TOKENSIDECAR_`` variable but the o
 the port is read from the ``webhook listening`` log line (``127.0.0.1:0`` picks a free one),
 stderr is drained into :attr:`WebhookProcess.stderr_lines` so the pipe never fills, and on
 the way out the process gets SIGTERM (killed if it has not exited within 10 s).
+:func:`webhook_command_exit` runs it to its own exit, for the settings it refuses.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
-__all__ = ["WebhookProcess", "read_listening_port", "webhook_command"]
+__all__ = ["WebhookProcess", "read_listening_port", "webhook_command", "webhook_command_exit"]
 
 
 @dataclass
@@ -118,6 +119,21 @@ def webhook_command(
             drain.join(timeout=5)
         assert process.stderr is not None
         process.stderr.close()
+
+
+def webhook_command_exit(env: Mapping[str, str]) -> subprocess.CompletedProcess[str]:
+    """Run the command with ``env`` (and no other ``TOKENSIDECAR_`` variable) until it
+    exits by itself, as it does on a configuration error; its stderr is captured."""
+    child_env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENSIDECAR_")}
+    child_env.update({"TOKENSIDECAR_WEBHOOK_LISTEN": "127.0.0.1:0", **env})
+    return subprocess.run(
+        [sys.executable, "-m", "tokensidecar", "webhook"],
+        check=False,
+        env=child_env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
 
 
 def _drain(process: subprocess.Popen[str], lines: list[str]) -> None:
