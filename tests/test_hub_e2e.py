@@ -182,8 +182,9 @@ def test_exchanged_token_is_refreshed_from_expires_in(
     # The first token is published before /healthz answers, so the test sees it late (by the
     # sidecar's start-up time on a loaded machine): measure from the first refresh it saw happen.
     gaps = [later[0] - earlier[0] for earlier, later in itertools.pairwise(published[1:])]
-    # 2/3 of a 6 s lifetime is 4 s, ±10% jitter; never after the token has expired.
-    assert all(3.0 <= gap <= 5.5 for gap in gaps), gaps
+    # 2/3 of a 6 s lifetime is 4 s, ±10% jitter; never after the token has expired (6 s,
+    # the contract's bound: a loaded machine may observe a publish late, never early).
+    assert all(3.0 <= gap < 6.0 for gap in gaps), gaps
     assert all(value.startswith("hf_jwt_") for _, value in published)
     assert all(hub.whoami_by_token[_fp(value)] == 1 for _, value in published)
     for _, value in published:

@@ -613,10 +613,9 @@ async def test_watched_source_publishes_events_as_they_come(tmp_path: Path) -> N
         await _eventually(lambda: _published(tmp_path) == GOOD)
         await _eventually(lambda: source.watches_started == 1)
         for value in (NEXT, THIRD):
-            started = time.monotonic()
+            # Published on the event, not on a schedule (how fast: bench/propagation.py).
             source.events.put_nowait(_token(value))
             await _eventually(lambda value=value: _published(tmp_path) == value)  # type: ignore[misc]
-            assert time.monotonic() - started < 0.5
         assert refresher.state.next_refresh_at is None  # nothing polled: it waits for the watch
         assert source.fetches == 1  # only the first fetch; the rest came from the watch
         # The file is renamed into place before the counter moves: wait for the bookkeeping.

@@ -134,8 +134,8 @@ def test_file_source_end_to_end(paths: tuple[Path, Path]) -> None:
 
         # An update propagates.
         _write(source_file, SECOND)
-        took = sidecar.wait_for_token(SECOND, timeout=5)
-        assert took < 2
+        sidecar.wait_for_token(SECOND, timeout=10)  # how fast: bench/propagation.py (file)
+        assert sidecar.status()["next_refresh_at"] is None  # watched: seen, not polled on a schedule
         wait_for(lambda: sidecar.status()["fingerprint"] == _fp(SECOND))
         assert json.loads(token_file.with_name("token.json").read_text())["fingerprint"] == _fp(SECOND)
         assert sidecar.metric("tokensidecar_rotations_total", 'result="success"') == 2
