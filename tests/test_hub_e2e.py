@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.jwt import JwtIssuer
-from tests.sidecar_process import SidecarProcess, wait_for
+from tests.sidecar_process import SidecarProcess, hub_file_sidecar, wait_for
 from tokensidecar.demo.hub import HubStandIn
 
 
@@ -29,21 +29,7 @@ def _write(path: Path, value: str) -> None:
 
 
 def _file_sidecar(hub: HubStandIn, tmp_path: Path, **env: str) -> tuple[SidecarProcess, Path]:
-    source_file = tmp_path / "source" / "token"
-    source_file.parent.mkdir()
-    (tmp_path / "out").mkdir()
-    sidecar = SidecarProcess(
-        token_file=tmp_path / "out" / "token",
-        env={
-            "TOKENSIDECAR_SOURCE": "file",
-            "TOKENSIDECAR_SOURCE_FILE": str(source_file),
-            "HF_ENDPOINT": hub.url,
-            "TOKENSIDECAR_VERIFY": "whoami",
-            "TOKENSIDECAR_MAX_BACKOFF": "1s",
-            **env,
-        },
-    )
-    return sidecar, source_file
+    return hub_file_sidecar(hub_url=hub.url, directory=tmp_path, **env)
 
 
 def _verify_count(sidecar: SidecarProcess, result: str) -> float:

@@ -33,7 +33,7 @@ from typing import Any
 import pytest
 
 from tests.fixtures.jwt import JwtIssuer
-from tests.sidecar_process import SidecarProcess, wait_for
+from tests.sidecar_process import hub_file_sidecar, wait_for
 from tokensidecar.backends.hub import HubVerifier, exchange_enterprise, exchange_id_token
 from tokensidecar.backends.hub_scope import judge, scope_from_whoami, verdict
 from tokensidecar.demo.hub import DEFAULT_REPO, HubStandIn, serve_in_thread
@@ -283,22 +283,11 @@ async def test_scope_refuses_a_token_that_cannot_read_a_gated_model() -> None:
 def test_sidecar_with_verify_scope_never_publishes_a_write_token_and_reports_the_scope(
     hub: HubStandIn, tmp_path: Path
 ) -> None:
-    source_file = tmp_path / "source" / "token"
-    source_file.parent.mkdir()
-    (tmp_path / "out").mkdir()
+    sidecar, source_file = hub_file_sidecar(
+        hub_url=hub.url, directory=tmp_path, TOKENSIDECAR_VERIFY="scope", TOKENSIDECAR_MODEL_ID=MODEL
+    )
     read, write = hub.issue_token(), hub.issue_token(role="write")
     source_file.write_text(read)
-    sidecar = SidecarProcess(
-        token_file=tmp_path / "out" / "token",
-        env={
-            "TOKENSIDECAR_SOURCE": "file",
-            "TOKENSIDECAR_SOURCE_FILE": str(source_file),
-            "HF_ENDPOINT": hub.url,
-            "TOKENSIDECAR_VERIFY": "scope",
-            "TOKENSIDECAR_MODEL_ID": MODEL,
-            "TOKENSIDECAR_MAX_BACKOFF": "1s",
-        },
-    )
     with sidecar:
         sidecar.wait_for_token(read)
         wait_for(lambda: sidecar.status()["fingerprint"] == fingerprint(read))
