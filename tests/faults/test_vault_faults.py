@@ -105,18 +105,6 @@ def test_openbao_killed_and_restarted_repeatedly_keeps_last_good_and_recovers_wi
         assert server.root_token not in text
 
 
-def _approle(server: DevServer, directory: Path, *, allowed: str, ttl: str) -> dict[str, str]:
-    policy = server.read_policy_for(allowed)
-    role_id, secret_id = server.create_approle("faults", policies=[policy], ttl=ttl, max_ttl="1h")
-    (directory / "role-id").write_text(role_id)
-    (directory / "secret-id").write_text(secret_id)
-    return {
-        "TOKENSIDECAR_VAULT_AUTH": "approle",
-        "TOKENSIDECAR_VAULT_ROLE_ID_FILE": str(directory / "role-id"),
-        "TOKENSIDECAR_VAULT_SECRET_ID_FILE": str(directory / "secret-id"),
-    }
-
-
 def _through(proxy: CountingProxy, tmp_path: Path, **env: str) -> SidecarProcess:
     (tmp_path / "out").mkdir()
     return SidecarProcess(
@@ -135,7 +123,7 @@ def test_client_token_expiring_while_vault_is_sealed_backs_off_instead_of_spinni
         tmp_path,
         TOKENSIDECAR_REFRESH_INTERVAL="1s",
         TOKENSIDECAR_MAX_BACKOFF=f"{max_backoff:g}s",
-        **_approle(server, tmp_path, allowed=PATH, ttl="3s"),
+        **approle_files(server, tmp_path, allowed=PATH, ttl="3s"),
     )
     with sidecar:
         sidecar.wait_for_token("hf_faults_sealed_before")
@@ -178,7 +166,7 @@ def test_polling_a_path_the_policy_forbids_adds_no_vault_tokens(
         tmp_path,
         TOKENSIDECAR_REFRESH_INTERVAL="1s",
         TOKENSIDECAR_MAX_BACKOFF="1s",
-        **_approle(server, tmp_path, allowed="secret/hf/some-other-model", ttl="1h"),
+        **approle_files(server, tmp_path, allowed="secret/hf/some-other-model", ttl="1h"),
     )
     before = live_token_accessors(server)
     with sidecar:
@@ -199,7 +187,7 @@ def test_sigterm_while_vault_hangs_gives_up_revoking_within_the_budget(
 ) -> None:
     server = restartable_openbao
     server.put_kv(PATH, {"token": "hf_faults_hung_revoke"})
-    sidecar = _through(counting_proxy, tmp_path, **_approle(server, tmp_path, allowed=PATH, ttl="1h"))
+    sidecar = _through(counting_proxy, tmp_path, **approle_files(server, tmp_path, allowed=PATH, ttl="1h"))
     with sidecar:
         sidecar.wait_for_token("hf_faults_hung_revoke")
         assert sidecar.process is not None
