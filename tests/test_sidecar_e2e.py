@@ -11,15 +11,15 @@ import signal
 import stat
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.fixtures.jwt import unsigned_jwt
+from tests.fixtures.notify import NotifyEndpoint, SignalReceiver
 from tests.fixtures.stalling import StallingListener
 from tests.sidecar_process import SidecarProcess, wait_for
-from tests.test_notify import NotifyEndpoint, SignalReceiver
+from tests.test_docs import PUBLIC_METRICS
 
 FIRST = "hf_e2efirsttoken0001"
 SECOND = "hf_e2esecondtoken002"
@@ -34,16 +34,6 @@ STATUS_FIELDS = {
     "last_error",
     "consecutive_failures",
 }
-SIDECAR_METRICS = (
-    "tokensidecar_rotations_total",
-    "tokensidecar_fetch_duration_seconds",
-    "tokensidecar_last_success_timestamp_seconds",
-    "tokensidecar_token_expiry_timestamp_seconds",
-    "tokensidecar_consecutive_failures",
-    "tokensidecar_ready",
-    "tokensidecar_verify_total",
-    "tokensidecar_build_info",
-)
 RFC3339_UTC = r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$"
 
 
@@ -80,15 +70,6 @@ def _sidecar(source_file: Path, token_file: Path, **env: str) -> SidecarProcess:
             **env,
         },
     )
-
-
-@pytest.fixture
-def receiver(tmp_path: Path) -> Iterator[SignalReceiver]:
-    child = SignalReceiver(tmp_path)
-    try:
-        yield child
-    finally:
-        child.stop()
 
 
 def test_file_source_end_to_end(paths: tuple[Path, Path]) -> None:
@@ -145,7 +126,7 @@ def test_file_source_end_to_end(paths: tuple[Path, Path]) -> None:
 
         # /metrics carries every sidecar metric name of docs/metrics.md.
         exposition = sidecar.get("/metrics")[1]
-        for name in SIDECAR_METRICS:
+        for name in PUBLIC_METRICS:
             assert f"# TYPE {name} " in exposition, name
         assert 'tokensidecar_build_info{source="file",version="' in exposition
         assert "tokensidecar_fetch_duration_seconds_bucket{" in exposition
