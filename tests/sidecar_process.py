@@ -127,6 +127,18 @@ class SidecarProcess:
         self.logs = self.read_logs()
         return self.process.returncode
 
+    def terminate_within(self, seconds: float) -> tuple[int, float]:
+        """SIGTERM, then wait at most ``seconds`` for the process to exit by itself; returns
+        its exit code and the seconds it took (AssertionError if it is still running)."""
+        assert self.process is not None
+        sent = time.monotonic()
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            code = self.process.wait(timeout=seconds)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"still running {seconds:g} s after SIGTERM") from None
+        return code, time.monotonic() - sent
+
     def kill(self) -> None:
         assert self.process is not None
         self.process.kill()

@@ -21,7 +21,6 @@ from __future__ import annotations
 import os
 import random
 import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -29,7 +28,7 @@ from tests.faults.sampler import FileSampler
 from tests.fixtures.openbao import CountingProxy, live_token_accessors, seal, unseal
 from tests.sidecar_process import SidecarProcess, wait_for
 from tests.test_sidecar_e2e import SIGTERM_DEADLINE_S
-from tests.test_vault_e2e import PATH, approle_files
+from tests.test_vault_e2e import PATH, approle_files, vault_sidecar
 from tokensidecar.demo.openbao import DevServer
 
 CANARY = "hf_CANARYfaultsVaultKill13579"
@@ -52,17 +51,8 @@ def test_openbao_killed_and_restarted_repeatedly_keeps_last_good_and_recovers_wi
     server = restartable_openbao
     values = [CANARY, *(f"hf_faults_vault_cycle_{n}_{random.randrange(10**6):06d}" for n in range(CYCLES))]
     server.put_kv(PATH, {"token": values[0]})
-    (tmp_path / "out").mkdir()
-    sidecar = SidecarProcess(
-        token_file=tmp_path / "out" / "token",
-        env={
-            "TOKENSIDECAR_SOURCE": "vault",
-            "VAULT_ADDR": server.addr,
-            "TOKENSIDECAR_VAULT_PATH": PATH,
-            "TOKENSIDECAR_REFRESH_INTERVAL": "1s",
-            "TOKENSIDECAR_MAX_BACKOFF": f"{MAX_BACKOFF_S:g}s",
-            **approle_files(server, tmp_path),
-        },
+    sidecar = vault_sidecar(
+        server, tmp_path, TOKENSIDECAR_MAX_BACKOFF=f"{MAX_BACKOFF_S:g}s", **approle_files(server, tmp_path)
     )
     recoveries: list[float] = []
     with sidecar:
@@ -192,13 +182,7 @@ def test_sigterm_while_vault_hangs_gives_up_revoking_within_the_budget(
         sidecar.wait_for_token("hf_faults_hung_revoke")
         assert sidecar.process is not None
         counting_proxy.stalling = True  # Vault now accepts and never answers
-        sent = time.monotonic()
-        sidecar.process.send_signal(signal.SIGTERM)
-        try:
-            code = sidecar.process.wait(timeout=SIGTERM_DEADLINE_S)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(f"still running {SIGTERM_DEADLINE_S:g} s after SIGTERM") from None
-        took = time.monotonic() - sent
+        code, took = sidecar.terminate_within(SIGTERM_DEADLINE_S)
     print(f"SIGTERM with the revocation hanging: exit after {took:.2f} s")
     assert code == 0
     # The revocation was tried, hung, and was abandoned: the login token ends at its TTL.
