@@ -44,9 +44,8 @@ from typing import Any
 import aiohttp
 from common import ROOT, distribution, emit, process_usage, stop_process
 
+from tests.fixtures.jwt import JwtIssuer
 from tests.fixtures.kube import KubeApi
-from tests.fixtures.openbao import JwtIssuer
-from tests.gateway.conftest import ServiceAccountTokens
 from tests.gateway.harness import GatewayProcess
 from tests.sidecar_process import free_port, wait_for
 from tokensidecar.demo.hub import HubStandIn, serve_in_thread
@@ -393,8 +392,7 @@ def main() -> None:
         root = Path(scratch)
         kube = KubeApi(directory=root).start()
         try:
-            cluster = ServiceAccountTokens(issuer=JwtIssuer())
-            cluster.install(kube)
+            cluster = kube.trust_service_account_issuer(JwtIssuer())
             sa_token = cluster.issue(namespace="team-a", service_account="predictor", lifetime=7200)
             token_path = root / "sa-token"
             token_path.write_text(sa_token)

@@ -28,7 +28,8 @@ RESULTS = HERE / "results"
 # name -> (full arguments, quick arguments)
 BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
     "cold_start": ([], ["--starts", "3"]),
-    "propagation": ([], ["--changes", "30", "--vault-changes", "5"]),
+    "propagation": ([], ["--changes", "30", "--vault-changes", "5", "--rotations", "3"]),
+    "hub_verify": ([], ["--samples", "20"]),
     "webhook": ([], ["--seconds", "1"]),
     "fleet": ([], ["--sizes", "50", "--outage", "5", "--interval", "2", "--max-backoff", "4"]),
     "footprint": ([], ["--seconds", "15"]),

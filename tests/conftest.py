@@ -13,6 +13,9 @@ pytest_plugins = sorted(
     for path in (pathlib.Path(__file__).parent / "fixtures").glob("*.py")
     if path.stem != "__init__"
 )
+# The plugins import each other (hub.py signs with jwt.py's JwtIssuer): marked before any
+# is imported, each has its asserts rewritten whichever imports it first.
+pytest.register_assert_rewrite(*pytest_plugins)
 
 # CI replays the same examples on every run: a property test that finds a new bug there
 # would block everyone's submission at random. Developers' runs stay random, so the suites

@@ -22,7 +22,28 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-__all__ = ["SidecarProcess", "free_port", "wait_for"]
+__all__ = ["SidecarProcess", "free_port", "hub_file_sidecar", "wait_for"]
+
+
+def hub_file_sidecar(*, hub_url: str, directory: Path, **env: str) -> tuple[SidecarProcess, Path]:
+    """A sidecar (not started) reading the file source ``<directory>/source/token`` and
+    verifying each token at the Hub ``hub_url`` (whoami, backoff capped at 1 s), ``env`` on
+    top; publishes to ``<directory>/out/token``. Returns it and the source file to write."""
+    source_file = directory / "source" / "token"
+    source_file.parent.mkdir()
+    (directory / "out").mkdir()
+    sidecar = SidecarProcess(
+        token_file=directory / "out" / "token",
+        env={
+            "TOKENSIDECAR_SOURCE": "file",
+            "TOKENSIDECAR_SOURCE_FILE": str(source_file),
+            "HF_ENDPOINT": hub_url,
+            "TOKENSIDECAR_VERIFY": "whoami",
+            "TOKENSIDECAR_MAX_BACKOFF": "1s",
+            **env,
+        },
+    )
+    return sidecar, source_file
 
 
 def free_port() -> int:
@@ -105,6 +126,18 @@ class SidecarProcess:
         self._log_file.close()
         self.logs = self.read_logs()
         return self.process.returncode
+
+    def terminate_within(self, seconds: float) -> tuple[int, float]:
+        """SIGTERM, then wait at most ``seconds`` for the process to exit by itself; returns
+        its exit code and the seconds it took (AssertionError if it is still running)."""
+        assert self.process is not None
+        sent = time.monotonic()
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            code = self.process.wait(timeout=seconds)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"still running {seconds:g} s after SIGTERM") from None
+        return code, time.monotonic() - sent
 
     def kill(self) -> None:
         assert self.process is not None

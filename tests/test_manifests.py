@@ -29,7 +29,8 @@ import hvac.exceptions
 import pytest
 import yaml
 
-from tests.fixtures.openbao import JwtIssuer, TokenReviewServer
+from tests.fixtures.jwt import JwtIssuer
+from tests.fixtures.openbao import TokenReviewServer
 from tokensidecar.demo.openbao import DevServer, bao_binary
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from tests.fixtures.jwt import unsigned_jwt
 from tokensidecar import logs
 from tokensidecar.redact import fingerprint, redact, remember, safe_error
 from tokensidecar.token import Token
@@ -25,10 +26,7 @@ def _unique(prefix: str = "") -> str:
 
 
 def _jwt_body(claims: dict[str, object]) -> str:
-    def part(document: dict[str, object]) -> str:
-        return base64.urlsafe_b64encode(json.dumps(document).encode()).decode().rstrip("=")
-
-    return f"{part({'alg': 'RS256', 'typ': 'JWT'})}.{part(claims)}.{secrets.token_urlsafe(32)}"
+    return unsigned_jwt(claims, signature=secrets.token_urlsafe(32))
 
 
 def test_a_remembered_value_is_masked_with_its_fingerprint() -> None:

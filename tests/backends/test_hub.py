@@ -13,7 +13,6 @@ import asyncio
 import logging
 import secrets
 import socket
-import statistics
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -167,11 +166,13 @@ async def test_unreachable_hub_is_an_outage() -> None:
 
 async def test_hub_that_stalls_is_an_outage_after_the_timeout(hub: HubStandIn) -> None:
     value = hub.issue_token()
-    hub.stall_next(1, delay=0.8, path_prefix="/api/whoami-v2")
-    started = time.monotonic()
+    # The stall outlasts the timeout many times over: "did not answer" can only come from
+    # the verifier giving up, and one request means it gave up once, without retrying.
+    # How long giving up takes is measured by bench/hub_verify.py.
+    hub.stall_next(1, delay=3.0, path_prefix="/api/whoami-v2")
     with pytest.raises(HubUnavailable, match="did not answer"):
         await HubVerifier(endpoint=hub.url, request_timeout=0.3).verify(_token(value))
-    assert time.monotonic() - started < 0.7
+    assert [path for _, path in hub.requests] == ["/api/whoami-v2"]
 
 
 async def test_repo_verification_fails_for_a_token_without_access_to_the_model(hub: HubStandIn) -> None:
@@ -248,18 +249,13 @@ def test_verifier_is_built_from_settings(hub: HubStandIn) -> None:
     )
 
 
-async def test_verification_latency_against_the_stand_in(hub: HubStandIn) -> None:
+async def test_repo_verification_is_one_whoami_and_one_auth_check_each_time(hub: HubStandIn) -> None:
+    # What a verification costs the Hub, in requests; its latency is bench/hub_verify.py's.
     value = hub.issue_token()
     verifier = _verifier(hub, mode="repo")
-    await verifier.verify(_token(value))  # warm the connection pool
-    samples = []
-    for _ in range(20):
-        started = time.perf_counter()
-        await verifier.verify(_token(value))
-        samples.append(time.perf_counter() - started)
-    median = statistics.median(samples)
-    print(f"repo verification (whoami + auth-check) median {median * 1000:.1f} ms over 20")
-    assert median < 0.5
+    for _ in range(21):
+        assert (await verifier.verify(_token(value))).verified
+    assert (hub.calls["whoami"], hub.calls["auth_check"]) == (21, 21)
 
 
 def test_watch_token_calls_back_on_each_rotation(tmp_path: Path) -> None:

@@ -32,8 +32,8 @@ from typing import Any
 
 import pytest
 
-from tests.fixtures.hub import OidcIssuer
-from tests.sidecar_process import SidecarProcess, wait_for
+from tests.fixtures.jwt import JwtIssuer
+from tests.sidecar_process import hub_file_sidecar, wait_for
 from tokensidecar.backends.hub import HubVerifier, exchange_enterprise, exchange_id_token
 from tokensidecar.backends.hub_errors import HubUnavailable, TokenRejected
 from tokensidecar.backends.hub_scope import judge, scope_from_whoami, verdict
@@ -231,7 +231,7 @@ async def test_scope_judges_oauth_tokens_by_the_scopes_the_exchange_granted(hub:
 
 
 async def test_scope_accepts_a_trusted_publisher_token_for_the_model_only(
-    hub: HubStandIn, oidc_issuer: OidcIssuer
+    hub: HubStandIn, oidc_issuer: JwtIssuer
 ) -> None:
     exchanged = await exchange_id_token(endpoint=hub.url, subject_token=oidc_issuer.mint(), resource=MODEL)
     verified = await _scope_verifier(hub).verify(Token(value=exchanged.value, source="oidc-exchange"))
@@ -252,7 +252,7 @@ async def test_scope_accepts_a_trusted_publisher_token_for_the_model_only(
 
 @pytest.mark.parametrize("jwt_whoami", ["accept", "refuse"])
 async def test_trusted_publisher_tokens_are_judged_whatever_whoami_says_of_them(
-    jwt_whoami: str, oidc_issuer: OidcIssuer
+    jwt_whoami: str, oidc_issuer: JwtIssuer
 ) -> None:
     # Undocumented: whether whoami-v2 accepts hf_jwt_ tokens. Either way, repo and scope
     # verification rely on auth-check; whoami-only verification cannot tell and says so as
@@ -283,22 +283,11 @@ async def test_scope_refuses_a_token_that_cannot_read_a_gated_model() -> None:
 def test_sidecar_with_verify_scope_never_publishes_a_write_token_and_reports_the_scope(
     hub: HubStandIn, tmp_path: Path
 ) -> None:
-    source_file = tmp_path / "source" / "token"
-    source_file.parent.mkdir()
-    (tmp_path / "out").mkdir()
+    sidecar, source_file = hub_file_sidecar(
+        hub_url=hub.url, directory=tmp_path, TOKENSIDECAR_VERIFY="scope", TOKENSIDECAR_MODEL_ID=MODEL
+    )
     read, write = hub.issue_token(), hub.issue_token(role="write")
     source_file.write_text(read)
-    sidecar = SidecarProcess(
-        token_file=tmp_path / "out" / "token",
-        env={
-            "TOKENSIDECAR_SOURCE": "file",
-            "TOKENSIDECAR_SOURCE_FILE": str(source_file),
-            "HF_ENDPOINT": hub.url,
-            "TOKENSIDECAR_VERIFY": "scope",
-            "TOKENSIDECAR_MODEL_ID": MODEL,
-            "TOKENSIDECAR_MAX_BACKOFF": "1s",
-        },
-    )
     with sidecar:
         sidecar.wait_for_token(read)
         wait_for(lambda: sidecar.status()["fingerprint"] == fingerprint(read))

@@ -12,9 +12,9 @@ from collections.abc import AsyncIterator, Mapping
 
 import pytest
 
+from tests.fixtures.jwt import JwtIssuer
 from tests.fixtures.openbao import (
     CountingProxy,
-    JwtIssuer,
     TokenReviewServer,
     live_token_accessors,
     seal,

@@ -3,15 +3,17 @@ expiry-driven refresh of exchanged tokens, observed from outside (file, /metrics
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.fixtures.hub import OidcIssuer
-from tests.sidecar_process import SidecarProcess, wait_for
+from tests.fixtures.jwt import JwtIssuer
+from tests.sidecar_process import SidecarProcess, hub_file_sidecar, wait_for
 from tokensidecar.demo.hub import HubStandIn
 
 
@@ -27,21 +29,7 @@ def _write(path: Path, value: str) -> None:
 
 
 def _file_sidecar(hub: HubStandIn, tmp_path: Path, **env: str) -> tuple[SidecarProcess, Path]:
-    source_file = tmp_path / "source" / "token"
-    source_file.parent.mkdir()
-    (tmp_path / "out").mkdir()
-    sidecar = SidecarProcess(
-        token_file=tmp_path / "out" / "token",
-        env={
-            "TOKENSIDECAR_SOURCE": "file",
-            "TOKENSIDECAR_SOURCE_FILE": str(source_file),
-            "HF_ENDPOINT": hub.url,
-            "TOKENSIDECAR_VERIFY": "whoami",
-            "TOKENSIDECAR_MAX_BACKOFF": "1s",
-            **env,
-        },
-    )
-    return sidecar, source_file
+    return hub_file_sidecar(hub_url=hub.url, directory=tmp_path, **env)
 
 
 def _verify_count(sidecar: SidecarProcess, result: str) -> float:
@@ -105,9 +93,12 @@ def test_hub_outage_never_displaces_a_verified_token(hub: HubStandIn, tmp_path: 
     assert second not in sidecar.logs
 
 
-def test_hub_outage_with_publish_policy_publishes_the_first_token_unverified(
+@contextlib.contextmanager
+def _first_token_published_unverified(
     hub: HubStandIn, tmp_path: Path
-) -> None:
+) -> Iterator[tuple[SidecarProcess, str]]:
+    """A sidecar with the "publish" outage policy, started while the Hub's whoami answers
+    503, once it has published its first token (unverified); yields it and the token."""
     sidecar, source_file = _file_sidecar(hub, tmp_path, TOKENSIDECAR_VERIFY_ON_HUB_OUTAGE="publish")
     first = hub.issue_token()
     _write(source_file, first)
@@ -115,6 +106,13 @@ def test_hub_outage_with_publish_policy_publishes_the_first_token_unverified(
     with sidecar:
         # Nothing valid is published yet: "publish" puts the token out unverified.
         sidecar.wait_for_token(first)
+        yield sidecar, first
+
+
+def test_hub_outage_with_publish_policy_publishes_the_first_token_unverified(
+    hub: HubStandIn, tmp_path: Path
+) -> None:
+    with _first_token_published_unverified(hub, tmp_path) as (sidecar, first):
         assert _verify_count(sidecar, "hub_unavailable_published") == 1
         assert sidecar.status()["verified"] is False  # the Hub is still down: nothing can verify it
         assert sidecar.get("/readyz")[0] == 200
@@ -126,12 +124,7 @@ def test_hub_outage_with_publish_policy_publishes_the_first_token_unverified(
 def test_token_published_unverified_then_revoked_makes_the_sidecar_unready(
     hub: HubStandIn, tmp_path: Path
 ) -> None:
-    sidecar, source_file = _file_sidecar(hub, tmp_path, TOKENSIDECAR_VERIFY_ON_HUB_OUTAGE="publish")
-    first = hub.issue_token()
-    _write(source_file, first)
-    hub.fail_next(1000, status=503, path_prefix="/api/whoami-v2")
-    with sidecar:
-        sidecar.wait_for_token(first)
+    with _first_token_published_unverified(hub, tmp_path) as (sidecar, first):
         hub.revoke(first)
         hub.clear_faults()  # the Hub answers again, and refuses the token it never vouched for
         wait_for(lambda: sidecar.get("/readyz")[0] == 503, timeout=10)
@@ -141,7 +134,7 @@ def test_token_published_unverified_then_revoked_makes_the_sidecar_unready(
 
 
 def test_exchanged_token_is_refreshed_from_expires_in(
-    hub: HubStandIn, oidc_issuer: OidcIssuer, tmp_path: Path
+    hub: HubStandIn, oidc_issuer: JwtIssuer, tmp_path: Path
 ) -> None:
     hub.exchange_lifetime = 6
     subject_file = tmp_path / "sa-token"
@@ -175,8 +168,9 @@ def test_exchanged_token_is_refreshed_from_expires_in(
     # The first token is published before /healthz answers, so the test sees it late (by the
     # sidecar's start-up time on a loaded machine): measure from the first refresh it saw happen.
     gaps = [later[0] - earlier[0] for earlier, later in itertools.pairwise(published[1:])]
-    # 2/3 of a 6 s lifetime is 4 s, ±10% jitter; never after the token has expired.
-    assert all(3.0 <= gap <= 5.5 for gap in gaps), gaps
+    # 2/3 of a 6 s lifetime is 4 s, ±10% jitter; never after the token has expired (6 s,
+    # the contract's bound: a loaded machine may observe a publish late, never early).
+    assert all(3.0 <= gap < 6.0 for gap in gaps), gaps
     assert all(value.startswith("hf_jwt_") for _, value in published)
     assert all(hub.whoami_by_token[_fp(value)] == 1 for _, value in published)
     for _, value in published:

@@ -13,6 +13,8 @@ CANARY = "hf_CANARYe2eSecretProcess987654"
 
 
 def sidecar(kube_api: KubeApi, tmp_path: Path) -> SidecarProcess:
+    """The real sidecar watching the Secret ``NAME``; publishes to ``<tmp_path>/out/token``."""
+    (tmp_path / "out").mkdir(exist_ok=True)
     return SidecarProcess(
         token_file=tmp_path / "out" / "token",
         env={

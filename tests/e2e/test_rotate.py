@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -66,24 +65,20 @@ def test_sidecar_watching_the_secret_sees_each_rotation(
     with SidecarProcess(token_file=published, env=sidecar_env) as sidecar:
         wait_for(lambda: published.exists() and published.read_text().strip() == issued.read_text().strip())
         kube_api.wait_for_watches(1)
-        seconds = []
+        watches = kube_api.watch_requests
         for _ in range(3):
             token = hub.issue_token(expires_in=3600)
             issued.write_text(token)
-            started = time.monotonic()
             # mint (command) -> verify (whoami at the Hub) -> store (Secret PATCH) -> sidecar publishes
             assert main(resolve(SETTINGS, {}, env)) == 0
             wait_for(lambda token=token: published.read_text().strip() == token, timeout=10, interval=0.005)
-            seconds.append(time.monotonic() - started)
             # /status follows the file right after the publish.
             wait_for(lambda token=token: sidecar.status()["fingerprint"] == fingerprint(token), timeout=5)
+        # Each rotation reached the sidecar as an event on the watch it already had open
+        # (how long one takes end to end: bench/propagation.py, rotation).
+        assert kube_api.watch_requests == watches
     out = capsys.readouterr().out
     assert out.count("result=rotated") == 4
-    # Reported in the closing note: one rotation end to end against the local stand-ins.
-    print(
-        f"rotation end to end (mint -> verify -> store -> sidecar file): {[round(s, 3) for s in seconds]} s"
-    )
-    assert max(seconds) < 5
 
 
 def test_cli_never_prints_a_token_on_success_or_failure(

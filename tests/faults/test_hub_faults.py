@@ -23,7 +23,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from tests.faults.sampler import FileSampler
-from tests.sidecar_process import SidecarProcess, wait_for
+from tests.sidecar_process import SidecarProcess, hub_file_sidecar, wait_for
 from tokensidecar.backends.hub import HubVerifier
 from tokensidecar.demo.hub import HubStandIn
 from tokensidecar.metrics import exposition
@@ -54,22 +54,11 @@ def _verify_count(sidecar: SidecarProcess, result: str) -> float:
 def test_flapping_hub_never_lets_a_rejected_token_out_and_follows_the_outage_policy(
     hub: HubStandIn, tmp_path: Path, policy: str
 ) -> None:
-    source_file = tmp_path / "source" / "token"
-    source_file.parent.mkdir()
-    (tmp_path / "out").mkdir()
+    sidecar, source_file = hub_file_sidecar(
+        hub_url=hub.url, directory=tmp_path, TOKENSIDECAR_VERIFY_ON_HUB_OUTAGE=policy
+    )
     canary = hub.issue_token()
     _write(source_file, canary)
-    sidecar = SidecarProcess(
-        token_file=tmp_path / "out" / "token",
-        env={
-            "TOKENSIDECAR_SOURCE": "file",
-            "TOKENSIDECAR_SOURCE_FILE": str(source_file),
-            "HF_ENDPOINT": hub.url,
-            "TOKENSIDECAR_VERIFY": "whoami",
-            "TOKENSIDECAR_VERIFY_ON_HUB_OUTAGE": policy,
-            "TOKENSIDECAR_MAX_BACKOFF": "1s",
-        },
-    )
     rejected: list[str] = []
     published = [canary]
     with sidecar, FileSampler(sidecar.token_file) as sampler:

@@ -12,25 +12,13 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from tests.e2e.test_kubernetes_secret import NAME
+from tests.e2e.test_kubernetes_secret import sidecar as secret_sidecar
 from tests.faults.sampler import FileSampler
 from tests.fixtures.kube import KubeApi
-from tests.sidecar_process import SidecarProcess, wait_for
+from tests.sidecar_process import wait_for
 
-NAME = "hf-token"
 CANARY = "hf_CANARYfaultsKubeWatch24680"
-
-
-def _sidecar(kube_api: KubeApi, tmp_path: Path) -> SidecarProcess:
-    (tmp_path / "out").mkdir()
-    return SidecarProcess(
-        token_file=tmp_path / "out" / "token",
-        env={
-            "TOKENSIDECAR_SOURCE": "kubernetes-secret",
-            "TOKENSIDECAR_SECRET_NAME": NAME,
-            "KUBECONFIG": str(kube_api.kubeconfig_path),
-            "TOKENSIDECAR_MAX_BACKOFF": "1s",
-        },
-    )
 
 
 def _requests(kube_api: KubeApi) -> int:
@@ -40,7 +28,7 @@ def _requests(kube_api: KubeApi) -> int:
 def test_watch_cut_mid_event_never_loses_the_final_state(kube_api: KubeApi, tmp_path: Path) -> None:
     values = [CANARY, *(f"hf_faults_cut_{n:03d}" for n in range(40))]
     kube_api.put_secret(NAME, {"token": values[0]})
-    with _sidecar(kube_api, tmp_path) as sidecar:
+    with secret_sidecar(kube_api, tmp_path) as sidecar:
         sidecar.wait_for_token(values[0])
         kube_api.wait_for_watches(1)
         watches_before = kube_api.watch_requests
@@ -66,7 +54,7 @@ def test_finite_410_storm_relists_and_delivers_the_update_made_during_it(
     kube_api: KubeApi, tmp_path: Path
 ) -> None:
     kube_api.put_secret(NAME, {"token": "hf_faults_gone_before"})
-    with _sidecar(kube_api, tmp_path) as sidecar:
+    with secret_sidecar(kube_api, tmp_path) as sidecar:
         sidecar.wait_for_token("hf_faults_gone_before")
         kube_api.wait_for_watches(1)
         kube_api.compact()
@@ -84,7 +72,7 @@ def test_finite_410_storm_relists_and_delivers_the_update_made_during_it(
 
 def test_persistent_410_storm_reconnects_at_a_bounded_rate(kube_api: KubeApi, tmp_path: Path) -> None:
     kube_api.put_secret(NAME, {"token": "hf_faults_storm_before"})
-    with _sidecar(kube_api, tmp_path) as sidecar:
+    with secret_sidecar(kube_api, tmp_path) as sidecar:
         sidecar.wait_for_token("hf_faults_storm_before")
         kube_api.wait_for_watches(1)
         before = _requests(kube_api)
@@ -99,7 +87,7 @@ def test_persistent_410_storm_reconnects_at_a_bounded_rate(kube_api: KubeApi, tm
 
 def test_5xx_bursts_back_off_and_end_on_the_final_state(kube_api: KubeApi, tmp_path: Path) -> None:
     kube_api.put_secret(NAME, {"token": "hf_faults_5xx_first"})
-    with _sidecar(kube_api, tmp_path) as sidecar, FileSampler(sidecar.token_file) as sampler:
+    with secret_sidecar(kube_api, tmp_path) as sidecar, FileSampler(sidecar.token_file) as sampler:
         sidecar.wait_for_token("hf_faults_5xx_first")
         kube_api.wait_for_watches(1)
         values = ["hf_faults_5xx_first"]
@@ -132,7 +120,7 @@ def test_5xx_bursts_back_off_and_end_on_the_final_state(kube_api: KubeApi, tmp_p
 
 def test_slow_api_server_still_delivers_every_update_in_order(kube_api: KubeApi, tmp_path: Path) -> None:
     kube_api.put_secret(NAME, {"token": "hf_faults_slow_first"})
-    with _sidecar(kube_api, tmp_path) as sidecar, FileSampler(sidecar.token_file) as sampler:
+    with secret_sidecar(kube_api, tmp_path) as sidecar, FileSampler(sidecar.token_file) as sampler:
         sidecar.wait_for_token("hf_faults_slow_first")
         kube_api.wait_for_watches(1)
         kube_api.latency = 0.4  # every response, including each new watch, is 400 ms late

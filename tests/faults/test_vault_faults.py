@@ -21,12 +21,11 @@ from __future__ import annotations
 import os
 import random
 import signal
-import subprocess
 import time
 from pathlib import Path
 
 from tests.e2e.test_sidecar import SIGTERM_DEADLINE_S
-from tests.e2e.test_vault import PATH, approle_files
+from tests.e2e.test_vault import PATH, approle_files, vault_sidecar
 from tests.faults.sampler import FileSampler
 from tests.fixtures.openbao import CountingProxy, live_token_accessors, seal, unseal
 from tests.sidecar_process import SidecarProcess, wait_for
@@ -52,17 +51,8 @@ def test_openbao_killed_and_restarted_repeatedly_keeps_last_good_and_recovers_wi
     server = restartable_openbao
     values = [CANARY, *(f"hf_faults_vault_cycle_{n}_{random.randrange(10**6):06d}" for n in range(CYCLES))]
     server.put_kv(PATH, {"token": values[0]})
-    (tmp_path / "out").mkdir()
-    sidecar = SidecarProcess(
-        token_file=tmp_path / "out" / "token",
-        env={
-            "TOKENSIDECAR_SOURCE": "vault",
-            "VAULT_ADDR": server.addr,
-            "TOKENSIDECAR_VAULT_PATH": PATH,
-            "TOKENSIDECAR_REFRESH_INTERVAL": "1s",
-            "TOKENSIDECAR_MAX_BACKOFF": f"{MAX_BACKOFF_S:g}s",
-            **approle_files(server, tmp_path),
-        },
+    sidecar = vault_sidecar(
+        server, tmp_path, TOKENSIDECAR_MAX_BACKOFF=f"{MAX_BACKOFF_S:g}s", **approle_files(server, tmp_path)
     )
     recoveries: list[float] = []
     with sidecar:
@@ -105,18 +95,6 @@ def test_openbao_killed_and_restarted_repeatedly_keeps_last_good_and_recovers_wi
         assert server.root_token not in text
 
 
-def _approle(server: DevServer, directory: Path, *, allowed: str, ttl: str) -> dict[str, str]:
-    policy = server.read_policy_for(allowed)
-    role_id, secret_id = server.create_approle("faults", policies=[policy], ttl=ttl, max_ttl="1h")
-    (directory / "role-id").write_text(role_id)
-    (directory / "secret-id").write_text(secret_id)
-    return {
-        "TOKENSIDECAR_VAULT_AUTH": "approle",
-        "TOKENSIDECAR_VAULT_ROLE_ID_FILE": str(directory / "role-id"),
-        "TOKENSIDECAR_VAULT_SECRET_ID_FILE": str(directory / "secret-id"),
-    }
-
-
 def _through(proxy: CountingProxy, tmp_path: Path, **env: str) -> SidecarProcess:
     (tmp_path / "out").mkdir()
     return SidecarProcess(
@@ -135,7 +113,7 @@ def test_client_token_expiring_while_vault_is_sealed_backs_off_instead_of_spinni
         tmp_path,
         TOKENSIDECAR_REFRESH_INTERVAL="1s",
         TOKENSIDECAR_MAX_BACKOFF=f"{max_backoff:g}s",
-        **_approle(server, tmp_path, allowed=PATH, ttl="3s"),
+        **approle_files(server, tmp_path, allowed=PATH, ttl="3s"),
     )
     with sidecar:
         sidecar.wait_for_token("hf_faults_sealed_before")
@@ -178,7 +156,7 @@ def test_polling_a_path_the_policy_forbids_adds_no_vault_tokens(
         tmp_path,
         TOKENSIDECAR_REFRESH_INTERVAL="1s",
         TOKENSIDECAR_MAX_BACKOFF="1s",
-        **_approle(server, tmp_path, allowed="secret/hf/some-other-model", ttl="1h"),
+        **approle_files(server, tmp_path, allowed="secret/hf/some-other-model", ttl="1h"),
     )
     before = live_token_accessors(server)
     with sidecar:
@@ -199,18 +177,12 @@ def test_sigterm_while_vault_hangs_gives_up_revoking_within_the_budget(
 ) -> None:
     server = restartable_openbao
     server.put_kv(PATH, {"token": "hf_faults_hung_revoke"})
-    sidecar = _through(counting_proxy, tmp_path, **_approle(server, tmp_path, allowed=PATH, ttl="1h"))
+    sidecar = _through(counting_proxy, tmp_path, **approle_files(server, tmp_path, allowed=PATH, ttl="1h"))
     with sidecar:
         sidecar.wait_for_token("hf_faults_hung_revoke")
         assert sidecar.process is not None
         counting_proxy.stalling = True  # Vault now accepts and never answers
-        sent = time.monotonic()
-        sidecar.process.send_signal(signal.SIGTERM)
-        try:
-            code = sidecar.process.wait(timeout=SIGTERM_DEADLINE_S)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(f"still running {SIGTERM_DEADLINE_S:g} s after SIGTERM") from None
-        took = time.monotonic() - sent
+        code, took = sidecar.terminate_within(SIGTERM_DEADLINE_S)
     print(f"SIGTERM with the revocation hanging: exit after {took:.2f} s")
     assert code == 0
     # The revocation was tried, hung, and was abandoned: the login token ends at its TTL.

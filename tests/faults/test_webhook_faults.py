@@ -276,9 +276,11 @@ def test_slow_clients_do_not_block_other_admissions(
     finally:
         for connection in slow:
             connection.close()
-    # An admission takes a few ms here; the API server's timeout is seconds. Generous
-    # bound for a loaded 2-core CI machine, far below what a blocked server would show.
-    assert max(latencies) < 1.0, f"slowest admission with 100 slow clients: {max(latencies):.3f}s"
+    # An admission takes a few ms here; a server the slow clients block would not answer
+    # at all. The bound is the API server's own deadline (timeoutSeconds: 5 in
+    # manifests/base/webhook/mutatingwebhookconfiguration.yaml): past it the admission has
+    # failed whatever the webhook answers.
+    assert max(latencies) < 5.0, f"slowest admission with 100 slow clients: {max(latencies):.3f}s"
     after = KeepAliveClient(port=running.port, ca_file=ca_file)
     try:
         assert after.post(json.dumps(admission_review(kserve_predictor_pod())).encode())[0] == 200

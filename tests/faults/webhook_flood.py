@@ -16,11 +16,8 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import pathlib
-import signal
 import ssl
-import subprocess
 import sys
 import threading
 from collections.abc import Iterator, Mapping
@@ -28,6 +25,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from tests.webhook_process import WebhookProcess, webhook_command
 from tokensidecar.webhook import certs
 
 MIB = 1024 * 1024
@@ -77,31 +75,6 @@ def flood_review(*, size: int, uid: str) -> bytes:
     return body
 
 
-@dataclass
-class WebhookProcess:
-    process: subprocess.Popen[str]
-    port: int
-    ca_file: pathlib.Path
-    stderr_lines: list[str]
-
-    def peak_rss_bytes(self) -> int:
-        """The kernel's high-water mark of the process's resident set."""
-        return _status_kib(self.process.pid, "VmHWM") * 1024
-
-    def rss_bytes(self) -> int:
-        return _status_kib(self.process.pid, "VmRSS") * 1024
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-
-def _status_kib(pid: int, field: str) -> int:
-    for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise LookupError(f"{field} not in /proc/{pid}/status")
-
-
 @contextmanager
 def webhook_process(
     directory: pathlib.Path,
@@ -109,7 +82,8 @@ def webhook_process(
     env: Mapping[str, str] | None = None,
     python: str = sys.executable,
 ) -> Iterator[WebhookProcess]:
-    """``python -m tokensidecar webhook`` over TLS on a free port; SIGTERM on exit."""
+    """``python -m tokensidecar webhook`` over TLS on a free port (a CA of its own, in
+    ``directory``); SIGTERM on exit (:func:`tests.webhook_process.webhook_command`)."""
     ca = certs.generate_ca()
     serving = certs.issue_serving_cert(
         ca, dns_names=certs.service_dns_names(service=SERVICE, namespace=NAMESPACE)
@@ -121,52 +95,14 @@ def webhook_process(
     key_file = directory / "tls.key"
     key_file.write_bytes(serving.key_pem)
     key_file.chmod(0o600)
-    child_env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENSIDECAR_")}
-    child_env.update(
-        TOKENSIDECAR_WEBHOOK_LISTEN="127.0.0.1:0",
-        TOKENSIDECAR_TLS_CERT_FILE=str(directory / "tls.crt"),
-        TOKENSIDECAR_TLS_KEY_FILE=str(key_file),
-        TOKENSIDECAR_INJECT_VAULT_ADDR="https://vault.vault:8200",
-    )
-    child_env.update(env or {})
-    process = subprocess.Popen(
-        [python, "-m", "tokensidecar", "webhook"], env=child_env, stderr=subprocess.PIPE, text=True
-    )
-    lines: list[str] = []
-    try:
-        port = _listening_port(process, lines)
-        drain = threading.Thread(target=_drain, args=(process, lines), daemon=True)
-        drain.start()
-        yield WebhookProcess(process=process, port=port, ca_file=ca_file, stderr_lines=lines)
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-
-def _listening_port(process: subprocess.Popen[str], lines: list[str]) -> int:
-    assert process.stderr is not None
-    while True:
-        line = process.stderr.readline()
-        if not line:
-            raise RuntimeError(f"webhook exited {process.wait()}: {''.join(lines)}")
-        lines.append(line)
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue
-        if entry.get("msg") == "webhook listening":
-            return int(entry["port"])
-
-
-def _drain(process: subprocess.Popen[str], lines: list[str]) -> None:
-    assert process.stderr is not None
-    for line in process.stderr:
-        lines.append(line)
+    with webhook_command(
+        cert_file=directory / "tls.crt",
+        key_file=key_file,
+        ca_file=ca_file,
+        env={"TOKENSIDECAR_INJECT_VAULT_ADDR": "https://vault.vault:8200", **(env or {})},
+        python=python,
+    ) as server:
+        yield server
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.sidecar_process import SidecarProcess
+from tests.sidecar_process import SidecarProcess, wait_for
 from tokensidecar.gateway.cache import BlobStore
 from tokensidecar.gateway.identity import Identity
 from tokensidecar.gateway.metadata import Metadata
@@ -301,6 +301,32 @@ class GatewayProcess(SidecarProcess):
 
 
 HUB_SETUP = "from huggingface_hub import HfApi, hf_hub_download, snapshot_download\n"
+
+
+def client_mid_download(
+    gateway: GatewayProcess, expression: str, *, token_path: Path, home: Path
+) -> Callable[[], list[dict[str, Any]]]:
+    """Start a huggingface_hub client (:func:`run_client` of ``expression``) against
+    ``gateway`` in a thread and return once the gateway's partial cache holds bytes: the
+    download is under way, and the test can rotate something under it. The function
+    returned waits for the client and gives its result (a list of one, empty if it hung)."""
+    results: list[dict[str, Any]] = []
+    client = threading.Thread(
+        target=lambda: results.append(
+            run_client(expression, endpoint=gateway.url, token_path=token_path, home=home, setup=HUB_SETUP)
+        )
+    )
+    client.start()
+    partial = gateway.cache_dir / "partial"
+    wait_for(lambda: partial.is_dir() and any(p.stat().st_size > 0 for p in partial.iterdir()), timeout=60)
+
+    def finish() -> list[dict[str, Any]]:
+        client.join(timeout=120)
+        return results
+
+    return finish
+
+
 TEAM_A_POLICY = """\
 rules:
   - subjects: [{namespace: team-a, serviceAccount: predictor}]

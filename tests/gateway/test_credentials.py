@@ -19,7 +19,7 @@ import httpx2
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from tests.fixtures.hub import OidcIssuer
+from tests.fixtures.jwt import JwtIssuer
 from tests.fixtures.kube import KubeApi
 from tests.gateway.conftest import KubeletVolume, ServiceAccountTokens
 from tests.gateway.harness import TEAM_A_POLICY, GatewayProcess
@@ -295,7 +295,7 @@ def test_unreadable_file_names_the_setting(tmp_path: pathlib.Path) -> None:
 
 
 async def test_oidc_exchange_credential_is_minted_at_the_upstream(
-    hub: HubStandIn, oidc_issuer: OidcIssuer, projected_token: KubeletVolume, stores: list[CredentialStore]
+    hub: HubStandIn, oidc_issuer: JwtIssuer, projected_token: KubeletVolume, stores: list[CredentialStore]
 ) -> None:
     projected_token.write(oidc_issuer.mint())  # aud: https://huggingface.co, as the Hub requires
     text = f"""

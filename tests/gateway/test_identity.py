@@ -7,18 +7,16 @@ import io
 import json
 import logging
 import pathlib
-import threading
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
+from tests.fixtures.jwt import JwtIssuer
 from tests.fixtures.kube import KubeApi
-from tests.fixtures.openbao import JwtIssuer
 from tests.gateway.conftest import GATEWAY_AUDIENCE, KubeletVolume, ServiceAccountTokens
-from tests.gateway.harness import HUB_SETUP, GatewayProcess, run_client
+from tests.gateway.harness import GatewayProcess, client_mid_download
 from tests.sidecar_process import wait_for
 from tokensidecar.demo.hub import HubStandIn, serve_in_thread
 from tokensidecar.gateway.identity import Identity, IdentityUnavailable, TokenReviewer, parse_service_account
@@ -287,27 +285,16 @@ def test_projected_token_swapped_mid_download_is_used_for_the_rest_of_it(
             policy=policy,
         )
         out = tmp_path / "out"
-        results: list[dict[str, Any]] = []
         with gateway:
             wait_for(lambda: gateway.get("/readyz")[0] == 200, timeout=30)
-            client = threading.Thread(
-                target=lambda: results.append(
-                    run_client(
-                        f"snapshot_download({hub.repo_id!r}, local_dir={str(out)!r}, max_workers=1)",
-                        endpoint=gateway.url,
-                        token_path=projected_token.path,
-                        home=tmp_path / "home",
-                        setup=HUB_SETUP,
-                    )
-                )
-            )
-            client.start()
-            partial = gateway.cache_dir / "partial"
-            wait_for(
-                lambda: partial.is_dir() and any(p.stat().st_size > 0 for p in partial.iterdir()), timeout=60
+            finish = client_mid_download(
+                gateway,
+                f"snapshot_download({hub.repo_id!r}, local_dir={str(out)!r}, max_workers=1)",
+                token_path=projected_token.path,
+                home=tmp_path / "home",
             )
             projected_token.write(cluster.issue(namespace="team-a", service_account="predictor-renewed"))
-            client.join(timeout=120)
+            results = finish()
     assert results and results[0]["ok"], results
     assert {name: (out / name).read_bytes() for name in SWAP_FILES} == SWAP_FILES
     audit = [json.loads(line) for line in gateway.logs.splitlines() if '"audit": true' in line]

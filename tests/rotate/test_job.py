@@ -6,7 +6,7 @@ protocol (:class:`~tokensidecar.rotate.issuers.Issuer`,
 the ``Revoke`` callable), so these tests pin the order of work and what every token ends
 as — stored, revoked, or left to expire — without a cluster, a Vault or a Hub. Time is a
 fixed clock and the wait between revocation attempts is recorded, not slept, so every
-case is deterministic. ``tests/test_rotate.py`` runs the same job against real stand-ins.
+case is deterministic. ``tests/rotate/test_main.py`` runs the same job against real stand-ins.
 """
 
 from __future__ import annotations

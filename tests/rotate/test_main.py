@@ -423,42 +423,65 @@ def test_a_token_dropped_from_previous_without_revoke_after_is_reported_as_left_
 # --- concurrency ----------------------------------------------------------------------------
 
 
-def _intruding_issuer(tmp_path: Path, *, patch: dict[str, Any], token_file: Path) -> list[str]:
-    """argv of an issuer that, while "minting", lets another writer PATCH the Secret first."""
-    script = tmp_path / "racing_issuer.py"
-    script.write_text(
-        "import json, os, sys, kubernetes\n"
-        "kubernetes.config.load_kube_config(config_file=os.environ['KUBECONFIG'])\n"
-        "core = kubernetes.client.CoreV1Api()\n"
-        f"core.patch_namespaced_secret({SECRET!r}, 'default', json.loads({json.dumps(patch)!r}))\n"
-        "print(open(sys.argv[1]).read())\n"
-    )
-    return [sys.executable, str(script), str(token_file)]
+@dataclass
+class Intrusion:
+    """A Secret the job has rotated once (``first``), and the next run of the job, whose
+    issuer, while "minting", lets another writer PATCH the Secret first."""
+
+    secret_env: dict[str, str]
+    tmp_path: Path
+    token_file: Path
+    monkeypatch: pytest.MonkeyPatch
+    capsys: Any
+    first: str = ""
+
+    def rotate(self, *, patch: dict[str, Any], **settings: str) -> Run:
+        script = self.tmp_path / "racing_issuer.py"
+        script.write_text(
+            "import json, os, sys, kubernetes\n"
+            "kubernetes.config.load_kube_config(config_file=os.environ['KUBECONFIG'])\n"
+            "core = kubernetes.client.CoreV1Api()\n"
+            f"core.patch_namespaced_secret({SECRET!r}, 'default', json.loads({json.dumps(patch)!r}))\n"
+            "print(open(sys.argv[1]).read())\n"
+        )
+        env = {
+            **self.secret_env,
+            "TOKENSIDECAR_ISSUER_COMMAND": json.dumps([sys.executable, str(script), str(self.token_file)]),
+            "TOKENSIDECAR_ISSUER_COMMAND_ENV": "KUBECONFIG",  # the script's client reads it
+            **settings,
+        }
+        self.monkeypatch.setenv("KUBECONFIG", self.secret_env["KUBECONFIG"])  # passed to the script by name
+        return rotate(env, self.capsys)
 
 
-def test_a_metadata_write_between_read_and_store_is_retried_on_top(  # noqa: PLR0917 - fixtures
-    kube_api: KubeApi,
+@pytest.fixture
+def intrusion(  # noqa: PLR0917 - fixtures
     hub: HubStandIn,
-    token_file: Path,
     secret_env: dict[str, str],
     tmp_path: Path,
+    token_file: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: Any,
-) -> None:
+) -> Intrusion:
     first = issue(hub, token_file)
     assert rotate(secret_env, capsys).code == 0
-    # Someone annotates the Secret (kubectl annotate) while the job mints: same token, new resourceVersion.
-    argv = _intruding_issuer(
-        tmp_path, patch={"metadata": {"annotations": {"example.com/owner": "ml-team"}}}, token_file=token_file
+    return Intrusion(
+        secret_env=secret_env,
+        tmp_path=tmp_path,
+        token_file=token_file,
+        monkeypatch=monkeypatch,
+        capsys=capsys,
+        first=first,
     )
+
+
+def test_a_metadata_write_between_read_and_store_is_retried_on_top(
+    kube_api: KubeApi, hub: HubStandIn, token_file: Path, intrusion: Intrusion
+) -> None:
+    first = intrusion.first
+    # Someone annotates the Secret (kubectl annotate) while the job mints: same token, new resourceVersion.
     mine = issue(hub, token_file)
-    env = {
-        **secret_env,
-        "TOKENSIDECAR_ISSUER_COMMAND": json.dumps(argv),
-        "TOKENSIDECAR_ISSUER_COMMAND_ENV": "KUBECONFIG",  # the script's client reads it
-    }
-    monkeypatch.setenv("KUBECONFIG", secret_env["KUBECONFIG"])  # passed to the script by name
-    run = rotate(env, capsys)
+    run = intrusion.rotate(patch={"metadata": {"annotations": {"example.com/owner": "ml-team"}}})
     assert run.code == 0, run.err
     assert "conflicts=1" in run.out and "reading it again" in run.out and "result=rotated" in run.out
     data, annotations, _ = secret_state(kube_api)
@@ -466,36 +489,20 @@ def test_a_metadata_write_between_read_and_store_is_retried_on_top(  # noqa: PLR
     assert annotations["example.com/owner"] == "ml-team" and annotations["tokensidecar.io/version"] == "2"
 
 
-def test_a_token_stored_by_another_writer_meanwhile_is_kept_and_ours_revoked(  # noqa: PLR0917 - fixtures
-    kube_api: KubeApi,
-    hub: HubStandIn,
-    token_file: Path,
-    secret_env: dict[str, str],
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: Any,
+def test_a_token_stored_by_another_writer_meanwhile_is_kept_and_ours_revoked(
+    kube_api: KubeApi, hub: HubStandIn, token_file: Path, intrusion: Intrusion
 ) -> None:
-    first = issue(hub, token_file)
-    assert rotate(secret_env, capsys).code == 0
+    first = intrusion.first
     intruder = hub.issue_token()
     encoded = {
         "token": base64.b64encode(intruder.encode()).decode(),
         "previous": base64.b64encode(first.encode()).decode(),
     }
-    argv = _intruding_issuer(
-        tmp_path,
-        patch={"data": encoded, "metadata": {"annotations": {"tokensidecar.io/version": "2"}}},
-        token_file=token_file,
-    )
     mine = issue(hub, token_file)
-    env = {
-        **secret_env,
-        "TOKENSIDECAR_ISSUER_COMMAND": json.dumps(argv),
-        "TOKENSIDECAR_ISSUER_COMMAND_ENV": "KUBECONFIG",
-        "TOKENSIDECAR_ISSUER_COMMAND_MINTS": "true",
-    }
-    monkeypatch.setenv("KUBECONFIG", secret_env["KUBECONFIG"])  # passed to the script by name
-    run = rotate(env, capsys)
+    run = intrusion.rotate(
+        patch={"data": encoded, "metadata": {"annotations": {"tokensidecar.io/version": "2"}}},
+        TOKENSIDECAR_ISSUER_COMMAND_MINTS="true",
+    )
     assert run.code == 0, run.err
     assert "conflicts=1" in run.out and "result=superseded" in run.out and "not writing on top" in run.out
     # Nothing lost: the other writer's token and the one it displaced stay; ours is revoked.

@@ -11,7 +11,6 @@ what only the loop does: the first publish, watch events, restarting a broken wa
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import math
 import statistics
@@ -26,6 +25,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from tests.fixtures.jwt import unsigned_jwt
 from tokensidecar.backends.hub_errors import HubUnavailable, TokenRejected
 from tokensidecar.backoff import Backoff, jittered
 from tokensidecar.sidecar.metrics import SidecarMetrics
@@ -46,10 +46,7 @@ def _token(value: str, *, expires_in: float | None = None, version: str = "1") -
 
 
 def _jwt(exp: float) -> str:
-    def part(document: dict[str, object]) -> str:
-        return base64.urlsafe_b64encode(json.dumps(document).encode()).decode().rstrip("=")
-
-    return f"hf_jwt_{part({'alg': 'RS256', 'typ': 'JWT'})}.{part({'sub': 'u', 'exp': exp})}.c2lnbmF0dXJl"
+    return "hf_jwt_" + unsigned_jwt({"sub": "u", "exp": exp})
 
 
 class ScriptedSource(Source):
@@ -616,10 +613,9 @@ async def test_watched_source_publishes_events_as_they_come(tmp_path: Path) -> N
         await _eventually(lambda: _published(tmp_path) == GOOD)
         await _eventually(lambda: source.watches_started == 1)
         for value in (NEXT, THIRD):
-            started = time.monotonic()
+            # Published on the event, not on a schedule (how fast: bench/propagation.py).
             source.events.put_nowait(_token(value))
             await _eventually(lambda value=value: _published(tmp_path) == value)  # type: ignore[misc]
-            assert time.monotonic() - started < 0.5
         assert refresher.state.next_refresh_at is None  # nothing polled: it waits for the watch
         assert source.fetches == 1  # only the first fetch; the rest came from the watch
         # The file is renamed into place before the counter moves: wait for the bookkeeping.

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import statistics
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -337,28 +336,30 @@ async def test_cancelling_the_watch_closes_its_stream_promptly(
     watcher = Watcher(source)
     assert isinstance(await watcher.next(), Token)
     await asyncio.to_thread(kube_api.wait_for_watches, 1)  # never block the loop the watch runs on
-    started = time.monotonic()
     await watcher.stop()
-    await asyncio.to_thread(lambda: wait_until(lambda: kube_api.open_watches == 0, timeout=2.0))
+    # The client closes the stream: left alone, the API server would end it only after
+    # timeoutSeconds (WATCH_TIMEOUT_RANGE, 5 to 10 minutes), so seconds tell the two apart
+    # on any machine.
+    await asyncio.to_thread(lambda: wait_until(lambda: kube_api.open_watches == 0, timeout=10.0))
     await asyncio.to_thread(
-        lambda: wait_until(lambda: not any(t.name.startswith("watch-secret") for t in threading.enumerate()))
+        lambda: wait_until(
+            lambda: not any(t.name.startswith("watch-secret") for t in threading.enumerate()), timeout=10.0
+        )
     )
-    assert time.monotonic() - started < 2.0
 
 
-async def test_update_reaches_the_watch_in_milliseconds(kube_api: KubeApi, watcher: Watcher) -> None:
+async def test_updates_reach_the_watch_down_the_open_stream(kube_api: KubeApi, watcher: Watcher) -> None:
     kube_api.put_secret(NAME, {"token": "hf_latency_00000"})
     await watcher.next_token()
     await asyncio.to_thread(kube_api.wait_for_watches, 1)  # never block the loop the watch runs on
-    delays = []
+    requests_before = await asyncio.to_thread(kube_api.call, lambda: len(kube_api.store.requests))
     for round_number in range(1, 21):
-        started = time.perf_counter()
         await asyncio.to_thread(kube_api.put_secret, NAME, {"token": f"hf_latency_{round_number:05d}"})
         token = await watcher.next_token()
-        delays.append(time.perf_counter() - started)
         assert token.value == f"hf_latency_{round_number:05d}"
-    # Generous bound for a shared 2-core machine; bench/propagation_secret.py measures for real.
-    assert statistics.median(delays) < 0.25
+    # Every update came as an event on the watch already open: no GET, no re-list, no new
+    # watch. How fast: bench/propagation.py (kubernetes-secret) measures it.
+    assert await asyncio.to_thread(kube_api.call, lambda: kube_api.store.requests[requests_before:]) == []
 
 
 # -- configuration -------------------------------------------------------------------------

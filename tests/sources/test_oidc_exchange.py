@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from tests.fixtures.hub import DiscoverableIssuer, OidcIssuer
+from tests.fixtures.hub import DiscoverableIssuer
+from tests.fixtures.jwt import JwtIssuer
 from tokensidecar.backends.hub import (
     ExchangeRefused,
     HubVerifier,
@@ -55,7 +56,7 @@ def _source(hub: HubStandIn, subject_file: Path, *, resource: str = RESOURCE) ->
 
 
 async def test_exchange_gives_a_short_lived_hub_token_that_the_hub_accepts(
-    hub: HubStandIn, oidc_issuer: OidcIssuer
+    hub: HubStandIn, oidc_issuer: JwtIssuer
 ) -> None:
     exchanged = await exchange_id_token(endpoint=hub.url, subject_token=oidc_issuer.mint(), resource=RESOURCE)
     assert exchanged.value.startswith("hf_jwt_")
@@ -66,7 +67,7 @@ async def test_exchange_gives_a_short_lived_hub_token_that_the_hub_accepts(
 
 
 async def test_repo_resource_gives_a_token_that_writes_to_that_one_repo(
-    hub: HubStandIn, oidc_issuer: OidcIssuer
+    hub: HubStandIn, oidc_issuer: JwtIssuer
 ) -> None:
     # trusted-publishers.md "Two flavors": repo publisher → write access to that one repo.
     exchanged = await exchange_id_token(endpoint=hub.url, subject_token=oidc_issuer.mint(), resource=RESOURCE)
@@ -79,7 +80,7 @@ async def test_repo_resource_gives_a_token_that_writes_to_that_one_repo(
 
 
 async def test_user_resource_gives_a_read_only_token_that_cannot_read_private_repos(
-    hub: HubStandIn, oidc_issuer: OidcIssuer
+    hub: HubStandIn, oidc_issuer: JwtIssuer
 ) -> None:
     # trusted-publishers.md: a username → "hf_oauth_…", only the gated-repos scope, no writes,
     # "cannot read your private repos".
@@ -108,7 +109,7 @@ async def test_the_hub_finds_a_public_issuers_keys_by_oidc_discovery(
 
 
 async def test_an_issuer_the_hub_cannot_reach_is_refused(
-    hub: HubStandIn, oidc_issuer: OidcIssuer, caplog: pytest.LogCaptureFixture
+    hub: HubStandIn, oidc_issuer: JwtIssuer, caplog: pytest.LogCaptureFixture
 ) -> None:
     # A cluster's in-cluster issuer: trusted on the Hub by URL, but not reachable from it.
     private = "https://kubernetes.default.svc.cluster.local"
@@ -125,7 +126,7 @@ async def test_an_issuer_the_hub_cannot_reach_is_refused(
 
 
 async def test_projected_token_with_an_array_audience_is_exchanged(
-    hub: HubStandIn, oidc_issuer: OidcIssuer
+    hub: HubStandIn, oidc_issuer: JwtIssuer
 ) -> None:
     # kubelet-projected tokens carry aud as a JSON array.
     subject = oidc_issuer.mint(audience=["https://huggingface.co", "https://kubernetes.default.svc"])
@@ -147,7 +148,7 @@ async def test_projected_token_with_an_array_audience_is_exchanged(
     ],
 )
 async def test_subject_claims_the_hub_checks_are_checked_before_sending(
-    hub: HubStandIn, oidc_issuer: OidcIssuer, claims: dict[str, object] | None, expected: str
+    hub: HubStandIn, oidc_issuer: JwtIssuer, claims: dict[str, object] | None, expected: str
 ) -> None:
     subject = oidc_issuer.mint(**claims) if claims is not None else "not-a-jwt-at-all"  # type: ignore[arg-type]
     with pytest.raises(InvalidSubjectToken, match=expected) as invalid:
@@ -166,7 +167,7 @@ async def test_subject_claims_the_hub_checks_are_checked_before_sending(
     ],
 )
 async def test_exchange_refusal_carries_the_hubs_error_text(
-    hub: HubStandIn, oidc_issuer: OidcIssuer, problem: str, error: str, expected: str
+    hub: HubStandIn, oidc_issuer: JwtIssuer, problem: str, error: str, expected: str
 ) -> None:
     subject, resource = oidc_issuer.mint(), RESOURCE
     if problem == "untrusted_key":
@@ -188,14 +189,14 @@ async def test_exchange_refusal_carries_the_hubs_error_text(
     assert subject not in str(refused.value)
 
 
-async def test_exchange_during_hub_outage_is_unavailable(hub: HubStandIn, oidc_issuer: OidcIssuer) -> None:
+async def test_exchange_during_hub_outage_is_unavailable(hub: HubStandIn, oidc_issuer: JwtIssuer) -> None:
     hub.fail_next(1, status=502, path_prefix="/oauth/token")
     with pytest.raises(HubUnavailable, match="HTTP 502"):
         await exchange_id_token(endpoint=hub.url, subject_token=oidc_issuer.mint(), resource=RESOURCE)
 
 
 async def test_an_exchange_answer_with_an_unusable_lifetime_is_refused_not_a_crash(
-    hub: HubStandIn, oidc_issuer: OidcIssuer, tmp_path: Path
+    hub: HubStandIn, oidc_issuer: JwtIssuer, tmp_path: Path
 ) -> None:
     # expires_in of 10^20 s is no lifetime a schedule can use: a clear SourceError, as the
     # rotation job's exchange issuers report it, never a bare ValueError out of the source.
@@ -255,7 +256,7 @@ async def test_enterprise_exchange_asks_for_a_narrower_scope(hub: HubStandIn) ->
 
 
 async def test_source_sets_expiry_from_expires_in(
-    hub: HubStandIn, oidc_issuer: OidcIssuer, tmp_path: Path
+    hub: HubStandIn, oidc_issuer: JwtIssuer, tmp_path: Path
 ) -> None:
     hub.exchange_lifetime = 6
     subject_file = tmp_path / "sa-token"
@@ -270,7 +271,7 @@ async def test_source_sets_expiry_from_expires_in(
 
 
 async def test_expiry_comes_from_expires_in_whatever_the_token_kind(
-    hub: HubStandIn, oidc_issuer: OidcIssuer, tmp_path: Path
+    hub: HubStandIn, oidc_issuer: JwtIssuer, tmp_path: Path
 ) -> None:
     # A user resource gives an hf_oauth_ token, which is not a JWT: its expiry is the
     # exchange's expires_in, like an hf_jwt_'s, and the granted scope rides along.
@@ -284,7 +285,7 @@ async def test_expiry_comes_from_expires_in_whatever_the_token_kind(
 
 
 async def test_source_reads_the_subject_file_again_at_every_exchange(
-    hub: HubStandIn, oidc_issuer: OidcIssuer, tmp_path: Path
+    hub: HubStandIn, oidc_issuer: JwtIssuer, tmp_path: Path
 ) -> None:
     subject_file = tmp_path / "sa-token"
     subject_file.write_text(oidc_issuer.mint())
@@ -341,7 +342,7 @@ def test_source_settings_are_checked(environ: dict[str, str], message: str) -> N
 
 
 async def test_canary_never_leaks_from_exchange_paths(
-    hub: HubStandIn, oidc_issuer: OidcIssuer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    hub: HubStandIn, oidc_issuer: JwtIssuer, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
     client_secret = "CANARY-client-secret-" + hashlib.sha256(str(time.time()).encode()).hexdigest()[:8]

@@ -18,7 +18,7 @@ import pytest
 from cryptography import x509
 
 from tests.fixtures.kube import WEBHOOK_CONFIGS, KubeApi
-from tests.webhook.test_server import read_listening_port
+from tests.webhook_process import read_listening_port
 from tokensidecar.webhook import certs
 
 NAMESPACE = "tokensidecar-system"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import http.client
 import io
 import json
@@ -18,8 +19,6 @@ import secrets
 import signal
 import socket
 import ssl
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -32,6 +31,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.webhook.test_inject import VAULT_ANNOTATIONS, kserve_predictor_pod
+from tests.webhook_process import WebhookProcess, webhook_command, webhook_command_exit
 from tokensidecar import logs
 from tokensidecar.webhook import certs
 from tokensidecar.webhook.inject import KNOWN_ANNOTATIONS, InjectionSettings
@@ -545,58 +545,27 @@ def test_canary_token_in_the_pod_reaches_no_log_metric_or_message(
 def test_webhook_command_serves_https_and_stops_on_sigterm(
     tls_files: tuple[pathlib.Path, pathlib.Path, pathlib.Path],
 ) -> None:
-    cert_file, key_file, ca_file = tls_files
-    env = {
-        **os.environ,
-        "TOKENSIDECAR_WEBHOOK_LISTEN": "127.0.0.1:0",
-        "TOKENSIDECAR_TLS_CERT_FILE": str(cert_file),
-        "TOKENSIDECAR_TLS_KEY_FILE": str(key_file),
-        "TOKENSIDECAR_INJECT_VAULT_ADDR": "https://vault:8200",
-    }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "tokensidecar", "webhook"], env=env, stderr=subprocess.PIPE, text=True
-    )
-    try:
-        port = read_listening_port(process)
-        with client(ca_file) as session:
-            assert session.get(f"https://127.0.0.1:{port}/healthz", timeout=5).json() == {"status": "ok"}
+    with _webhook_command(tls_files, TOKENSIDECAR_INJECT_VAULT_ADDR="https://vault:8200") as server:
+        with client(server.ca_file) as session:
+            assert session.get(f"{server.url}/healthz", timeout=5).json() == {"status": "ok"}
             reply = session.post(
-                f"https://127.0.0.1:{port}/mutate", json=admission_review(kserve_predictor_pod()), timeout=5
+                f"{server.url}/mutate", json=admission_review(kserve_predictor_pod()), timeout=5
             ).json()
             assert decode_patch(reply)
         started = time.monotonic()
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=10) == 0
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(timeout=10) == 0
         assert time.monotonic() - started < 5
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        assert process.stderr is not None
-        process.stderr.close()
 
 
-def read_listening_port(
-    process: subprocess.Popen[str], *, timeout: float = 20.0, seen: list[str] | None = None
-) -> int:
-    """Read the webhook's JSON log lines until "webhook listening"; ``seen`` collects them."""
-    assert process.stderr is not None
-    deadline = time.monotonic() + timeout
-    seen = [] if seen is None else seen
-    while time.monotonic() < deadline:
-        line = process.stderr.readline()
-        if not line:
-            if process.poll() is not None:
-                raise AssertionError(f"webhook exited {process.returncode}: {''.join(seen)}")
-            continue
-        seen.append(line)
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue
-        if entry.get("msg") == "webhook listening":
-            return int(entry["port"])
-    raise AssertionError(f"webhook did not start: {''.join(seen)}")
+@contextlib.contextmanager
+def _webhook_command(
+    tls_files: tuple[pathlib.Path, pathlib.Path, pathlib.Path], **settings: str
+) -> Iterator[WebhookProcess]:
+    """The real command with the ``tls_files`` certificate and ``settings`` in its environment."""
+    cert_file, key_file, ca_file = tls_files
+    with webhook_command(cert_file=cert_file, key_file=key_file, ca_file=ca_file, env=settings) as server:
+        yield server
 
 
 @pytest.mark.parametrize(
@@ -653,16 +622,7 @@ def read_listening_port(
     ],
 )
 def test_bad_configuration_exits_2_with_one_line(extra: dict[str, str], message: str) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENSIDECAR_")}
-    env.update({"TOKENSIDECAR_WEBHOOK_LISTEN": "127.0.0.1:0", **extra})
-    result = subprocess.run(
-        [sys.executable, "-m", "tokensidecar", "webhook"],
-        check=False,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    result = webhook_command_exit(extra)
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
@@ -707,18 +667,13 @@ async def test_review_budget_grants_in_arrival_order_within_its_capacity() -> No
 def test_the_webhook_command_denies_annotations_outside_what_it_allows(
     tls_files: tuple[pathlib.Path, pathlib.Path, pathlib.Path],
 ) -> None:
-    cert_file, key_file, ca_file = tls_files
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENSIDECAR_")}
-    env.update(
-        TOKENSIDECAR_WEBHOOK_LISTEN="127.0.0.1:0",
-        TOKENSIDECAR_TLS_CERT_FILE=str(cert_file),
-        TOKENSIDECAR_TLS_KEY_FILE=str(key_file),
-        TOKENSIDECAR_INJECT_VAULT_ADDR="https://vault.vault:8200",
-        TOKENSIDECAR_ALLOWED_VAULT_ADDRS="https://vault.team-a:8200",
-        TOKENSIDECAR_ALLOWED_IMAGES="registry.local/tokensidecar:*",
-        TOKENSIDECAR_ALLOWED_SECRET_NAMESPACES="hf-tokens",
-        TOKENSIDECAR_VAULT_TOKEN_AUDIENCE="vault.corp.example",
-    )
+    settings = {
+        "TOKENSIDECAR_INJECT_VAULT_ADDR": "https://vault.vault:8200",
+        "TOKENSIDECAR_ALLOWED_VAULT_ADDRS": "https://vault.team-a:8200",
+        "TOKENSIDECAR_ALLOWED_IMAGES": "registry.local/tokensidecar:*",
+        "TOKENSIDECAR_ALLOWED_SECRET_NAMESPACES": "hf-tokens",
+        "TOKENSIDECAR_VAULT_TOKEN_AUDIENCE": "vault.corp.example",
+    }
     secret = {
         "tokensidecar.io/inject": "true",
         "tokensidecar.io/source": "kubernetes-secret",
@@ -734,13 +689,9 @@ def test_the_webhook_command_denies_annotations_outside_what_it_allows(
         {**VAULT_ANNOTATIONS, "tokensidecar.io/image": "registry.local/tokensidecar:0.2.0"},
         {**secret, "tokensidecar.io/secret-namespace": "hf-tokens"},
     ]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "tokensidecar", "webhook"], env=env, stderr=subprocess.PIPE, text=True
-    )
-    try:
-        port = read_listening_port(process)
-        url = f"https://127.0.0.1:{port}/mutate"
-        with client(ca_file) as session:
+    with _webhook_command(tls_files, **settings) as server:
+        url = f"{server.url}/mutate"
+        with client(server.ca_file) as session:
             for subject, annotations in denied.items():
                 reply = session.post(
                     url, json=admission_review(kserve_predictor_pod(annotations)), timeout=10
@@ -762,11 +713,6 @@ def test_the_webhook_command_denies_annotations_outside_what_it_allows(
                 for source in volume.get("projected", {}).get("sources", [])
             ]
             assert audiences == ["vault.corp.example"]
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=10)
-        assert process.stderr is not None
-        process.stderr.close()
 
 
 def test_the_webhook_command_in_gateway_mode_injects_predictors_and_localmodel_pods(
@@ -774,23 +720,14 @@ def test_the_webhook_command_in_gateway_mode_injects_predictors_and_localmodel_p
 ) -> None:
     from tests.webhook.test_inject_gateway import GATEWAY_URL, localmodel_download_pod
 
-    cert_file, key_file, ca_file = tls_files
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENSIDECAR_")}
-    env.update(
-        TOKENSIDECAR_WEBHOOK_LISTEN="127.0.0.1:0",
-        TOKENSIDECAR_TLS_CERT_FILE=str(cert_file),
-        TOKENSIDECAR_TLS_KEY_FILE=str(key_file),
-        TOKENSIDECAR_INJECT_MODE="gateway",
-        TOKENSIDECAR_INJECT_GATEWAY_URL=GATEWAY_URL,
-        TOKENSIDECAR_LOCALMODEL_MODE="gateway",
-    )
-    process = subprocess.Popen(
-        [sys.executable, "-m", "tokensidecar", "webhook"], env=env, stderr=subprocess.PIPE, text=True
-    )
-    try:
-        port = read_listening_port(process)
-        url = f"https://127.0.0.1:{port}/mutate"
-        with client(ca_file) as session:
+    settings = {
+        "TOKENSIDECAR_INJECT_MODE": "gateway",
+        "TOKENSIDECAR_INJECT_GATEWAY_URL": GATEWAY_URL,
+        "TOKENSIDECAR_LOCALMODEL_MODE": "gateway",
+    }
+    with _webhook_command(tls_files, **settings) as server:
+        url = f"{server.url}/mutate"
+        with client(server.ca_file) as session:
             predictor = kserve_predictor_pod({"tokensidecar.io/inject": "true"})
             localmodel = localmodel_download_pod()
             review = admission_review(localmodel)
@@ -804,11 +741,6 @@ def test_the_webhook_command_in_gateway_mode_injects_predictors_and_localmodel_p
                 for item in containers:
                     env_names = {e["name"]: e.get("value") for e in item.get("env", [])}
                     assert env_names["HF_ENDPOINT"] == GATEWAY_URL and "HF_TOKEN" not in env_names
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=10)
-        assert process.stderr is not None
-        process.stderr.close()
 
 
 def test_the_webhook_command_judges_gateway_pods_by_the_policy_in_force(
@@ -816,25 +748,16 @@ def test_the_webhook_command_judges_gateway_pods_by_the_policy_in_force(
 ) -> None:
     from tests.webhook.test_inject_gateway import GATEWAY_URL, gateway_predictor
 
-    cert_file, key_file, ca_file = tls_files
     policy_file = tmp_path / "policy.yaml"
     policy_file.write_text("rules:\n  - subjects: [{namespace: kserve-test}]\n    repos: [acme/*]\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENSIDECAR_")}
-    env.update(
-        TOKENSIDECAR_WEBHOOK_LISTEN="127.0.0.1:0",
-        TOKENSIDECAR_TLS_CERT_FILE=str(cert_file),
-        TOKENSIDECAR_TLS_KEY_FILE=str(key_file),
-        TOKENSIDECAR_INJECT_GATEWAY_URL=GATEWAY_URL,
-        TOKENSIDECAR_INJECT_GATEWAY_POLICY=str(policy_file),
-    )
+    settings = {
+        "TOKENSIDECAR_INJECT_GATEWAY_URL": GATEWAY_URL,
+        "TOKENSIDECAR_INJECT_GATEWAY_POLICY": str(policy_file),
+    }
     pod = gateway_predictor(service_account="llama-server", uri="hf://meta-llama/Llama-3.1-8B-Instruct")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "tokensidecar", "webhook"], env=env, stderr=subprocess.PIPE, text=True
-    )
-    try:
-        port = read_listening_port(process)
-        url = f"https://127.0.0.1:{port}/mutate"
-        with client(ca_file) as session:
+    with _webhook_command(tls_files, **settings) as server:
+        url = f"{server.url}/mutate"
+        with client(server.ca_file) as session:
 
             def allowed() -> bool:
                 reply = session.post(url, json=admission_review(pod), timeout=10)
@@ -852,11 +775,6 @@ def test_the_webhook_command_judges_gateway_pods_by_the_policy_in_force(
             while not allowed():
                 assert time.monotonic() < deadline, "the new policy was never applied"
                 time.sleep(0.2)
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=10)
-        assert process.stderr is not None
-        process.stderr.close()
 
 
 def test_an_invalid_gateway_policy_file_exits_2_naming_the_setting(
@@ -865,20 +783,12 @@ def test_an_invalid_gateway_policy_file_exits_2_naming_the_setting(
     cert_file, key_file, _ = tls_files
     policy_file = tmp_path / "policy.yaml"
     policy_file.write_text("rules: [{subjects: nobody}]\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENSIDECAR_")}
-    env.update(
-        TOKENSIDECAR_WEBHOOK_LISTEN="127.0.0.1:0",
-        TOKENSIDECAR_TLS_CERT_FILE=str(cert_file),
-        TOKENSIDECAR_TLS_KEY_FILE=str(key_file),
-        TOKENSIDECAR_INJECT_GATEWAY_POLICY=str(policy_file),
-    )
-    result = subprocess.run(
-        [sys.executable, "-m", "tokensidecar", "webhook"],
-        check=False,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
+    result = webhook_command_exit(
+        {
+            "TOKENSIDECAR_TLS_CERT_FILE": str(cert_file),
+            "TOKENSIDECAR_TLS_KEY_FILE": str(key_file),
+            "TOKENSIDECAR_INJECT_GATEWAY_POLICY": str(policy_file),
+        }
     )
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()

@@ -6,7 +6,6 @@ uses the new tokens."""
 from __future__ import annotations
 
 import hashlib
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import pytest
 
 from tests.fixtures.kube import KubeApi
 from tests.gateway.conftest import KubeletVolume, ServiceAccountTokens
-from tests.gateway.harness import HUB_SETUP, TEAM_A_POLICY, GatewayProcess, run_client
+from tests.gateway.harness import HUB_SETUP, TEAM_A_POLICY, GatewayProcess, client_mid_download, run_client
 from tests.sidecar_process import wait_for
 from tokensidecar.demo.hub import HubStandIn, serve_in_thread
 
@@ -52,28 +51,19 @@ def test_rotations_mid_download_break_nothing(
     hub.stall_next_body(1, after=2 * 1024 * 1024, delay=3.0)
     with gateway:
         wait_for(lambda: gateway.get("/readyz")[0] == 200, timeout=30)
-        results: list[dict[str, object]] = []
         out = tmp_path / "out"
-        client = threading.Thread(
-            target=lambda: results.append(
-                run_client(
-                    f"snapshot_download({REPO!r}, local_dir={str(out)!r})",
-                    endpoint=gateway.url,
-                    token_path=projected_token.path,
-                    home=tmp_path / "h",
-                    setup=HUB_SETUP,
-                )
-            )
+        finish = client_mid_download(
+            gateway,
+            f"snapshot_download({REPO!r}, local_dir={str(out)!r})",
+            token_path=projected_token.path,
+            home=tmp_path / "h",
         )
-        client.start()
-        partial = gateway.cache_dir / "partial"
-        wait_for(lambda: any(p.stat().st_size > 0 for p in partial.iterdir()), timeout=60)
         # Mid-download: a new upstream token, the old one revoked; a new projected token.
         new_upstream = hub.issue_token()
         (tmp_path / "gw" / "upstream-token").write_text(new_upstream)
         hub.revoke(old_upstream)
         projected_token.write(cluster.issue(namespace="team-a", service_account="predictor"))
-        client.join(timeout=120)
+        results = finish()
         assert results and results[0]["ok"], results
         assert {name: (out / name).read_bytes() for name in FILES} == FILES
         # The refresher verified the new upstream token; a new file is fetched with it.
