@@ -24,8 +24,8 @@ from typing import Any
 from common import distribution, emit
 
 from tokensidecar.backends.hub import HubVerifier
+from tokensidecar.backends.verify import HubUnavailable
 from tokensidecar.demo.hub import DEFAULT_REPO, HubStandIn, serve_in_thread
-from tokensidecar.sidecar.verify import HubUnavailable
 from tokensidecar.token import Token
 
 

@@ -25,11 +25,11 @@ from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNot
 from tokensidecar.backends.hub import HubVerifier, revoke
 from tokensidecar.backends.hub_errors import HubUnavailable, TokenRejected
 from tokensidecar.backends.settings import VerifySettings
+from tokensidecar.backends.verify import build_verifier
 from tokensidecar.client import read_token, watch_token
 from tokensidecar.config import ConfigError, resolve
 from tokensidecar.demo.hub import DEFAULT_FILES, DEFAULT_REPO, HubStandIn, serve_in_thread
 from tokensidecar.sidecar.settings import sidecar_settings
-from tokensidecar.sidecar.verify import build_verifier
 from tokensidecar.token import Token
 
 

@@ -2,7 +2,7 @@
 
 The job's parameters were designed for this: each fake below implements the real
 protocol (:class:`~tokensidecar.rotate.issuers.Issuer`,
-:class:`~tokensidecar.rotate.targets.Target`, :class:`~tokensidecar.sidecar.verify.Verifier`,
+:class:`~tokensidecar.rotate.targets.Target`, :class:`~tokensidecar.backends.verify.Verifier`,
 the ``Revoke`` callable), so these tests pin the order of work and what every token ends
 as — stored, revoked, or left to expire — without a cluster, a Vault or a Hub. Time is a
 fixed clock and the wait between revocation attempts is recorded, not slept, so every

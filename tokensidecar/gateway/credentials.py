@@ -60,12 +60,12 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from tokensidecar.backends.settings import VerifySettings
+from tokensidecar.backends.verify import Verifier, build_verifier
 from tokensidecar.config import Config, ConfigError, Setting, resolve
 from tokensidecar.sidecar.metrics import SidecarMetrics
 from tokensidecar.sidecar.publish import Publisher
 from tokensidecar.sidecar.refresh import Refresher
 from tokensidecar.sidecar.settings import sidecar_settings
-from tokensidecar.sidecar.verify import Verifier, build_verifier
 from tokensidecar.sources import Source, build_source
 from tokensidecar.sources.settings import resolve_source
 from tokensidecar.token import Token, validate

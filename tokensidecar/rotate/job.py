@@ -40,19 +40,19 @@ from datetime import datetime
 from typing import TYPE_CHECKING, TextIO
 
 from tokensidecar.backends.hub_errors import HubUnavailable, TokenRejected
+from tokensidecar.backends.verify import build_verifier
 from tokensidecar.backoff import Backoff
 from tokensidecar.redact import fingerprint, safe_error
 from tokensidecar.rotate.issuers import Issuer, IssuerError, build_issuer
 from tokensidecar.rotate.report import write_metrics_file
 from tokensidecar.rotate.settings import RotationSettings
 from tokensidecar.rotate.targets import StoreConflict, StoredToken, Target, TargetError, build_target
-from tokensidecar.sidecar.verify import build_verifier
 from tokensidecar.token import InvalidToken, Token, format_time, jwt_expiry, utcnow, validate
 
 if TYPE_CHECKING:
     from tokensidecar.backends.hub_scope import TokenScope
+    from tokensidecar.backends.verify import Verifier
     from tokensidecar.config import Config
-    from tokensidecar.sidecar.verify import Verifier
 
 __all__ = ["Outcome", "Progress", "RotationFailed", "RotationPolicy", "main", "rotate"]
 

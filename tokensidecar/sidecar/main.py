@@ -33,13 +33,13 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from tokensidecar import __version__
+from tokensidecar.backends.verify import Verifier, build_verifier
 from tokensidecar.config import Config
 from tokensidecar.sidecar.metrics import SidecarMetrics
 from tokensidecar.sidecar.notify import Notifier
 from tokensidecar.sidecar.publish import Publisher
 from tokensidecar.sidecar.refresh import Refresher, RefreshFailed
 from tokensidecar.sidecar.settings import SidecarSettings
-from tokensidecar.sidecar.verify import Verifier, build_verifier
 from tokensidecar.sources import Source, build_source
 
 __all__ = ["Sidecar", "main_once", "main_run"]

@@ -45,10 +45,10 @@ from tokensidecar.sources import SourceError
 from tokensidecar.token import InvalidToken, Token, format_time, utcnow, validate
 
 if TYPE_CHECKING:
+    from tokensidecar.backends.verify import Verifier
     from tokensidecar.sidecar.metrics import SidecarMetrics
     from tokensidecar.sidecar.notify import Notifier
     from tokensidecar.sidecar.publish import Publisher
-    from tokensidecar.sidecar.verify import Verifier
     from tokensidecar.sources import Source
 
 __all__ = ["RefreshFailed", "RefreshState", "Refresher"]

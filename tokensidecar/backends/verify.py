@@ -1,4 +1,7 @@
-"""What the refresher needs from verification, without importing the Hub client.
+"""What every command needs from verification, without importing the Hub client.
+
+The sidecar's refresher, the rotation job and the gateway's credentials each verify a token
+before using it, through this one protocol and factory.
 
 The implementation lives in :mod:`tokensidecar.backends.hub`, and the Hub's verdicts
 (:class:`~tokensidecar.backends.hub_errors.TokenRejected`,
