@@ -31,6 +31,7 @@ STATUS_FIELDS = {
     "expires_at",
     "next_refresh_at",
     "last_error",
+    "last_error_kind",
     "consecutive_failures",
 }
 RFC3339_UTC = r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$"

@@ -748,3 +748,49 @@ async def test_polling_an_unchanged_token_notifies_only_once(tmp_path: Path) -> 
         ]
     finally:
         await endpoint.stop()
+
+
+# -- what a failure means ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("failure", "kind"),
+    [
+        (SourceError("permission denied reading secret/hf/model-a", retryable=False), "refused"),
+        (SourceError("Vault at http://vault:8200 is unreachable"), "unavailable"),
+    ],
+)
+async def test_status_says_whether_the_source_refused_or_could_not_answer(
+    tmp_path: Path, failure: SourceError, kind: str
+) -> None:
+    refresher = _refresher(tmp_path, ScriptedSource(failure))
+    await refresher._attempt(None)
+    status = refresher.state.status()
+    assert status["last_error"] == str(failure)
+    assert status["last_error_kind"] == kind
+
+
+@pytest.mark.parametrize(("verdict", "kind"), [("rejected", "refused"), ("unavailable", "unavailable")])
+async def test_status_says_whether_the_hub_refused_the_token_or_could_not_answer(
+    tmp_path: Path, verdict: str, kind: str
+) -> None:
+    source = ScriptedSource(_token(GOOD))
+    verifier = ScriptedVerifier()
+    refresher = _refresher(tmp_path, source, verifier=verifier)
+    await refresher._attempt(None)  # GOOD verified and published
+    source.current = _token(NEXT)
+    verifier.verdicts[NEXT] = verdict
+    await refresher._attempt(None)
+    assert refresher.state.status()["last_error_kind"] == kind
+    assert _published(tmp_path) == GOOD
+
+
+async def test_a_token_that_fails_validation_is_a_refusal_and_success_clears_the_kind(tmp_path: Path) -> None:
+    source = ScriptedSource(_token("hf_has a space"))
+    refresher = _refresher(tmp_path, source)
+    await refresher._attempt(None)
+    assert refresher.state.status()["last_error_kind"] == "refused"
+    source.current = _token(GOOD)
+    await refresher._attempt(None)
+    status = refresher.state.status()
+    assert (status["last_error"], status["last_error_kind"]) == (None, None)

@@ -35,7 +35,7 @@ import logging
 import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from tokensidecar.backends.hub_errors import HubMisconfigured, HubUnavailable, TokenRejected
 from tokensidecar.backoff import Backoff, jittered
@@ -60,6 +60,10 @@ log = logging.getLogger(__name__)
 MIN_REFRESH_SECONDS = 1.0
 
 
+#: What a failed attempt means, as /status reports it (``last_error_kind``).
+ErrorKind = Literal["unavailable", "refused", "unexpected"]
+
+
 class RefreshFailed(Exception):
     """One attempt failed; the message is redacted and says what to look at.
 
@@ -67,8 +71,13 @@ class RefreshFailed(Exception):
     they go through the redactor here, before /status, /readyz or stderr can show them.
     """
 
-    def __init__(self, message: str, *, config_error: bool = False) -> None:
+    def __init__(self, message: str, *, kind: ErrorKind = "unavailable", config_error: bool = False) -> None:
         super().__init__(redact(message))
+        #: What the failure means (:mod:`tokensidecar.backends.errors`): ``unavailable``
+        #: (an upstream could not answer; the same attempt can succeed later), ``refused``
+        #: (a verdict: a token the Hub or validation refused, a login or path denied), or
+        #: ``unexpected`` (a bug). /status reports it as ``last_error_kind``.
+        self.kind: ErrorKind = kind
         #: The Hub endpoint is misconfigured: ``once`` exits 2, as for any bad setting.
         self.config_error = config_error
 
@@ -82,6 +91,7 @@ class RefreshState:
     last_good: Token | None = None
     last_error: str | None = None
     last_error_at: datetime | None = None
+    last_error_kind: ErrorKind | None = None
     consecutive_failures: int = 0
     next_refresh_at: datetime | None = None
     started_at: datetime = field(default_factory=utcnow)
@@ -119,6 +129,7 @@ class RefreshState:
             "next_refresh_at": format_time(self.next_refresh_at),
             "last_error": self.last_error,
             "last_error_at": format_time(self.last_error_at),
+            "last_error_kind": self.last_error_kind,
             "consecutive_failures": self.consecutive_failures,
             "ready": self.readiness()[0],
         }
@@ -160,7 +171,7 @@ class Refresher:
         try:
             token = await self.source.fetch()
         except SourceError as exc:
-            raise RefreshFailed(str(exc)) from None
+            raise RefreshFailed(str(exc), kind=_source_error_kind(exc)) from None
         finally:
             self.metrics.fetch_duration.observe(time.perf_counter() - started)
         return await self.accept(token)
@@ -170,10 +181,11 @@ class Refresher:
         try:
             token = replace(candidate, value=validate(candidate.value), verified=False)
         except InvalidToken as exc:
-            raise RefreshFailed(f"token from {candidate.source} rejected: {exc}") from None
+            raise RefreshFailed(f"token from {candidate.source} rejected: {exc}", kind="refused") from None
         if token.is_expired():
             raise RefreshFailed(
-                f"token from {candidate.source} already expired at {format_time(token.expiry())}"
+                f"token from {candidate.source} already expired at {format_time(token.expiry())}",
+                kind="refused",
             )
         token = await self._verify(token)
         try:
@@ -222,13 +234,13 @@ class Refresher:
             verified = await self.verifier.verify(token)
         except HubMisconfigured as exc:
             self.metrics.verify.labels(result="misconfigured").inc()
-            raise RefreshFailed(f"configuration error: {exc}", config_error=True) from None
+            raise RefreshFailed(f"configuration error: {exc}", kind="refused", config_error=True) from None
         except TokenRejected as exc:
             self.metrics.verify.labels(result="rejected").inc()
             message = f"the Hub rejected the new token: {exc}"
             if self._is_published_unverified(token):
                 await self._withdraw_rejected(redact(str(exc)))
-            raise RefreshFailed(message) from None
+            raise RefreshFailed(message, kind="refused") from None
         except HubUnavailable as exc:
             if self.on_hub_outage == "publish" and not self.state.has_valid_token():
                 self.metrics.verify.labels(result="hub_unavailable_published").inc()
@@ -290,6 +302,7 @@ class Refresher:
         token = self.state.last_good
         self.state.consecutive_failures = 0
         self.state.last_error = None
+        self.state.last_error_kind = None
         self.backoff.reset()
         self.metrics.consecutive_failures.set(0)
         self.metrics.last_success.set(time.time())
@@ -297,11 +310,12 @@ class Refresher:
         self.metrics.token_expiry.set(expiry.timestamp() if expiry else float("nan"))
         self.update_ready()
 
-    def _record_failure(self, message: str) -> float:
+    def _record_failure(self, message: str, *, kind: ErrorKind) -> float:
         message = redact(message)
         self.state.consecutive_failures += 1
         self.state.last_error = message
         self.state.last_error_at = utcnow()
+        self.state.last_error_kind = kind
         self.metrics.rotations.labels(result="failure").inc()
         self.metrics.consecutive_failures.set(self.state.consecutive_failures)
         self.update_ready()
@@ -310,6 +324,7 @@ class Refresher:
             "refresh failed; keeping the last good token",
             extra={
                 "error": message,
+                "error_kind": kind,
                 "consecutive_failures": self.state.consecutive_failures,
                 "retry_in_seconds": round(delay, 3),
                 "last_good_fingerprint": self.state.last_good.fingerprint if self.state.last_good else None,
@@ -369,14 +384,14 @@ class Refresher:
             if candidate is None:
                 await self.fetch_and_publish()
             elif isinstance(candidate, SourceError):
-                raise RefreshFailed(str(candidate))
+                raise RefreshFailed(str(candidate), kind=_source_error_kind(candidate))
             else:
                 await self.accept(candidate)
         except RefreshFailed as exc:
-            return self._record_failure(str(exc))
+            return self._record_failure(str(exc), kind=exc.kind)
         except Exception as exc:  # a bug or an unexpected client error: report, keep going
             log.exception("unexpected error during refresh")
-            return self._record_failure(safe_error(exc))
+            return self._record_failure(safe_error(exc), kind="unexpected")
         self._record_success()
         if not self._is_settled():
             # Out unverified during a Hub outage: ask the Hub again on the backoff schedule.
@@ -410,3 +425,11 @@ class Refresher:
                 await events.put(SourceError(f"watch failed: {safe_error(exc)}"))
                 delay = backoff.next_delay()
             await asyncio.sleep(delay)
+
+
+def _source_error_kind(error: SourceError) -> ErrorKind:
+    """A source's failure in the refresher's words: its upstream refused, or could not answer.
+
+    Both are retried on the same backoff (a refusal is usually fixed outside the pod: a
+    policy edited, a new subject token); the kind tells the operator which one to chase."""
+    return "unavailable" if error.retryable else "refused"

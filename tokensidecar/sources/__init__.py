@@ -28,8 +28,10 @@ class SourceError(Exception):
     :mod:`tokensidecar.backends.errors`): False when the upstream gave a verdict that
     the same request will meet again until something changes (an exchange refused, a
     Vault login refused, a path denied), True for outages and everything else. The
-    refresher does not act on it and retries both on the same backoff, on purpose: what
-    fixes a refusal usually happens outside the pod (a policy edited, kubelet rotating the
+    refresher reports it (``last_error_kind`` in /status and ``error_kind`` in the failure
+    log line: ``refused`` or ``unavailable``), so an operator knows whether to chase a
+    policy or an outage, and retries both on the same backoff, on purpose: what fixes a
+    refusal usually happens outside the pod (a policy edited, kubelet rotating the
     subject token), and the sidecar must pick that up without a restart.
     """
 
