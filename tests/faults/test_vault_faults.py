@@ -21,6 +21,8 @@ from __future__ import annotations
 import os
 import random
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -188,3 +190,29 @@ def test_sigterm_while_vault_hangs_gives_up_revoking_within_the_budget(
     # The revocation was tried, hung, and was abandoned: the login token ends at its TTL.
     assert ("POST", "/v1/auth/token/revoke-self", 0) in [(m, p, s) for _, m, p, s in counting_proxy.requests]
     assert "closing the source took too long" in sidecar.logs
+
+
+def test_once_does_not_wait_for_a_hung_revocation(
+    restartable_openbao: DevServer, counting_proxy: CountingProxy, tmp_path: Path
+) -> None:
+    # An init container: the token is published, then revoking the login hangs. The client
+    # would sit in that read until its read timeout (and forever against a server that
+    # trickles), and asyncio.run would join the thread after it; ``once`` gives up after
+    # ONCE_CLOSE_SECONDS, says so, and exits 0, the login ending at its TTL.
+    server = restartable_openbao
+    server.put_kv(PATH, {"token": "hf_faults_once_hung_revoke"})
+    sidecar = _through(counting_proxy, tmp_path, **approle_files(server, tmp_path, allowed=PATH, ttl="1h"))
+    counting_proxy.stalling_paths.add("/v1/auth/token/revoke-self")
+    python = os.environ.get("BENCH_SIDECAR_PYTHON") or sys.executable
+    done = subprocess.run(
+        [python, "-m", "tokensidecar", "once"],
+        env=sidecar.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert sidecar.token_file.read_text() == "hf_faults_once_hung_revoke"
+    assert ("POST", "/v1/auth/token/revoke-self", 0) in [(m, p, s) for _, m, p, s in counting_proxy.requests]
+    assert "closing the source took too long" in done.stderr + done.stdout  # abandoned, not timed out

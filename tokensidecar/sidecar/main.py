@@ -7,7 +7,7 @@ do. The blocking clients (hvac, the Kubernetes client) run in threads through
 :func:`asyncio.to_thread`; a call stuck on an upstream that accepted the connection and
 never answers (or trickles a byte every few seconds, which no read timeout catches) would
 hold a worker of the default ``ThreadPoolExecutor``, and both ``asyncio.run`` and the
-interpreter's exit join those workers. So ``run`` gives the loop a
+interpreter's exit join those workers. So ``run`` and ``once`` give the loop a
 :class:`DaemonThreadExecutor`: one daemon thread per call, never joined. Cancelling the
 await abandons the call; its thread dies with the process. Every shutdown step then gets
 what is left of one budget counted from the signal, not a fixed timeout of its own. When
@@ -62,6 +62,11 @@ HTTP_STOP_SECONDS = 0.5
 # the startupProbe polls every second anyway. Serving starts after the first refresh,
 # or after this long if the source is slow.
 FIRST_TOKEN_HEAD_START_SECONDS = 2.0
+
+# ``once`` (an init container) has no SIGTERM to answer, but the pod waits on its exit: a
+# Vault that hangs while the login token is revoked must not hold it past this. The
+# login then ends at its TTL, as after a hung revocation in ``run``.
+ONCE_CLOSE_SECONDS = 2.0
 
 
 @dataclass
@@ -238,17 +243,13 @@ async def _shutdown(loop_task: asyncio.Task[None], *, sidecar: Sidecar, runner: 
     loop_task.cancel()
     with contextlib.suppress(asyncio.CancelledError, TimeoutError, Exception):
         await asyncio.wait_for(loop_task, timeout=left(REFRESH_STOP_SECONDS, keep=HTTP_STOP_SECONDS))
-    try:
-        await asyncio.wait_for(sidecar.aclose(), timeout=left(SHUTDOWN_SECONDS, keep=HTTP_STOP_SECONDS))
-    except TimeoutError:
-        log.warning("closing the source took too long; abandoned (a Vault login ends at its TTL)")
-    except Exception:
-        log.debug("closing the source failed", exc_info=True)
+    await _close_within(sidecar, seconds=left(SHUTDOWN_SECONDS, keep=HTTP_STOP_SECONDS))
     with contextlib.suppress(Exception):
         await asyncio.wait_for(runner.cleanup(), timeout=max(left(HTTP_STOP_SECONDS), 0.1))
 
 
-async def _once(settings: SidecarSettings) -> int:
+async def _once(settings: SidecarSettings, *, executor: DaemonThreadExecutor) -> int:
+    asyncio.get_running_loop().set_default_executor(executor)
     sidecar = Sidecar.from_settings(settings)
     try:
         await asyncio.to_thread(sidecar.refresher.publisher.prepare)
@@ -257,7 +258,7 @@ async def _once(settings: SidecarSettings) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2 if exc.config_error else 1
     finally:
-        await sidecar.aclose()
+        await _close_within(sidecar, seconds=ONCE_CLOSE_SECONDS)
     log.info(
         "token published",
         extra={"fingerprint": token.fingerprint, "token_file": settings.token_file},
@@ -265,13 +266,20 @@ async def _once(settings: SidecarSettings) -> int:
     return 0
 
 
-def main_run(config: Config) -> int:
-    settings = SidecarSettings.resolve(config)
-    executor = DaemonThreadExecutor()
-    code = asyncio.run(_run(settings, executor=executor))
+async def _close_within(sidecar: Sidecar, *, seconds: float) -> None:
+    """Close the source (revoke a Vault login) and the verifier, giving up after ``seconds``."""
+    try:
+        await asyncio.wait_for(sidecar.aclose(), timeout=seconds)
+    except TimeoutError:
+        log.warning("closing the source took too long; abandoned (a Vault login ends at its TTL)")
+    except Exception:
+        log.debug("closing the source failed", exc_info=True)
+
+
+def _leave(code: int, *, executor: DaemonThreadExecutor) -> int:
+    """Return the exit code, or leave at once when calls abandoned at the end are still
+    stuck upstream: never finalize the interpreter under them (see the module docstring)."""
     if executor.busy:
-        # Calls abandoned at shutdown are still stuck upstream: leave without finalizing
-        # the interpreter under them (see the module docstring).
         logging.shutdown()
         with contextlib.suppress(Exception):
             sys.stdout.flush()
@@ -280,5 +288,13 @@ def main_run(config: Config) -> int:
     return code
 
 
+def main_run(config: Config) -> int:
+    settings = SidecarSettings.resolve(config)
+    executor = DaemonThreadExecutor()
+    return _leave(asyncio.run(_run(settings, executor=executor)), executor=executor)
+
+
 def main_once(config: Config) -> int:
-    return asyncio.run(_once(SidecarSettings.resolve(config)))
+    settings = SidecarSettings.resolve(config)
+    executor = DaemonThreadExecutor()
+    return _leave(asyncio.run(_once(settings, executor=executor)), executor=executor)
