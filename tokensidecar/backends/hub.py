@@ -52,6 +52,7 @@ import httpx2
 from huggingface_hub import get_session
 from huggingface_hub.utils import build_hf_headers  # type: ignore[attr-defined]  # public, lazily exported
 
+from tokensidecar.backends.errors import UpstreamRefused
 from tokensidecar.backends.hub_errors import HubMisconfigured, HubUnavailable, TokenRejected
 from tokensidecar.backends.hub_scope import TokenScope, judge, scope_from_whoami
 from tokensidecar.redact import fingerprint, redact, remember
@@ -87,11 +88,11 @@ HUB_AUDIENCE = "https://huggingface.co"
 USER_RESOURCE_SCOPES = ("gated-repos",)
 
 
-class InvalidSubjectToken(Exception):
+class InvalidSubjectToken(UpstreamRefused):
     """The subject token would be refused by the Hub; the message names the claim, never the token."""
 
 
-class ExchangeRefused(Exception):
+class ExchangeRefused(UpstreamRefused):
     """The Hub answered a token exchange with a refusal (4xx); retrying will not help.
 
     ``error`` is the OAuth error code (``invalid_grant``, ``invalid_client``…) and the

@@ -4,15 +4,18 @@ The Hub client (:mod:`tokensidecar.backends.hub`) raises these; the sidecar's re
 the ``oidc-exchange`` source, the rotation job and the gateway catch them. They live apart
 from the client because the client imports huggingface_hub and httpx, and the refresher
 (which must decide between a rejection and an outage) should not pay for that when
-``TOKENSIDECAR_VERIFY=none``. This module imports nothing.
+``TOKENSIDECAR_VERIFY=none``. They speak the vocabulary every upstream shares
+(:mod:`tokensidecar.backends.errors`): a rejection is a refusal, an outage is unavailable.
 """
 
 from __future__ import annotations
 
+from tokensidecar.backends.errors import UpstreamRefused, UpstreamUnavailable
+
 __all__ = ["HubMisconfigured", "HubUnavailable", "TokenRejected"]
 
 
-class TokenRejected(Exception):
+class TokenRejected(UpstreamRefused):
     """The Hub answered and refused the token (401/403, or no access to the model)."""
 
 
@@ -22,5 +25,5 @@ class HubMisconfigured(TokenRejected):
     outage: no token is published unverified because of it."""
 
 
-class HubUnavailable(Exception):
+class HubUnavailable(UpstreamUnavailable):
     """The Hub could not answer (connection error, timeout, 5xx, 429): not a verdict."""

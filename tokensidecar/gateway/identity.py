@@ -53,6 +53,7 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from tokensidecar.backends import kube
+from tokensidecar.backends.errors import UpstreamUnavailable
 from tokensidecar.backends.settings import KubernetesSettings
 from tokensidecar.redact import redact
 from tokensidecar.token import jwt_exp
@@ -104,7 +105,7 @@ class Identity:
         return f"{self.namespace}/{self.service_account}"
 
 
-class IdentityUnavailable(Exception):
+class IdentityUnavailable(UpstreamUnavailable):
     """The API server could not answer and there is no cached answer for this token."""
 
 

@@ -38,6 +38,7 @@ from urllib.parse import quote, urljoin, urlsplit
 import aiohttp
 
 from tokensidecar import __version__
+from tokensidecar.backends import errors
 from tokensidecar.gateway.metrics import GatewayMetrics
 from tokensidecar.redact import safe_error
 
@@ -66,9 +67,10 @@ _HEX40 = re.compile(r"[0-9a-f]{40}")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
-class UpstreamUnavailable(Exception):
+class UpstreamUnavailable(errors.UpstreamUnavailable):
     """No answer from the upstream (connection error, timeout), 5xx / 429, or a 401 to the
-    gateway's own credential.
+    gateway's own credential: the shared "unavailable" (:mod:`tokensidecar.backends.errors`),
+    carrying the answer.
 
     ``answer`` is the upstream's own reply when there was one (a 503 with ``Retry-After``),
     which the client gets when no cached data can stand in for it.
