@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -34,6 +34,10 @@ from tokensidecar.gateway.metadata import Metadata
 from tokensidecar.gateway.metrics import GatewayMetrics
 from tokensidecar.gateway.server import Gateway, build_app
 from tokensidecar.gateway.upstream import Upstream
+
+if TYPE_CHECKING:
+    from tests.fixtures.kube import KubeApi
+    from tokensidecar.demo.hub import HubStandIn
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -255,6 +259,14 @@ def gateway_for(
         yield running, gatekeeper, projected_token(tmp_path / "projected", "sa-token-team-a")
 
 
+#: The policy most process tests run under: team-a's predictor may read every acme/ repository.
+TEAM_A_POLICY = """\
+rules:
+  - subjects: [{namespace: team-a, serviceAccount: predictor}]
+    repos: [acme/*]
+"""
+
+
 class GatewayProcess(SidecarProcess):
     """The real ``tokensidecar gateway`` (control plane included) as a subprocess.
 
@@ -295,6 +307,33 @@ class GatewayProcess(SidecarProcess):
         )
         (directory / "unused").mkdir(exist_ok=True)
 
+    @classmethod
+    def in_front_of(
+        cls,
+        hub: HubStandIn,
+        *,
+        kube_api: KubeApi,
+        tmp_path: Path,
+        policy: str = TEAM_A_POLICY,
+        upstream_token: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> GatewayProcess:
+        """The gateway the process tests run: in front of ``hub`` with ``upstream_token`` (a
+        new one the hub issues, unless given), reviewing callers' tokens at ``kube_api``, its
+        files in ``tmp_path/gw``."""
+        return cls(
+            directory=tmp_path / "gw",
+            upstream=hub.url,
+            upstream_token=hub.issue_token() if upstream_token is None else upstream_token,
+            kubeconfig=kube_api.kubeconfig_path,
+            policy=policy,
+            env=env,
+        )
+
+    def wait_until_ready(self) -> None:
+        """Until ``/readyz`` answers 200 (the first upstream token is in and verified)."""
+        wait_for(lambda: self.get("/readyz")[0] == 200, timeout=30)
+
     def restart(self) -> GatewayProcess:
         self._log_file.close()
         return self.start()  # type: ignore[return-value]
@@ -325,10 +364,3 @@ def client_mid_download(
         return results
 
     return finish
-
-
-TEAM_A_POLICY = """\
-rules:
-  - subjects: [{namespace: team-a, serviceAccount: predictor}]
-    repos: [acme/*]
-"""

@@ -276,12 +276,8 @@ def test_real_gateway_authorizes_each_workload_and_follows_policy_changes(
     team_b = cluster.issue(namespace="team-b", service_account="predictor")
     wrong_audience = cluster.issue(namespace="team-a", service_account="predictor", audience="vault")
     upstream_token = hub.issue_token()
-    gateway = GatewayProcess(
-        directory=tmp_path / "gw",
-        upstream=hub.url,
-        upstream_token=upstream_token,
-        kubeconfig=kube_api.kubeconfig_path,
-        policy=TEAM_A_POLICY,
+    gateway = GatewayProcess.in_front_of(
+        hub, kube_api=kube_api, tmp_path=tmp_path, upstream_token=upstream_token
     )
     policy_path = tmp_path / "gw" / "policy.yaml"
 
@@ -297,7 +293,7 @@ def test_real_gateway_authorizes_each_workload_and_follows_policy_changes(
         os.replace(tmp_path / "gw" / "next.yaml", policy_path)
 
     with gateway:
-        wait_for(lambda: gateway.get("/readyz")[0] == 200, timeout=30)
+        gateway.wait_until_ready()
         result = run_client(
             f"open(hf_hub_download({hub.repo_id!r}, 'config.json')).read()",
             endpoint=gateway.url,
@@ -351,13 +347,7 @@ def test_real_gateway_with_the_api_server_down_keeps_known_workloads_and_refuses
 ) -> None:
     known = cluster.issue(namespace="team-a", service_account="predictor")
     new = cluster.issue(namespace="team-a", service_account="predictor")  # another pod, same account
-    gateway = GatewayProcess(
-        directory=tmp_path / "gw",
-        upstream=hub.url,
-        upstream_token=hub.issue_token(),
-        kubeconfig=kube_api.kubeconfig_path,
-        policy=TEAM_A_POLICY,
-    )
+    gateway = GatewayProcess.in_front_of(hub, kube_api=kube_api, tmp_path=tmp_path)
 
     def fetch(token: str) -> httpx2.Response:
         return httpx2.get(
@@ -367,7 +357,7 @@ def test_real_gateway_with_the_api_server_down_keeps_known_workloads_and_refuses
         )
 
     with gateway:
-        wait_for(lambda: gateway.get("/readyz")[0] == 200, timeout=30)
+        gateway.wait_until_ready()
         assert fetch(known).status_code == 200
         kube_api.stop()
         assert fetch(known).status_code == 200  # reviewed before the outage: until its exp

@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from tests.fixtures.jwt import JwtIssuer
 from tests.fixtures.kube import KubeApi
 from tests.gateway.conftest import KubeletVolume, ServiceAccountTokens
-from tests.gateway.harness import TEAM_A_POLICY, GatewayProcess
+from tests.gateway.harness import GatewayProcess
 from tests.sidecar_process import wait_for
 from tokensidecar.config import ConfigError, resolve
 from tokensidecar.demo.hub import HubStandIn, serve_in_thread
@@ -338,18 +338,12 @@ def test_rotation_mid_download_keeps_the_download_and_moves_new_requests_to_the_
     hub = big_hub
     old, new = hub.issue_token(), hub.issue_token()
     caller = cluster.issue(namespace="team-a", service_account="predictor")
-    gateway = GatewayProcess(
-        directory=tmp_path / "gw",
-        upstream=hub.url,
-        upstream_token=old,
-        kubeconfig=kube_api.kubeconfig_path,
-        policy=TEAM_A_POLICY,
-    )
+    gateway = GatewayProcess.in_front_of(hub, kube_api=kube_api, tmp_path=tmp_path, upstream_token=old)
     headers = {"Authorization": f"Bearer {caller}"}
     hub.stall_next_body(1, after=2 * 1024 * 1024, delay=8.0)
     received = bytearray()
     with gateway:
-        wait_for(lambda: gateway.get("/readyz")[0] == 200, timeout=30)
+        gateway.wait_until_ready()
 
         def download() -> None:
             url = f"{gateway.url}/{hub.repo_id}/resolve/main/{BIG}"

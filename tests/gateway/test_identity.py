@@ -17,7 +17,6 @@ from tests.fixtures.jwt import JwtIssuer
 from tests.fixtures.kube import KubeApi
 from tests.gateway.conftest import GATEWAY_AUDIENCE, KubeletVolume, ServiceAccountTokens
 from tests.gateway.harness import GatewayProcess, client_mid_download
-from tests.sidecar_process import wait_for
 from tokensidecar.demo.hub import HubStandIn, serve_in_thread
 from tokensidecar.gateway.identity import Identity, IdentityUnavailable, TokenReviewer, parse_service_account
 from tokensidecar.logs import JsonFormatter
@@ -277,16 +276,10 @@ def test_projected_token_swapped_mid_download_is_used_for_the_rest_of_it(
     projected_token.write(cluster.issue(namespace="team-a", service_account="predictor"))
     with serve_in_thread(HubStandIn(files=SWAP_FILES)) as hub:
         hub.stall_next_body(1, after=1024 * 1024, delay=6.0)
-        gateway = GatewayProcess(
-            directory=tmp_path / "gw",
-            upstream=hub.url,
-            upstream_token=hub.issue_token(),
-            kubeconfig=kube_api.kubeconfig_path,
-            policy=policy,
-        )
+        gateway = GatewayProcess.in_front_of(hub, kube_api=kube_api, tmp_path=tmp_path, policy=policy)
         out = tmp_path / "out"
         with gateway:
-            wait_for(lambda: gateway.get("/readyz")[0] == 200, timeout=30)
+            gateway.wait_until_ready()
             finish = client_mid_download(
                 gateway,
                 f"snapshot_download({hub.repo_id!r}, local_dir={str(out)!r}, max_workers=1)",

@@ -14,7 +14,6 @@ import pytest
 from tests.fixtures.kube import KubeApi
 from tests.gateway.conftest import KubeletVolume, ServiceAccountTokens
 from tests.gateway.harness import HUB_SETUP, GatewayProcess, run_client
-from tests.sidecar_process import wait_for
 from tokensidecar.demo.hub import HubStandIn, serve_in_thread
 
 REPO = "acme/private-model"
@@ -38,15 +37,9 @@ def hub() -> Iterator[HubStandIn]:
 
 @pytest.fixture
 def gateway(hub: HubStandIn, kube_api: KubeApi, tmp_path: Path) -> Iterator[GatewayProcess]:
-    process = GatewayProcess(
-        directory=tmp_path / "gw",
-        upstream=hub.url,
-        upstream_token=hub.issue_token(),
-        kubeconfig=kube_api.kubeconfig_path,
-        policy=POLICY,
-    )
+    process = GatewayProcess.in_front_of(hub, kube_api=kube_api, tmp_path=tmp_path, policy=POLICY)
     with process:
-        wait_for(lambda: process.get("/readyz")[0] == 200, timeout=30)
+        process.wait_until_ready()
         yield process
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from tests.fixtures.kube import KubeApi
 from tests.gateway.conftest import KubeletVolume, ServiceAccountTokens
-from tests.gateway.harness import HUB_SETUP, TEAM_A_POLICY, GatewayProcess, run_client
+from tests.gateway.harness import HUB_SETUP, GatewayProcess, run_client
 from tests.sidecar_process import wait_for
 from tokensidecar.demo.hub import HubStandIn, serve_in_thread
 from tokensidecar.webhook import certs
@@ -60,12 +60,10 @@ def test_https_download_and_certificate_reload(
     (tmp_path / "ca.crt").write_bytes(ca.cert_pem)
     first = certs.issue_serving_cert(ca, dns_names=["localhost"])
     _write(tmp_path / "tls", first)
-    gateway = GatewayProcess(
-        directory=tmp_path / "gw",
-        upstream=hub.url,
-        upstream_token=hub.issue_token(),
-        kubeconfig=kube_api.kubeconfig_path,
-        policy=TEAM_A_POLICY,
+    gateway = GatewayProcess.in_front_of(
+        hub,
+        kube_api=kube_api,
+        tmp_path=tmp_path,
         env={
             "TOKENSIDECAR_TLS_CERT_FILE": str(tmp_path / "tls/tls.crt"),
             "TOKENSIDECAR_TLS_KEY_FILE": str(tmp_path / "tls/tls.key"),

@@ -186,6 +186,12 @@ class KvSecret:
     custom_metadata: Mapping[str, str] = field(default_factory=dict)
     created_time: datetime | None = None
 
+    @property
+    def token_version(self) -> str | None:
+        """The version as a :class:`~tokensidecar.token.Token` read from it carries it (text);
+        None for KV v1."""
+        return str(self.version) if self.version is not None else None
+
 
 @dataclass(frozen=True)
 class KvMetadata:

@@ -64,7 +64,7 @@ from tokensidecar.backends.verify import Verifier, build_verifier
 from tokensidecar.config import Config, ConfigError, Setting, resolve
 from tokensidecar.sidecar.metrics import SidecarMetrics
 from tokensidecar.sidecar.publish import Publisher
-from tokensidecar.sidecar.refresh import Refresher
+from tokensidecar.sidecar.refresh import Refresher, close_upstreams
 from tokensidecar.sidecar.settings import sidecar_settings
 from tokensidecar.sources import Source, build_source
 from tokensidecar.sources.settings import resolve_source
@@ -182,11 +182,7 @@ class Credential:
         return self.refresher.state.readiness()
 
     async def aclose(self) -> None:
-        with contextlib.suppress(Exception):
-            await self.source.aclose()
-        if self.verifier is not None:
-            with contextlib.suppress(Exception):
-                await self.verifier.aclose()
+        await close_upstreams(source=self.source, verifier=self.verifier)
 
 
 class CredentialMetricsCollector(Collector):

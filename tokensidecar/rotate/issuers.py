@@ -553,7 +553,7 @@ class VaultIssuer(Issuer):
         return Token(
             value=value,
             source=self.kind,
-            version=str(secret.version) if secret.version is not None else None,
+            version=secret.token_version,
             expires_at=expires_at,
         )
 

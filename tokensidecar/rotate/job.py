@@ -113,28 +113,27 @@ class Outcome:
 
     def summary(self) -> str:
         parts = [f"result={self.result}", f"issuer={self.issuer}", f"target={self.target}"]
-        if self.minted:
-            parts.append(f"minted={self.minted}")
-        if self.verified:
-            parts.append(f"verified={self.verified}")
-        if self.stored:
-            parts.append(f"stored={self.stored}")
-        if self.replaced:
-            parts.append(f"replaced={self.replaced}")
+        parts += _when_set(
+            minted=self.minted, verified=self.verified, stored=self.stored, replaced=self.replaced
+        )
         if self.version is not None:
             parts.append(f"version={self.version}")
         parts.append(f"expires_at={format_time(self.expires_at) or 'unknown'}")
         if self.scope is not None:
             parts.append(f"kind={self.scope.kind} role={self.scope.role} can_write={self.scope.can_write}")
         parts.append(f"revoked={len(self.revoked)}")
-        if self.left_to_expire:
-            parts.append(f"left_to_expire={len(self.left_to_expire)}")
-        if self.revoke_failures:
-            parts.append(f"revoke_failures={self.revoke_failures}")
-        if self.conflicts:
-            parts.append(f"conflicts={self.conflicts}")
+        parts += _when_set(
+            left_to_expire=len(self.left_to_expire),
+            revoke_failures=self.revoke_failures,
+            conflicts=self.conflicts,
+        )
         parts.extend(f"{phase}={seconds:.3f}s" for phase, seconds in self.durations.items())
         return "summary " + " ".join(parts)
+
+
+def _when_set(**fields: str | int | None) -> list[str]:
+    """``name=value`` for each of ``fields`` that is set (not None, empty or 0), in order."""
+    return [f"{name}={value}" for name, value in fields.items() if value]
 
 
 class Progress:

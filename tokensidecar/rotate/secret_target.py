@@ -196,11 +196,10 @@ class SecretTarget(Target):
                 _content_type=MERGE_PATCH,
             )  # fmt: skip
             revision = patched.metadata.resource_version
-        return StoredToken(
+        return replacing.succeeded_by(
+            token,
             where=self.where,
             revision=revision,
-            current=token.value,
-            previous=replacing.current,
             expires_at=expires_at,
             rotated_at=rotated_at,
             version=version,

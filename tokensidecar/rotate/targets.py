@@ -71,6 +71,28 @@ class StoredToken:
     def previous_fingerprint(self) -> str | None:
         return fingerprint(self.previous) if self.previous else None
 
+    def succeeded_by(
+        self,
+        token: Token,
+        *,
+        where: str,
+        revision: str,
+        expires_at: datetime | None,
+        rotated_at: datetime,
+        version: int,
+    ) -> StoredToken:
+        """What a target holds once ``token`` is stored over this: ``token`` current, and
+        the token current here kept as previous (the overlap every target offers)."""
+        return StoredToken(
+            where=where,
+            revision=revision,
+            current=token.value,
+            previous=self.current,
+            expires_at=expires_at,
+            rotated_at=rotated_at,
+            version=version,
+        )
+
 
 def stored_time(text: str | None, *, field: str, name: str, log: logging.Logger) -> datetime | None:
     """A time a target stored (``field`` ``name``: an annotation, a custom_metadata key), or

@@ -126,11 +126,10 @@ class VaultTarget(Target):
             raise StoreConflict(f"check-and-set: {self.path} is no longer at version {cas}") from None
         except VaultError as exc:
             raise TargetError(str(exc)) from None
-        return StoredToken(
+        return replacing.succeeded_by(
+            token,
             where=self.where,
             revision=str(version),
-            current=token.value,
-            previous=replacing.current,
             expires_at=expires_at,
             # Vault's created_time of the new version is within milliseconds of this.
             rotated_at=rotated_at,

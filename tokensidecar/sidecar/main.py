@@ -38,7 +38,7 @@ from tokensidecar.config import Config
 from tokensidecar.sidecar.metrics import SidecarMetrics
 from tokensidecar.sidecar.notify import Notifier
 from tokensidecar.sidecar.publish import Publisher
-from tokensidecar.sidecar.refresh import Refresher, RefreshFailed
+from tokensidecar.sidecar.refresh import Refresher, RefreshFailed, close_upstreams
 from tokensidecar.sidecar.settings import SidecarSettings
 from tokensidecar.sources import Source, build_source
 
@@ -100,11 +100,7 @@ class Sidecar:
         return cls(source=source, verifier=verifier, refresher=refresher)
 
     async def aclose(self) -> None:
-        with contextlib.suppress(Exception):
-            await self.source.aclose()
-        if self.verifier is not None:
-            with contextlib.suppress(Exception):
-                await self.verifier.aclose()
+        await close_upstreams(source=self.source, verifier=self.verifier)
 
 
 class DaemonThreadExecutor(concurrent.futures.ThreadPoolExecutor):

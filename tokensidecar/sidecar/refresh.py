@@ -51,7 +51,7 @@ if TYPE_CHECKING:
     from tokensidecar.sidecar.publish import Publisher
     from tokensidecar.sources import Source
 
-__all__ = ["RefreshFailed", "RefreshState", "Refresher"]
+__all__ = ["RefreshFailed", "RefreshState", "Refresher", "close_upstreams"]
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +133,17 @@ class RefreshState:
             "consecutive_failures": self.consecutive_failures,
             "ready": self.readiness()[0],
         }
+
+
+async def close_upstreams(*, source: Source, verifier: Verifier | None) -> None:
+    """Close a refresher's source, then its verifier, at shutdown. Each close is best
+    effort: a failure to release one (a Vault login already expired, a dropped
+    connection) must not keep the other open or fail the shutdown."""
+    with contextlib.suppress(Exception):
+        await source.aclose()
+    if verifier is not None:
+        with contextlib.suppress(Exception):
+            await verifier.aclose()
 
 
 class Refresher:

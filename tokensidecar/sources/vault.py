@@ -127,7 +127,7 @@ class VaultSource(Source):
         return Token(
             value=value,
             source=self.kind,
-            version=str(secret.version) if secret.version is not None else None,
+            version=secret.token_version,
             expires_at=self._expiry(secret.custom_metadata, token_value=value),
         )
 

@@ -13,7 +13,7 @@ import pytest
 
 from tests.fixtures.kube import KubeApi
 from tests.gateway.conftest import ServiceAccountTokens
-from tests.gateway.harness import HUB_SETUP, TEAM_A_POLICY, GatewayProcess, projected_token, run_client
+from tests.gateway.harness import HUB_SETUP, GatewayProcess, projected_token, run_client
 from tests.sidecar_process import wait_for
 from tokensidecar.demo.hub import HubStandIn, serve_in_thread
 
@@ -34,19 +34,15 @@ def test_kill_9_mid_download_never_serves_the_partial_file(
 ) -> None:
     token = cluster.issue(namespace="team-a", service_account="predictor")
     upstream_token = hub.issue_token()
-    gateway = GatewayProcess(
-        directory=tmp_path / "gw",
-        upstream=hub.url,
-        upstream_token=upstream_token,
-        kubeconfig=kube_api.kubeconfig_path,
-        policy=TEAM_A_POLICY,
+    gateway = GatewayProcess.in_front_of(
+        hub, kube_api=kube_api, tmp_path=tmp_path, upstream_token=upstream_token
     )
     url = f"{gateway.url}/{REPO}/resolve/main/{NAME}"
     headers = {"Authorization": f"Bearer {token}"}
     hub.stall_next_body(1, after=4 * 1024 * 1024, delay=5.0)
     received: list[int] = []
     with gateway:
-        wait_for(lambda: gateway.get("/readyz")[0] == 200, timeout=30)
+        gateway.wait_until_ready()
 
         def client() -> None:
             try:
@@ -67,7 +63,7 @@ def test_kill_9_mid_download_never_serves_the_partial_file(
         assert list((gateway.cache_dir / "blobs").iterdir()) == []
 
         gateway.restart()
-        wait_for(lambda: gateway.get("/readyz")[0] == 200, timeout=30)
+        gateway.wait_until_ready()
         assert list(partial.iterdir()) == []  # the half-written file is gone, not adopted
         token_path = projected_token(tmp_path / "projected", token)
         result = run_client(

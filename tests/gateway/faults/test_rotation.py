@@ -13,7 +13,7 @@ import pytest
 
 from tests.fixtures.kube import KubeApi
 from tests.gateway.conftest import KubeletVolume, ServiceAccountTokens
-from tests.gateway.harness import HUB_SETUP, TEAM_A_POLICY, GatewayProcess, client_mid_download, run_client
+from tests.gateway.harness import HUB_SETUP, GatewayProcess, client_mid_download, run_client
 from tests.sidecar_process import wait_for
 from tokensidecar.demo.hub import HubStandIn, serve_in_thread
 
@@ -40,17 +40,13 @@ def test_rotations_mid_download_break_nothing(
     tmp_path: Path,
 ) -> None:
     old_upstream = hub.issue_token()
-    gateway = GatewayProcess(
-        directory=tmp_path / "gw",
-        upstream=hub.url,
-        upstream_token=old_upstream,
-        kubeconfig=kube_api.kubeconfig_path,
-        policy=TEAM_A_POLICY,
+    gateway = GatewayProcess.in_front_of(
+        hub, kube_api=kube_api, tmp_path=tmp_path, upstream_token=old_upstream
     )
     projected_token.write(cluster.issue(namespace="team-a", service_account="predictor"))
     hub.stall_next_body(1, after=2 * 1024 * 1024, delay=3.0)
     with gateway:
-        wait_for(lambda: gateway.get("/readyz")[0] == 200, timeout=30)
+        gateway.wait_until_ready()
         out = tmp_path / "out"
         finish = client_mid_download(
             gateway,
