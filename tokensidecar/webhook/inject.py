@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from tokensidecar.backends.settings import is_model_id
 from tokensidecar.backends.vault import KvPath
 from tokensidecar.config import SOURCES, VERIFY_MODES, ConfigError, parse_positive_duration
-from tokensidecar.sidecar.settings import SETTINGS as SIDECAR_SETTINGS
+from tokensidecar.sidecar.settings import SETTINGS as RUN_SETTINGS
 from tokensidecar.webhook.confine import image_allowed, normalize_vault_addr
 from tokensidecar.webhook.quantity import check_quantity, parse_quantity
 
@@ -217,9 +217,9 @@ class InjectionSettings:
 
 # --- plans: what a pod's annotations ask for, checked, and the env each renders ---------
 
-# The variable the sidecar reads each of its settings from, as the declarations say
+# The variable the sidecar (run, once) reads each of its settings from, as the declarations say
 # (tokensidecar.sidecar.settings): what the webhook writes is what the sidecar reads.
-_SIDECAR_ENV = {setting.name: setting.env for setting in SIDECAR_SETTINGS}
+_SIDECAR_ENV = {setting.name: setting.env for setting in RUN_SETTINGS}
 
 
 def _env_name(setting: str) -> str:
