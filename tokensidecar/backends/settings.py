@@ -17,6 +17,7 @@ imported only when a Kubernetes setting is resolved.
 from __future__ import annotations
 
 import pathlib
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -192,9 +193,16 @@ KUBERNETES_SETTINGS = register(
 )
 
 
+# Each part starts with a letter or digit, then letters, digits, ".", "_" and "-": no part is
+# "." or "..", which in the /api/models/{id}/auth-check URL would name another path.
+_MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
 def is_model_id(text: str) -> bool:
-    """True for a repository id as the Hub writes it: ``org/name``, both parts non-empty."""
-    return text.count("/") == 1 and all(text.split("/"))
+    """True for a repository id as the Hub writes it, ``org/name``. The one check of a model
+    id: ``--model-id`` here, and ``tokensidecar.io/model-id`` in the webhook, which so admits
+    no pod whose sidecar would refuse its setting."""
+    return _MODEL_ID.match(text) is not None
 
 
 @dataclass(frozen=True)

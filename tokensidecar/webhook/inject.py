@@ -11,6 +11,11 @@ returns an empty patch. The trade-off: a container that was already injected is 
 rewritten, so changing a pod's annotations after injection has no effect (pods are
 immutable after admission anyway).
 
+The annotations are read into a typed plan per source (each value checked as it is read,
+with the rules of :mod:`tokensidecar.webhook.confine` and the sidecar's own parsers), and the
+plan renders the sidecar's environment under the names the sidecar's settings declare
+(:mod:`tokensidecar.sidecar.settings`), so the two cannot drift apart.
+
 Patches address list items by index, so the order of operations matters: changes to
 existing containers come first, at their original indices, and the sidecar is inserted at
 ``/spec/initContainers/0`` last, so no earlier operation's index moves under it.
@@ -18,14 +23,18 @@ existing containers come first, at their original indices, and the sidecar is in
 
 from __future__ import annotations
 
+import abc
 import json
 import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
+from tokensidecar.backends.settings import is_model_id
+from tokensidecar.backends.vault import KvPath
 from tokensidecar.config import SOURCES, VERIFY_MODES, ConfigError, parse_positive_duration
+from tokensidecar.sidecar.settings import SETTINGS as RUN_SETTINGS
 from tokensidecar.webhook.confine import image_allowed, normalize_vault_addr
 from tokensidecar.webhook.quantity import check_quantity, parse_quantity
 
@@ -55,7 +64,6 @@ TOKEN_VOLUME = "tokensidecar-token"
 IDENTITY_VOLUME = "tokensidecar-identity"
 SA_TOKEN_VOLUME = "tokensidecar-sa-token"
 KUBE_API_VOLUME = "tokensidecar-kube-api-access"
-SOURCE_MOUNT_NAME_PREFIX = "tokensidecar-source"
 
 # Where the token lands: readers find it through HF_TOKEN_PATH, which huggingface_hub
 # re-reads on every Hub request, so a rotation needs no restart.
@@ -99,7 +107,6 @@ LIVENESS_FAILURE_THRESHOLD = 3
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 _IMAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,511}$")
-_MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 # Vault auth methods whose credentials the webhook can provide by itself. approle and
 # token need secret files the user would have to mount into the sidecar.
@@ -208,19 +215,180 @@ class InjectionSettings:
                         )
 
 
-@dataclass
-class _Plan:
-    """What one pod's annotations ask for, validated."""
+# --- plans: what a pod's annotations ask for, checked, and the env each renders ---------
 
-    source: str
-    mode: str = "sidecar"
-    env: list[dict[str, Any]] = field(default_factory=list)
-    image: str = ""
-    resources: dict[str, dict[str, str]] = field(default_factory=dict)
-    targets: frozenset[str] | None = None
-    sa_token_audience: str | None = None
-    needs_kube_api: bool = False
-    source_volume: str | None = None
+# The variable the sidecar (run, once) reads each of its settings from, as the declarations say
+# (tokensidecar.sidecar.settings): what the webhook writes is what the sidecar reads.
+_SIDECAR_ENV = {setting.name: setting.env for setting in RUN_SETTINGS}
+
+
+def _env_name(setting: str) -> str:
+    """``vault_path`` → ``TOKENSIDECAR_VAULT_PATH``; a LookupError for a setting the sidecar lacks."""
+    try:
+        return _SIDECAR_ENV[setting]
+    except KeyError:
+        raise LookupError(f"{setting!r} is not a setting of the sidecar") from None
+
+
+def _env(**values: str | None) -> list[dict[str, Any]]:
+    """Env entries of the sidecar's settings, in the order given; a None value is left out."""
+    return [{"name": _env_name(name), "value": value} for name, value in values.items() if value is not None]
+
+
+class SourcePlan(abc.ABC):
+    """One source's part of the plan: its env, and what the sidecar must be given for it.
+
+    Each source says all three of what it needs, as a field or a class attribute, so its
+    plan reads whole (no default here: a dataclass field would inherit it)."""
+
+    #: The value of ``TOKENSIDECAR_SOURCE``.
+    name: ClassVar[str]
+    #: The audience of the projected service-account token the source logs in with, if any.
+    sa_token_audience: str | None
+    #: The source reads the Kubernetes API, so the sidecar needs the service-account files.
+    needs_kube_api: bool
+    #: The pod volume the source reads the token file from, if any.
+    source_volume: str | None
+
+    @abc.abstractmethod
+    def env(self) -> list[dict[str, Any]]:
+        """The source's settings, as the sidecar's environment."""
+
+
+@dataclass(frozen=True)
+class VaultPlan(SourcePlan):
+    """A KV secret read with a Vault login (kubernetes or jwt) by a projected token."""
+
+    name: ClassVar[str] = "vault"
+    needs_kube_api = False
+    source_volume = None
+    #: ``VAULT_ADDR``: the pod's (an allowed one) or the webhook's default.
+    address: str
+    #: ``<mount>/<path>`` as the pod wrote it: checked with the sidecar's own parser
+    #: (:class:`~tokensidecar.backends.vault.KvPath`), passed on unchanged.
+    path: str
+    #: ``kubernetes`` or ``jwt`` (:data:`WEBHOOK_VAULT_AUTH`).
+    auth: str
+    role: str
+    auth_mount: str | None
+    #: ``"1"``, ``"2"``, or None for the sidecar's own detection.
+    kv_version: str | None
+    sa_token_audience: str
+
+    def env(self) -> list[dict[str, Any]]:
+        return _env(
+            vault_addr=self.address,
+            vault_path=self.path,
+            vault_auth=self.auth,
+            vault_role=self.role,
+            vault_auth_mount=self.auth_mount,
+            vault_kv_version=self.kv_version,
+            vault_jwt_file=SA_TOKEN_PATH,
+        )
+
+
+@dataclass(frozen=True)
+class SecretPlan(SourcePlan):
+    """A Kubernetes Secret, watched through the API with the pod's service account."""
+
+    name: ClassVar[str] = "kubernetes-secret"
+    sa_token_audience = None
+    needs_kube_api = True
+    source_volume = None
+    secret_name: str
+    #: The Secret's namespace when the pod names one (and may); None for the pod's own.
+    namespace: str | None
+
+    def env(self) -> list[dict[str, Any]]:
+        env = _env(secret_name=self.secret_name, secret_namespace=self.namespace)
+        if self.namespace is None:
+            # The downward API names the namespace even when no service-account files are mounted.
+            env.append(
+                {
+                    "name": _env_name("secret_namespace"),
+                    "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}},
+                }
+            )
+        return env
+
+
+@dataclass(frozen=True)
+class FilePlan(SourcePlan):
+    """A token file in one of the pod's own volumes."""
+
+    name: ClassVar[str] = "file"
+    sa_token_audience = None
+    needs_kube_api = False
+    source_volume: str
+    #: The token file's path inside that volume (relative, never leaving it).
+    file: str
+
+    def env(self) -> list[dict[str, Any]]:
+        return _env(source_file=f"{SOURCE_DIR}/{self.file}")
+
+
+@dataclass(frozen=True)
+class OidcPlan(SourcePlan):
+    """A Hugging Face token exchanged for a projected service-account token."""
+
+    name: ClassVar[str] = "oidc-exchange"
+    needs_kube_api = False
+    source_volume = None
+    #: The resource requested in the token exchange.
+    resource: str
+    sa_token_audience: str
+
+    def env(self) -> list[dict[str, Any]]:
+        return _env(oidc_resource=self.resource, oidc_token_file=SA_TOKEN_PATH)
+
+
+@dataclass(frozen=True)
+class VerificationPlan:
+    """The key, what the Hub must confirm, and how often to read: the same for every source."""
+
+    #: ``TOKENSIDECAR_KEY``; None when not asked, and for the file source, which names its
+    #: file with it instead.
+    key: str | None
+    verify: str
+    model_id: str | None
+    #: The webhook's ``--inject-hf-endpoint``; None leaves the sidecar's default.
+    hf_endpoint: str | None
+    refresh_interval: str | None
+
+    def env(self) -> list[dict[str, Any]]:
+        return _env(
+            key=self.key,
+            verify=self.verify,
+            model_id=self.model_id,
+            hf_endpoint=self.hf_endpoint,
+            refresh_interval=self.refresh_interval,
+        )
+
+
+@dataclass(frozen=True)
+class SidecarPlan:
+    """A pod in sidecar mode: the sidecar to inject, and the containers that read its token."""
+
+    source: SourcePlan
+    verification: VerificationPlan
+    image: str
+    resources: dict[str, dict[str, str]]
+    #: The containers named by ``tokensidecar.io/containers``; None for every one.
+    targets: frozenset[str] | None
+
+    def env(self) -> list[dict[str, Any]]:
+        """The sidecar's settings from the annotations, as its environment."""
+        return [*_env(source=self.source.name), *self.source.env(), *self.verification.env()]
+
+
+@dataclass(frozen=True)
+class GatewayPlan:
+    """A pod in gateway mode: no sidecar, only the containers that reach the gateway."""
+
+    targets: frozenset[str] | None
+
+
+Plan = SidecarPlan | GatewayPlan
 
 
 def wants_injection(pod: Mapping[str, Any]) -> bool:
@@ -271,7 +439,7 @@ def inject(
     patch += _status_patch(pod)
     patch += _volume_patch(spec, plan=plan, settings=settings)
     patch += _target_patch(spec, plan=plan, settings=settings)
-    if plan.mode == "sidecar":
+    if isinstance(plan, SidecarPlan):
         patch += _sidecar_patch(spec, plan=plan, settings=settings)
     elif settings.gateway_policy is not None:
         _check_gateway_policy(pod, spec, namespace=namespace, policy=settings.gateway_policy)
@@ -380,7 +548,7 @@ def _name(short: str) -> str:
     return ANNOTATION_PREFIX + short
 
 
-def _gateway_plan(ours: Mapping[str, str], *, settings: InjectionSettings) -> _Plan:
+def _gateway_plan(ours: Mapping[str, str], *, settings: InjectionSettings) -> GatewayPlan:
     """Gateway mode: which containers, and nothing else to choose."""
     for short in sorted(ours.keys() - _GATEWAY_ANNOTATIONS):
         raise InvalidInjection(_name(short), "does not apply to mode 'gateway' (no sidecar is injected)")
@@ -388,9 +556,7 @@ def _gateway_plan(ours: Mapping[str, str], *, settings: InjectionSettings) -> _P
         raise InvalidInjection(
             _name("mode"), "gateway mode needs the webhook's --inject-gateway-url, which is not set"
         )
-    plan = _Plan(source="gateway", mode="gateway")
-    plan.targets = _targets(ours)
-    return plan
+    return GatewayPlan(targets=_targets(ours))
 
 
 def _targets(ours: Mapping[str, str]) -> frozenset[str] | None:
@@ -429,14 +595,29 @@ class _Asked:
 
 def _read_annotations(
     pod: Mapping[str, Any], *, ours: Mapping[str, str], settings: InjectionSettings, namespace: str | None
-) -> _Plan:
-    """Annotations → a validated plan: the mode, the source's settings, then what every
-    sidecar takes (verification, image, resources, targets)."""
+) -> Plan:
+    """Annotations → a checked plan: the mode, the source's plan, then what every sidecar
+    takes (verification, image, resources, targets). Each piece is checked as it is read,
+    in this order, so a pod with several faults is always told about the same one first."""
     mode = ours.get("mode", settings.mode)
     if mode not in MODES:
         raise InvalidInjection(_name("mode"), f"{mode!r} is not one of {', '.join(MODES)}")
     if mode == "gateway":
         return _gateway_plan(ours, settings=settings)
+    asked = _Asked(ours=ours, source=_source(ours))
+    source = _source_plan(asked, pod=pod, settings=settings, namespace=namespace)
+    _check_token_audience(asked, source=source)
+    return SidecarPlan(
+        source=source,
+        verification=_verification_plan(asked, settings=settings),
+        image=_sidecar_image(asked, settings=settings),
+        resources=_resources(ours, settings=settings),
+        targets=_targets(ours),
+    )
+
+
+def _source(ours: Mapping[str, str]) -> str:
+    """The source asked for, with no annotation of another source beside it."""
     source = ours.get("source", "vault")
     if source not in SOURCES:
         raise InvalidInjection(_name("source"), f"{source!r} is not one of {', '.join(SOURCES)}")
@@ -445,40 +626,63 @@ def _read_annotations(
             continue
         for short in sorted(keys & ours.keys()):
             raise InvalidInjection(_name(short), f"does not apply to source {source!r} (it is for {other!r})")
-    asked = _Asked(ours=ours, source=source)
-    plan = _Plan(source=source)
-    plan.env.append({"name": "TOKENSIDECAR_SOURCE", "value": source})
-    if source == "vault":
-        _plan_vault(asked, plan=plan, settings=settings)
-    elif source == "kubernetes-secret":
-        _plan_kubernetes_secret(asked, plan=plan, settings=settings, namespace=namespace)
-    elif source == "file":
-        _plan_file(asked, plan=plan, pod=pod)
-    else:
-        _plan_oidc_exchange(asked, plan=plan, settings=settings)
-    if "token-audience" in asked and not asked.get("token-audience"):
-        raise InvalidInjection(_name("token-audience"), "must not be empty")
-    if "token-audience" in asked and plan.sa_token_audience is None:
-        raise InvalidInjection(_name("token-audience"), f"does not apply to source {source!r}")
-    _plan_verification(asked, plan=plan, settings=settings)
-    plan.image = _sidecar_image(asked, settings=settings)
-    plan.resources = _resources(ours, settings=settings)
-    plan.targets = _targets(ours)
-    return plan
+    return source
 
 
-def _plan_vault(asked: _Asked, *, plan: _Plan, settings: InjectionSettings) -> None:
-    vault_addr = asked.get("vault-addr") or settings.vault_addr
-    if not vault_addr:
+def _source_plan(
+    asked: _Asked, *, pod: Mapping[str, Any], settings: InjectionSettings, namespace: str | None
+) -> SourcePlan:
+    if asked.source == "vault":
+        return _vault_plan(asked, settings=settings)
+    if asked.source == "kubernetes-secret":
+        return _secret_plan(asked, settings=settings, namespace=namespace)
+    if asked.source == "file":
+        return _file_plan(asked, pod=pod)
+    return _oidc_plan(asked, settings=settings)
+
+
+def _vault_plan(asked: _Asked, *, settings: InjectionSettings) -> VaultPlan:
+    address = _vault_addr(asked, settings=settings)
+    path = _vault_path(asked)
+    auth = _vault_auth(asked)
+    return VaultPlan(
+        address=address,
+        path=path,
+        auth=auth,
+        role=asked.required("vault-role", f"the Vault role for {auth} auth"),
+        auth_mount=asked.get("vault-auth-mount") or None,
+        kv_version=_vault_kv_version(asked),
+        # A projected token with a dedicated audience for both methods: Vault (its kubernetes
+        # auth through a TokenReview with the role's audience) accepts it, and anyone who reads
+        # it there cannot replay it against the API server, which the pod's own
+        # service-account token would allow.
+        sa_token_audience=asked.get("token-audience") or settings.vault_token_audience,
+    )
+
+
+def _vault_addr(asked: _Asked, *, settings: InjectionSettings) -> str:
+    """The pod's Vault address if it may choose it, else the webhook's default."""
+    address = asked.get("vault-addr") or settings.vault_addr
+    if not address:
         raise InvalidInjection(
             _name("vault-addr"), "is required: the webhook has no default (--inject-vault-addr)"
         )
     if "vault-addr" in asked:
-        _confine_vault_addr(vault_addr, settings=settings, subject=_name("vault-addr"))
-    vault_path = asked.required("vault-path", "the KV secret as <mount>/<path>, e.g. secret/hf/model-a")
-    mount, _, rest = vault_path.strip("/").partition("/")
-    if not mount or not rest:
-        raise InvalidInjection(_name("vault-path"), f"{vault_path!r} is not <mount>/<path>")
+        _confine_vault_addr(address, settings=settings, subject=_name("vault-addr"))
+    return address
+
+
+def _vault_path(asked: _Asked) -> str:
+    """The KV secret as the pod wrote it, if the sidecar's own parser reads it."""
+    path = asked.required("vault-path", "the KV secret as <mount>/<path>, e.g. secret/hf/model-a")
+    try:
+        KvPath.parse(path)
+    except ValueError:
+        raise InvalidInjection(_name("vault-path"), f"{path!r} is not <mount>/<path>") from None
+    return path
+
+
+def _vault_auth(asked: _Asked) -> str:
     auth = asked.get("vault-auth", "kubernetes") or ""
     if auth not in WEBHOOK_VAULT_AUTH:
         raise InvalidInjection(
@@ -486,56 +690,39 @@ def _plan_vault(asked: _Asked, *, plan: _Plan, settings: InjectionSettings) -> N
             f"{auth!r} is not one of {', '.join(WEBHOOK_VAULT_AUTH)} "
             "(approle and token need credential files the webhook cannot provide)",
         )
-    role = asked.required("vault-role", f"the Vault role for {auth} auth")
-    plan.env += [
-        {"name": "VAULT_ADDR", "value": vault_addr},
-        {"name": "TOKENSIDECAR_VAULT_PATH", "value": vault_path},
-        {"name": "TOKENSIDECAR_VAULT_AUTH", "value": auth},
-        {"name": "TOKENSIDECAR_VAULT_ROLE", "value": role},
-    ]
-    auth_mount = asked.get("vault-auth-mount")
-    if auth_mount:
-        plan.env.append({"name": "TOKENSIDECAR_VAULT_AUTH_MOUNT", "value": auth_mount})
+    return auth
+
+
+def _vault_kv_version(asked: _Asked) -> str | None:
     kv_version = asked.get("vault-kv-version")
-    if kv_version is not None:
-        if kv_version not in ("1", "2"):
-            raise InvalidInjection(_name("vault-kv-version"), "must be 1 or 2")
-        plan.env.append({"name": "TOKENSIDECAR_VAULT_KV_VERSION", "value": kv_version})
-    # A projected token with a dedicated audience for both methods: Vault (its kubernetes
-    # auth through a TokenReview with the role's audience) accepts it, and anyone who reads
-    # it there cannot replay it against the API server, which the pod's own
-    # service-account token would allow.
-    plan.sa_token_audience = asked.get("token-audience") or settings.vault_token_audience
-    plan.env.append({"name": "TOKENSIDECAR_VAULT_JWT_FILE", "value": SA_TOKEN_PATH})
+    if kv_version is not None and kv_version not in ("1", "2"):
+        raise InvalidInjection(_name("vault-kv-version"), "must be 1 or 2")
+    return kv_version
 
 
-def _plan_kubernetes_secret(
-    asked: _Asked, *, plan: _Plan, settings: InjectionSettings, namespace: str | None
-) -> None:
+def _secret_plan(asked: _Asked, *, settings: InjectionSettings, namespace: str | None) -> SecretPlan:
     secret_name = asked.required("secret-name", "the Secret holding the token")
     if not _DNS_SUBDOMAIN.match(secret_name):
         raise InvalidInjection(_name("secret-name"), f"{secret_name!r} is not a valid Secret name")
-    plan.env.append({"name": "TOKENSIDECAR_SECRET_NAME", "value": secret_name})
+    return SecretPlan(
+        secret_name=secret_name, namespace=_secret_namespace(asked, settings=settings, namespace=namespace)
+    )
+
+
+def _secret_namespace(asked: _Asked, *, settings: InjectionSettings, namespace: str | None) -> str | None:
+    """The namespace the pod names for its Secret, if it may; None for the pod's own."""
     secret_namespace = asked.get("secret-namespace")
-    if secret_namespace:
-        if not _DNS_LABEL.match(secret_namespace):
-            raise InvalidInjection(_name("secret-namespace"), f"{secret_namespace!r} is not a namespace")
-        _confine_secret_namespace(
-            secret_namespace, namespace=namespace, settings=settings, subject=_name("secret-namespace")
-        )
-        plan.env.append({"name": "TOKENSIDECAR_SECRET_NAMESPACE", "value": secret_namespace})
-    else:
-        # The downward API names the namespace even when no service-account files are mounted.
-        plan.env.append(
-            {
-                "name": "TOKENSIDECAR_SECRET_NAMESPACE",
-                "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}},
-            }
-        )
-    plan.needs_kube_api = True
+    if not secret_namespace:
+        return None
+    if not _DNS_LABEL.match(secret_namespace):
+        raise InvalidInjection(_name("secret-namespace"), f"{secret_namespace!r} is not a namespace")
+    _confine_secret_namespace(
+        secret_namespace, namespace=namespace, settings=settings, subject=_name("secret-namespace")
+    )
+    return secret_namespace
 
 
-def _plan_file(asked: _Asked, *, plan: _Plan, pod: Mapping[str, Any]) -> None:
+def _file_plan(asked: _Asked, *, pod: Mapping[str, Any]) -> FilePlan:
     volume = asked.required("source-volume", "the pod volume holding the token file")
     volumes = [v.get("name") for v in _list(pod.get("spec"), "volumes") if isinstance(v, Mapping)]
     if volume not in volumes:
@@ -548,47 +735,68 @@ def _plan_file(asked: _Asked, *, plan: _Plan, pod: Mapping[str, Any]) -> None:
         raise InvalidInjection(
             _name("source-file"), f"{relative!r} must be a relative path inside the volume"
         )
-    plan.source_volume = volume
-    plan.env.append({"name": "TOKENSIDECAR_SOURCE_FILE", "value": f"{SOURCE_DIR}/{relative}"})
+    return FilePlan(source_volume=volume, file=relative)
 
 
-def _plan_oidc_exchange(asked: _Asked, *, plan: _Plan, settings: InjectionSettings) -> None:
-    resource = asked.required("oidc-resource", "the resource requested in the token exchange")
-    plan.sa_token_audience = asked.get("token-audience") or settings.oidc_token_audience
-    plan.env += [
-        {"name": "TOKENSIDECAR_OIDC_RESOURCE", "value": resource},
-        {"name": "TOKENSIDECAR_OIDC_TOKEN_FILE", "value": SA_TOKEN_PATH},
-    ]
+def _oidc_plan(asked: _Asked, *, settings: InjectionSettings) -> OidcPlan:
+    return OidcPlan(
+        resource=asked.required("oidc-resource", "the resource requested in the token exchange"),
+        sa_token_audience=asked.get("token-audience") or settings.oidc_token_audience,
+    )
 
 
-def _plan_verification(asked: _Asked, *, plan: _Plan, settings: InjectionSettings) -> None:
-    """The key, what the Hub must confirm, and how often to read: the same for every source."""
-    key = asked.get("key")
-    if key is not None:
-        if not key or any(c.isspace() for c in key):
-            raise InvalidInjection(_name("key"), "must be a non-empty key without whitespace")
-        if asked.source != "file":
-            plan.env.append({"name": "TOKENSIDECAR_KEY", "value": key})
+def _check_token_audience(asked: _Asked, *, source: SourcePlan) -> None:
+    """``tokensidecar.io/token-audience``: not empty, and only for a source that logs in with one."""
+    if "token-audience" not in asked:
+        return
+    if not asked.get("token-audience"):
+        raise InvalidInjection(_name("token-audience"), "must not be empty")
+    if source.sa_token_audience is None:
+        raise InvalidInjection(_name("token-audience"), f"does not apply to source {asked.source!r}")
+
+
+def _verification_plan(asked: _Asked, *, settings: InjectionSettings) -> VerificationPlan:
+    key = _key(asked)
     verify = asked.get("verify", settings.verify) or ""
     if verify not in VERIFY_MODES:
         raise InvalidInjection(_name("verify"), f"{verify!r} is not one of {', '.join(VERIFY_MODES)}")
-    plan.env.append({"name": "TOKENSIDECAR_VERIFY", "value": verify})
+    return VerificationPlan(
+        key=None if asked.source == "file" else key,
+        verify=verify,
+        model_id=_model_id(asked, verify=verify),
+        hf_endpoint=settings.hf_endpoint or None,
+        refresh_interval=_refresh_interval(asked),
+    )
+
+
+def _key(asked: _Asked) -> str | None:
+    key = asked.get("key")
+    if key is not None and (not key or any(c.isspace() for c in key)):
+        raise InvalidInjection(_name("key"), "must be a non-empty key without whitespace")
+    return key
+
+
+def _model_id(asked: _Asked, *, verify: str) -> str | None:
     model_id = asked.get("model-id")
-    if model_id is not None:
-        if not _MODEL_ID.match(model_id):
-            raise InvalidInjection(_name("model-id"), f"{model_id!r} is not <org>/<name>")
-        plan.env.append({"name": "TOKENSIDECAR_MODEL_ID", "value": model_id})
-    elif verify in ("repo", "scope"):
-        raise InvalidInjection(_name("model-id"), f"is required when tokensidecar.io/verify is {verify!r}")
-    if settings.hf_endpoint:
-        plan.env.append({"name": "HF_ENDPOINT", "value": settings.hf_endpoint})
+    if model_id is None:
+        if verify in ("repo", "scope"):
+            raise InvalidInjection(
+                _name("model-id"), f"is required when tokensidecar.io/verify is {verify!r}"
+            )
+        return None
+    if not is_model_id(model_id):
+        raise InvalidInjection(_name("model-id"), f"{model_id!r} is not <org>/<name>")
+    return model_id
+
+
+def _refresh_interval(asked: _Asked) -> str | None:
     interval = asked.get("refresh-interval")
     if interval is not None:
         try:
             parse_positive_duration(interval)
         except ValueError as exc:
             raise InvalidInjection(_name("refresh-interval"), str(exc)) from None
-        plan.env.append({"name": "TOKENSIDECAR_REFRESH_INTERVAL", "value": interval})
+    return interval
 
 
 def _sidecar_image(asked: _Asked, *, settings: InjectionSettings) -> str:
@@ -704,10 +912,10 @@ def _status_patch(pod: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def _volumes_wanted(
-    spec: Mapping[str, Any], *, plan: _Plan, settings: InjectionSettings
+    spec: Mapping[str, Any], *, plan: SidecarPlan, settings: InjectionSettings
 ) -> list[dict[str, Any]]:
     wanted: list[dict[str, Any]] = [TOKEN_VOLUME_SPEC]
-    if plan.sa_token_audience:
+    if plan.source.sa_token_audience:
         wanted.append(
             {
                 "name": SA_TOKEN_VOLUME,
@@ -715,7 +923,7 @@ def _volumes_wanted(
                     "sources": [
                         {
                             "serviceAccountToken": {
-                                "audience": plan.sa_token_audience,
+                                "audience": plan.source.sa_token_audience,
                                 "expirationSeconds": settings.token_lifetime_seconds,
                                 "path": "token",
                             }
@@ -724,7 +932,7 @@ def _volumes_wanted(
                 },
             }
         )
-    if plan.needs_kube_api and _kube_api_mount(spec) is None:
+    if plan.source.needs_kube_api and _kube_api_mount(spec) is None:
         # automountServiceAccountToken: false (or a review before the ServiceAccount
         # admission plugin ran): give the sidecar the same three files kubelet would.
         wanted.append(
@@ -776,10 +984,10 @@ def _identity_volume(settings: InjectionSettings) -> dict[str, Any]:
 
 
 def _volume_patch(
-    spec: Mapping[str, Any], *, plan: _Plan, settings: InjectionSettings
+    spec: Mapping[str, Any], *, plan: Plan, settings: InjectionSettings
 ) -> list[dict[str, Any]]:
     existing = {v.get("name") for v in _list(spec, "volumes") if isinstance(v, Mapping)}
-    if plan.mode == "gateway":
+    if isinstance(plan, GatewayPlan):
         missing = [_identity_volume(settings)] if IDENTITY_VOLUME not in existing else []
     elif _sidecar_present(spec):
         # Already injected: only the token volume is guaranteed to be needed again.
@@ -814,11 +1022,11 @@ def _sidecar_present(spec: Mapping[str, Any]) -> bool:
 
 
 def _target_patch(
-    spec: Mapping[str, Any], *, plan: _Plan, settings: InjectionSettings
+    spec: Mapping[str, Any], *, plan: Plan, settings: InjectionSettings
 ) -> list[dict[str, Any]]:
     volume = TOKEN_VOLUME
     variables = [("HF_TOKEN_PATH", TOKEN_PATH)]
-    if plan.mode == "gateway":
+    if isinstance(plan, GatewayPlan):
         assert settings.gateway_url  # _gateway_plan refused the pod otherwise
         volume = IDENTITY_VOLUME
         variables.append(("HF_ENDPOINT", settings.gateway_url))
@@ -902,7 +1110,7 @@ def _canonical(entry: Any) -> str:
 
 
 def _sidecar_patch(
-    spec: Mapping[str, Any], *, plan: _Plan, settings: InjectionSettings
+    spec: Mapping[str, Any], *, plan: SidecarPlan, settings: InjectionSettings
 ) -> list[dict[str, Any]]:
     if _sidecar_present(spec):
         return []
@@ -927,69 +1135,98 @@ def _sidecar_patch(
 
 
 def _sidecar_container(
-    spec: Mapping[str, Any], *, plan: _Plan, settings: InjectionSettings, command: str, native: bool
+    spec: Mapping[str, Any], *, plan: SidecarPlan, settings: InjectionSettings, command: str, native: bool
 ) -> dict[str, Any]:
-    env = [dict(variable) for variable in plan.env]
-    env.append({"name": "TOKENSIDECAR_TOKEN_FILE", "value": TOKEN_PATH})
-    env.append({"name": "TOKENSIDECAR_LISTEN", "value": f"0.0.0.0:{settings.port}"})
-    security = spec.get("securityContext")
-    if not (isinstance(security, Mapping) and security.get("fsGroup") is not None):
-        # Without an fsGroup the readers run under user and group IDs the webhook cannot
-        # know; the volume is private to this pod, so the token file is made world-readable.
-        env.append({"name": "TOKENSIDECAR_FILE_MODE", "value": "0444"})
-    # The root filesystem is read-only: no .pyc files.
-    env.append({"name": "PYTHONDONTWRITEBYTECODE", "value": "1"})
-
-    mounts: list[dict[str, Any]] = [{"name": TOKEN_VOLUME, "mountPath": TOKEN_DIR}]
-    if plan.sa_token_audience:
-        mounts.append({"name": SA_TOKEN_VOLUME, "mountPath": SA_TOKEN_DIR, "readOnly": True})
-    if plan.needs_kube_api:
-        mounts.append(
-            _kube_api_mount(spec) or {"name": KUBE_API_VOLUME, "mountPath": KUBE_API_DIR, "readOnly": True}
-        )
-    if plan.source_volume:
-        mounts.append({"name": plan.source_volume, "mountPath": SOURCE_DIR, "readOnly": True})
-
+    """The sidecar running ``tokensidecar <command>``; with ``native``, as a native sidecar."""
     container: dict[str, Any] = {
         "name": SIDECAR_NAME if command == "run" else LEGACY_INIT_NAME,
         "image": plan.image,
         "imagePullPolicy": "IfNotPresent",
         "command": ["tokensidecar", command],
-        "env": env,
+        "env": _sidecar_env(spec, plan=plan, settings=settings),
         "resources": plan.resources,
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": SIDECAR_UID,
-            "runAsGroup": SIDECAR_UID,
-            "readOnlyRootFilesystem": True,
-            "allowPrivilegeEscalation": False,
-            "capabilities": {"drop": ["ALL"]},
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
-        "volumeMounts": mounts,
+        "securityContext": _hardened_security_context(),
+        "volumeMounts": _sidecar_mounts(spec, plan=plan),
         # A failed 'once' or a crash shows its last log line in the pod's status.
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     if command == "run":
-        container["ports"] = [{"name": "tokensidecar", "containerPort": settings.port, "protocol": "TCP"}]
-        container["readinessProbe"] = _probe(
-            "/healthz", port=settings.port, failures=LIVENESS_FAILURE_THRESHOLD
-        )
-        container["livenessProbe"] = _probe(
-            "/healthz", port=settings.port, failures=LIVENESS_FAILURE_THRESHOLD
-        )
+        container.update(_serving(port=settings.port))
     if native:
-        # A native sidecar (KEP-753): an init container that keeps running. Kubernetes
-        # starts the next init container only once its startupProbe passes, so KServe's
-        # storage-initializer and the model server find the token already on disk.
-        container["restartPolicy"] = "Always"
-        container["startupProbe"] = {
-            "httpGet": {"path": "/readyz", "port": settings.port},
+        container.update(_native_sidecar(port=settings.port))
+    return container
+
+
+def _sidecar_env(
+    spec: Mapping[str, Any], *, plan: SidecarPlan, settings: InjectionSettings
+) -> list[dict[str, Any]]:
+    """The plan's settings, then where the token goes and how it is served."""
+    security = spec.get("securityContext")
+    # Without an fsGroup the readers run under user and group IDs the webhook cannot
+    # know; the volume is private to this pod, so the token file is made world-readable.
+    world_readable = not (isinstance(security, Mapping) and security.get("fsGroup") is not None)
+    return [
+        *plan.env(),
+        *_env(
+            token_file=TOKEN_PATH,
+            listen=f"0.0.0.0:{settings.port}",
+            file_mode="0444" if world_readable else None,
+        ),
+        # The root filesystem is read-only: no .pyc files.
+        {"name": "PYTHONDONTWRITEBYTECODE", "value": "1"},
+    ]
+
+
+def _sidecar_mounts(spec: Mapping[str, Any], *, plan: SidecarPlan) -> list[dict[str, Any]]:
+    """The token directory, and whatever the source reads from."""
+    mounts: list[dict[str, Any]] = [{"name": TOKEN_VOLUME, "mountPath": TOKEN_DIR}]
+    if plan.source.sa_token_audience:
+        mounts.append({"name": SA_TOKEN_VOLUME, "mountPath": SA_TOKEN_DIR, "readOnly": True})
+    if plan.source.needs_kube_api:
+        mounts.append(
+            _kube_api_mount(spec) or {"name": KUBE_API_VOLUME, "mountPath": KUBE_API_DIR, "readOnly": True}
+        )
+    if plan.source.source_volume:
+        mounts.append({"name": plan.source.source_volume, "mountPath": SOURCE_DIR, "readOnly": True})
+    return mounts
+
+
+def _hardened_security_context() -> dict[str, Any]:
+    """Non-root with fixed IDs, read-only root, no privilege, no capabilities (a fresh copy:
+    the patch is the caller's to change)."""
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": SIDECAR_UID,
+        "runAsGroup": SIDECAR_UID,
+        "readOnlyRootFilesystem": True,
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def _serving(*, port: int) -> dict[str, Any]:
+    """What ``run`` serves: its port, and /healthz for readiness and liveness."""
+    return {
+        "ports": [{"name": "tokensidecar", "containerPort": port, "protocol": "TCP"}],
+        "readinessProbe": _probe("/healthz", port=port, failures=LIVENESS_FAILURE_THRESHOLD),
+        "livenessProbe": _probe("/healthz", port=port, failures=LIVENESS_FAILURE_THRESHOLD),
+    }
+
+
+def _native_sidecar(*, port: int) -> dict[str, Any]:
+    # A native sidecar (KEP-753): an init container that keeps running. Kubernetes
+    # starts the next init container only once its startupProbe passes, so KServe's
+    # storage-initializer and the model server find the token already on disk.
+    return {
+        "restartPolicy": "Always",
+        "startupProbe": {
+            "httpGet": {"path": "/readyz", "port": port},
             "periodSeconds": STARTUP_PERIOD_SECONDS,
             "failureThreshold": STARTUP_FAILURE_THRESHOLD,
             "timeoutSeconds": 1,
-        }
-    return container
+        },
+    }
 
 
 def _probe(path: str, *, port: int, failures: int) -> dict[str, Any]:
