@@ -80,3 +80,11 @@ def test_each_settings_object_is_frozen(frozen: Any) -> None:
     field = dataclasses.fields(frozen)[0].name
     with pytest.raises(dataclasses.FrozenInstanceError):
         setattr(frozen, field, None)
+
+
+@pytest.mark.parametrize("model_id", ["../x", "org/my model", "-org/x", "org/x\n", "org", "org/x/y"])
+def test_a_model_id_that_is_not_org_slash_name_is_refused_at_the_door(model_id: str) -> None:
+    # Put into /api/models/{id}/auth-check, "../x" would ask about another URL; every room
+    # (sidecar, rotation job, gateway, webhook) refuses it with the same one check.
+    with pytest.raises(ConfigError, match="TOKENSIDECAR_MODEL_ID"):
+        VerifySettings.resolve(sidecar(TOKENSIDECAR_VERIFY="repo", TOKENSIDECAR_MODEL_ID=model_id))

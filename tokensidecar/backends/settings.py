@@ -202,7 +202,7 @@ def is_model_id(text: str) -> bool:
     """True for a repository id as the Hub writes it, ``org/name``. The one check of a model
     id: ``--model-id`` here, and ``tokensidecar.io/model-id`` in the webhook, which so admits
     no pod whose sidecar would refuse its setting."""
-    return _MODEL_ID.match(text) is not None
+    return _MODEL_ID.fullmatch(text) is not None  # not match(): "$" also matches before a final newline
 
 
 @dataclass(frozen=True)
