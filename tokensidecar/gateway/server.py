@@ -37,8 +37,7 @@ from tokensidecar.gateway.settings import GatewaySettings
 from tokensidecar.gateway.upstream import Answer, FileMeta, Upstream, UpstreamUnavailable
 from tokensidecar.metrics import CONTENT_TYPE_LATEST, exposition
 from tokensidecar.redact import safe_error
-from tokensidecar.serving import listen, shut_down, stop_on_signals, until_stopped
-from tokensidecar.webhook.server import CertificateReloader
+from tokensidecar.serving import CertificateReloader, listen, shut_down, stop_on_signals, until_stopped
 
 __all__ = ["Gateway", "build_app", "main", "serve"]
 
