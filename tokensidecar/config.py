@@ -5,8 +5,9 @@ module-level tuple of the room that owns it: the sidecar's in
 :mod:`tokensidecar.sidecar.settings`, the Hub's, Vault's and Kubernetes' in
 :mod:`tokensidecar.backends.settings`, the token exchange source's in
 :mod:`tokensidecar.sources.settings`, the webhook's, the rotation job's, the gateway's and
-the demo's in their own packages. This module keeps the machinery they share and the
-settings of every command (logging). The CLI turns the declarations into argparse flags,
+the demo's in their own packages. This module keeps the machinery they share, the
+settings of every command (logging), and the settings two rooms share (the certificate
+files of the webhook's and the gateway's HTTPS servers). The CLI turns the declarations into argparse flags,
 the docs reference is generated from them, and :func:`resolve` gives every command the
 same precedence: flag, then environment, then default.
 
@@ -34,6 +35,7 @@ from typing import Any, TypeVar, overload
 
 __all__ = [
     "COMMON_SETTINGS",
+    "TLS_SETTINGS",
     "Config",
     "ConfigError",
     "Setting",
@@ -296,5 +298,24 @@ COMMON_SETTINGS = register(
         "Lowest level logged.",
         default="info",
         choices=("debug", "info", "warning", "error"),
+    ),
+)
+
+# The serving certificate of the two HTTPS servers, the webhook and the gateway, which follow
+# it on disk (tokensidecar.serving.CertificateReloader). Declared here, where neither server
+# imports the other for it; filed under the webhook's section of the reference, where the
+# pair has always been listed, for both commands.
+TLS_SETTINGS = register(
+    Setting(
+        "tls_cert_file",
+        "TOKENSIDECAR_TLS_CERT_FILE",
+        "Serving certificate (PEM, chain allowed); reloaded when it changes on disk.",
+        section="webhook",
+    ),
+    Setting(
+        "tls_key_file",
+        "TOKENSIDECAR_TLS_KEY_FILE",
+        "Private key of --tls-cert-file (PEM); reloaded with it.",
+        section="webhook",
     ),
 )

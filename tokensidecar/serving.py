@@ -1,4 +1,4 @@
-"""How the long-running HTTP servers (the webhook and the gateway) start listening and stop.
+"""How the long-running HTTP servers (the webhook and the gateway) serve TLS, start and stop.
 
 Both are an aiohttp ``AppRunner`` beside a few background tasks (a certificate watch, a
 policy watch, the CA bundle upkeep), both stop on SIGTERM from the kubelet, and both must
@@ -6,19 +6,40 @@ stop the same way: the background tasks first, so none of them touches a part th
 is about to close, then the runner, which stops accepting and gives in-flight requests
 its ``shutdown_timeout``. One copy of that order, here, where neither server imports the
 other to use it.
+
+Both serve certificates that change under them, too: kubelet updates a Secret volume by
+swapping a ``..data`` symlink, cert-manager renews before expiry, and the webhook's
+``--self-signed`` re-issues its own. :class:`CertificateReloader` ``stat``\\ s the files
+(following symlinks, so the swap shows as a new inode) and calls ``load_cert_chain`` on
+the live ``SSLContext``: new handshakes use the new pair, open connections finish on the
+old one, nothing restarts. A pair that does not load (half-written, key/cert mismatch) is
+logged and retried; the old one keeps serving. Each server counts the reloads its own way
+(the webhook in a metric), through the reloader's ``on_reload`` callback.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import os
 import signal
 import ssl
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 from aiohttp import web
 
-__all__ = ["listen", "shut_down", "stop_on_signals", "until_stopped"]
+from tokensidecar.config import ConfigError
+from tokensidecar.redact import safe_error
+
+__all__ = ["CertificateReloader", "listen", "shut_down", "stop_on_signals", "until_stopped"]
+
+log = logging.getLogger(__name__)
+
+# How often the certificate files are stat()ed. Two stat calls a second cost nothing,
+# and kubelet itself takes 60-90 s to propagate a Secret change.
+RELOAD_INTERVAL_SECONDS = 1.0
 
 
 def stop_on_signals() -> asyncio.Event:
@@ -61,3 +82,84 @@ async def shut_down(*, tasks: Iterable[asyncio.Task[None]], runner: web.AppRunne
             await task
     if runner is not None:
         await runner.cleanup()
+
+
+def _tls_context() -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.options |= ssl.OP_NO_COMPRESSION
+    return context
+
+
+@dataclass(frozen=True)
+class _FileState:
+    resolved: str
+    inode: int
+    mtime_ns: int
+    size: int
+
+
+class CertificateReloader:
+    """One live ``SSLContext`` whose certificate follows the files on disk.
+
+    ``on_reload`` hears the result of each load after the first: ``"success"`` or
+    ``"failure"`` (the first load's failure is a :class:`ConfigError` instead)."""
+
+    def __init__(
+        self, *, cert_file: str, key_file: str, on_reload: Callable[[str], None] | None = None
+    ) -> None:
+        self.cert_file = cert_file
+        self.key_file = key_file
+        self.on_reload = on_reload
+        self.context = _tls_context()
+        self._loaded: tuple[_FileState, ...] | None = None
+        self._failed: tuple[_FileState, ...] | None = None
+        try:
+            state = self._state()
+            self.context.load_cert_chain(certfile=cert_file, keyfile=key_file)
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            raise ConfigError(
+                "TOKENSIDECAR_TLS_CERT_FILE", f"cannot load {cert_file} with its key: {safe_error(exc)}"
+            ) from None
+        self._loaded = state
+
+    def _state(self) -> tuple[_FileState, ...]:
+        states = []
+        for path in (self.cert_file, self.key_file):
+            # stat() follows symlinks: kubelet's ..data swap shows up as a new inode.
+            info = os.stat(path)
+            states.append(_FileState(os.path.realpath(path), info.st_ino, info.st_mtime_ns, info.st_size))
+        return tuple(states)
+
+    def reload_if_changed(self) -> bool:
+        """Load the pair again if either file changed; True when a new pair is in use."""
+        try:
+            state = self._state()
+        except OSError:
+            return False  # mid-swap or removed: keep serving the loaded pair
+        if state in (self._loaded, self._failed):
+            return False
+        try:
+            self.context.load_cert_chain(certfile=self.cert_file, keyfile=self.key_file)
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            self._failed = state
+            self._reloaded("failure")
+            log.warning(
+                "the new certificate does not load; still serving the previous one",
+                extra={"cert_file": self.cert_file, "error": safe_error(exc)},
+            )
+            return False
+        self._loaded, self._failed = state, None
+        self._reloaded("success")
+        log.info("serving certificate reloaded", extra={"cert_file": self.cert_file})
+        return True
+
+    def _reloaded(self, result: str) -> None:
+        if self.on_reload is not None:
+            self.on_reload(result)
+
+    async def watch(self, *, interval: float = RELOAD_INTERVAL_SECONDS) -> None:
+        """Look at the files every ``interval`` seconds until cancelled."""
+        while True:
+            await asyncio.sleep(interval)
+            self.reload_if_changed()

@@ -33,11 +33,12 @@ from hypothesis import strategies as st
 from tests.webhook.test_inject import VAULT_ANNOTATIONS, kserve_predictor_pod
 from tests.webhook_process import WebhookProcess, webhook_command, webhook_command_exit
 from tokensidecar import logs
+from tokensidecar.serving import CertificateReloader
 from tokensidecar.webhook import certs
 from tokensidecar.webhook.inject import KNOWN_ANNOTATIONS, InjectionSettings
 from tokensidecar.webhook.metrics import WebhookMetrics
 from tokensidecar.webhook.review import decode_patch
-from tokensidecar.webhook.server import CertificateReloader, ReviewBudget, build_app
+from tokensidecar.webhook.server import ReviewBudget, build_app
 
 SERVICE_HOST = "tokensidecar-webhook.tokensidecar-system.svc"
 INJECTION = InjectionSettings(
@@ -69,7 +70,7 @@ class RunningWebhook:
     ) -> None:
         self.metrics = WebhookMetrics()
         self.reloader = CertificateReloader(
-            cert_file=str(cert_file), key_file=str(key_file), metrics=self.metrics
+            cert_file=str(cert_file), key_file=str(key_file), on_reload=self.metrics.count_certificate_reload
         )
         self.app = build_app(
             settings=INJECTION, metrics=self.metrics, on_invalid=on_invalid, max_body_bytes=max_body_bytes

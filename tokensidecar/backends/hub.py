@@ -460,11 +460,34 @@ class HubVerifier:
     def _verify_blocking(
         self, value: str, granted_scope: tuple[str, ...] | None
     ) -> tuple[datetime | None, TokenScope | None]:
+        """Ask the Hub in the order of the modes: whoami, then (``repo``, ``scope``) read
+        access to the model, then (``scope``) what else the token may write. Each answer
+        that refuses raises before the next request is made."""
         headers = build_hf_headers(token=value)
         prefix = _token_prefix(value)
+        whoami = self._whoami(headers=headers, token_prefix=prefix)
+        if self.mode == "whoami":
+            return _hub_expiry(whoami), scope_from_whoami(
+                whoami, token_prefix=prefix, oauth_scopes=granted_scope
+            )
+        self._check_read_access(headers=headers, granted_scope=granted_scope)
+        writes_model = self._writes_model(headers=headers) if self.mode == "scope" else None
+        scope = scope_from_whoami(
+            whoami,
+            model_id=self.model_id,
+            token_prefix=prefix,
+            oauth_scopes=granted_scope,
+            writes_model=writes_model,
+        )
+        if self.mode == "scope":
+            self._enforce_least_privilege(scope)
+        return _hub_expiry(whoami), scope
+
+    def _whoami(self, *, headers: dict[str, str], token_prefix: str) -> Any:
+        """The whoami-v2 answer, or None for a Trusted Publisher token it refused while a
+        model's auth-check is still to give the verdict."""
         response = _request("GET", f"{self.endpoint}/api/whoami-v2", timeout=self.timeout, headers=headers)
-        whoami: Any = None
-        if response.status_code == 401 and prefix == "hf_jwt_":
+        if response.status_code == 401 and token_prefix == "hf_jwt_":
             # Undocumented whether whoami-v2 accepts Trusted Publisher tokens at all. With a model,
             # auth-check is the verdict; without one there is no verdict to be had: report it as
             # "cannot verify" (the outage policy applies, and says so), never as a silent pass.
@@ -477,20 +500,25 @@ class HubVerifier:
                 "whoami-v2 refused a Trusted Publisher token; judging it by auth-check on the model",
                 extra={"model_id": self.model_id},
             )
-        else:
-            self._judge(response, what="whoami")
-            try:
-                whoami = response.json()
-            except ValueError:
-                raise HubMisconfigured(
-                    "HF_ENDPOINT: the answer to /api/whoami-v2 is not JSON: not a Hugging Face Hub"
-                ) from None
-        if self.mode == "whoami":
-            return _hub_expiry(whoami), scope_from_whoami(
-                whoami, token_prefix=prefix, oauth_scopes=granted_scope
-            )
-        model = f"{self.endpoint}/api/models/{self.model_id}"
-        response = _request("GET", f"{model}/auth-check", timeout=self.timeout, headers=headers)
+            return None
+        self._judge(response, what="whoami")
+        try:
+            return response.json()
+        except ValueError:
+            raise HubMisconfigured(
+                "HF_ENDPOINT: the answer to /api/whoami-v2 is not JSON: not a Hugging Face Hub"
+            ) from None
+
+    def _check_read_access(self, *, headers: dict[str, str], granted_scope: tuple[str, ...] | None) -> None:
+        """The Hub's own read check on the model (it refuses a gated model not granted);
+        a refusal of a user-resource Trusted Publisher token says why such a token cannot
+        read a private model, since that is the usual cause."""
+        response = _request(
+            "GET",
+            f"{self.endpoint}/api/models/{self.model_id}/auth-check",
+            timeout=self.timeout,
+            headers=headers,
+        )
         try:
             self._judge(response, what=f"read access to {self.model_id}")
         except TokenRejected as refused:
@@ -502,30 +530,29 @@ class HubVerifier:
                     "TOKENSIDECAR_OIDC_RESOURCE"
                 ) from None
             raise
-        writes_model: bool | None = None
-        if self.mode == "scope":
-            response = _request("GET", f"{model}/auth-check/write", timeout=self.timeout, headers=headers)
-            if response.status_code == 200:
-                writes_model = True
-            elif response.status_code in (401, 403, 404):
-                writes_model = False
-            else:
-                self._judge(response, what=f"write access to {self.model_id}")
-        scope = scope_from_whoami(
-            whoami,
-            model_id=self.model_id,
-            token_prefix=prefix,
-            oauth_scopes=granted_scope,
-            writes_model=writes_model,
+
+    def _writes_model(self, *, headers: dict[str, str]) -> bool | None:
+        """Whether the token may write to the model (``…/auth-check/write``): what whoami-v2
+        does not say for a Trusted Publisher token. A 401/403/404 is a plain no here."""
+        response = _request(
+            "GET",
+            f"{self.endpoint}/api/models/{self.model_id}/auth-check/write",
+            timeout=self.timeout,
+            headers=headers,
         )
-        if self.mode == "scope":
-            assert self.model_id is not None
-            verdict = judge(scope, model_id=self.model_id)
-            if not verdict.ok:
-                raise TokenRejected(
-                    f"--verify=scope refused the token: {verdict.reason} ({scope.describe()})"
-                )
-        return _hub_expiry(whoami), scope
+        if response.status_code == 200:
+            return True
+        if response.status_code in (401, 403, 404):
+            return False
+        self._judge(response, what=f"write access to {self.model_id}")
+        return None
+
+    def _enforce_least_privilege(self, scope: TokenScope) -> None:
+        """``--verify=scope``: refuse a token that may write beyond the model, naming why."""
+        assert self.model_id is not None
+        verdict = judge(scope, model_id=self.model_id)
+        if not verdict.ok:
+            raise TokenRejected(f"--verify=scope refused the token: {verdict.reason} ({scope.describe()})")
 
     @staticmethod
     def _judge(response: httpx2.Response, *, what: str) -> None:

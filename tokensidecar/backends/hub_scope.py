@@ -211,54 +211,67 @@ def scope_from_whoami(
     auth = _dict(_dict(whoami).get("auth"))
     access_token = auth.get("accessToken")
     if isinstance(access_token, Mapping):
-        role = access_token.get("role")
-        if role == "fineGrained":
-            return _fine_grained(access_token, model_id)
-        if role == "read":
-            return TokenScope(kind="classic", role="read", can_write=False, covers_model=None)
-        if role in _CLASSIC_WRITE_ROLES:
-            owner = str(_dict(whoami).get("name") or "its owner")
-            return TokenScope(
-                kind="classic",
-                role=str(role),
-                can_write=True,
-                write_targets=(f"{owner}/*", "its orgs' repos"),
-            )
-        return TokenScope(kind="unknown", role=str(role) if role is not None else None)
-    granted = tuple(sorted(set(_strings(oauth_scopes)))) if oauth_scopes is not None else ()
+        return _access_token_scope(access_token, whoami=whoami, model_id=model_id)
     if auth.get("type") == "oauth" or (token_prefix == "hf_oauth_" and not auth):
-        if oauth_scopes is None:
-            return TokenScope(kind="oauth", role="oauth", can_write=None)
-        writes = bool(OAUTH_WRITE_SCOPES & set(granted))
-        return TokenScope(
-            kind="oauth",
-            role="oauth",
-            can_write=writes,
-            write_targets=("its namespaces (OAuth scope)",) if writes else (),
-            oauth_scopes=granted,
-        )
+        return _oauth_scope(oauth_scopes)
     if token_prefix == "hf_jwt_":
-        # Documented: write access to exactly one repository (hub-docs trusted-publishers.md).
-        if writes_model is True:
-            return TokenScope(
-                kind="trusted-publisher-repo",
-                role="repo",
-                scoped_entities=1,
-                can_write=True,
-                write_targets=(model_id,) if model_id else (),
-                covers_model=True,
-            )
-        if writes_model is False:
-            return TokenScope(
-                kind="trusted-publisher-repo",
-                role="repo",
-                scoped_entities=1,
-                can_write=True,
-                write_targets=("another repository",),
-                covers_model=False,
-            )
-        return TokenScope(kind="trusted-publisher-repo", role="repo", scoped_entities=1, can_write=True)
+        return _trusted_publisher_scope(model_id=model_id, writes_model=writes_model)
     return TokenScope(kind="unknown")
+
+
+def _access_token_scope(access_token: Mapping[str, Any], *, whoami: Any, model_id: str | None) -> TokenScope:
+    """A token whoami-v2 describes itself (``auth.accessToken``): fine-grained, or a
+    classic role. A classic write token can write to everything its owner can."""
+    role = access_token.get("role")
+    if role == "fineGrained":
+        return _fine_grained(access_token, model_id)
+    if role == "read":
+        return TokenScope(kind="classic", role="read", can_write=False, covers_model=None)
+    if role in _CLASSIC_WRITE_ROLES:
+        owner = str(_dict(whoami).get("name") or "its owner")
+        return TokenScope(
+            kind="classic",
+            role=str(role),
+            can_write=True,
+            write_targets=(f"{owner}/*", "its orgs' repos"),
+        )
+    return TokenScope(kind="unknown", role=str(role) if role is not None else None)
+
+
+def _oauth_scope(oauth_scopes: Iterable[str] | None) -> TokenScope:
+    """An OAuth token: whoami-v2 does not say what it may do, so only the scopes an
+    exchange granted can tell, and without them whether it writes is unknown."""
+    if oauth_scopes is None:
+        return TokenScope(kind="oauth", role="oauth", can_write=None)
+    granted = tuple(sorted(set(_strings(oauth_scopes))))
+    writes = bool(OAUTH_WRITE_SCOPES & set(granted))
+    return TokenScope(
+        kind="oauth",
+        role="oauth",
+        can_write=writes,
+        write_targets=("its namespaces (OAuth scope)",) if writes else (),
+        oauth_scopes=granted,
+    )
+
+
+def _trusted_publisher_scope(*, model_id: str | None, writes_model: bool | None) -> TokenScope:
+    """A Trusted Publisher repo token: documented as write access to exactly one repository
+    (hub-docs trusted-publishers.md); the Hub's ``auth-check/write`` on the model, when
+    asked, says whether that repository is the model or another one."""
+    if writes_model is None:
+        return TokenScope(kind="trusted-publisher-repo", role="repo", scoped_entities=1, can_write=True)
+    if writes_model:
+        write_targets: tuple[str, ...] = (model_id,) if model_id else ()
+    else:
+        write_targets = ("another repository",)
+    return TokenScope(
+        kind="trusted-publisher-repo",
+        role="repo",
+        scoped_entities=1,
+        can_write=True,
+        write_targets=write_targets,
+        covers_model=writes_model,
+    )
 
 
 def judge(scope: TokenScope, *, model_id: str) -> ScopeVerdict:

@@ -559,57 +559,51 @@ class VaultSession:
         )
 
     async def _obtain_token(self, client: hvac.Client) -> _ClientToken:
+        """A client token for ``client``: the one the user supplied, or one from a login.
+
+        Either way ``client`` holds it afterwards, and the answer says its TTL and whether
+        it renews, which is all the renewal task needs to know."""
+        if self.login_method.user_supplied:
+            return await self._adopt_supplied_token(client)
+        return await self._log_in(client)
+
+    async def _adopt_supplied_token(self, client: hvac.Client) -> _ClientToken:
+        """Use the user's own token (a token file wins over ``VAULT_TOKEN``, and is read again
+        now, since it may have been replaced) and ask Vault about it: a supplied token
+        carries no TTL of its own, and a wrong one should fail here, not at the first read."""
+        login = self.login_method
+        if login.token_file:
+            value = _read_secret_file(login.token_file, setting="TOKENSIDECAR_VAULT_TOKEN_FILE")
+        elif login.token:
+            value = login.token
+        else:
+            raise VaultRefused("no Vault token configured")
+        client.token = value
+        try:
+            response = await asyncio.to_thread(client.auth.token.lookup_self)
+        except Exception as exc:
+            raise _vault_error(
+                exc, what="look up the Vault token (VAULT_TOKEN or token file)", login=True
+            ) from None
+        info = response.get("data") or {}
+        ttl = float(info.get("ttl") or 0)
+        return _ClientToken(
+            accessor=info.get("accessor") or None,
+            ttl=ttl,
+            renewable=bool(info.get("renewable")),
+            granted_ttl=float(info.get("creation_ttl") or ttl),
+            learned_at=_monotonic(),
+        )
+
+    async def _log_in(self, client: hvac.Client) -> _ClientToken:
+        """Log in with the configured auth method and hand ``client`` the token Vault grants.
+
+        The new token is registered for redaction before anything can log it; its lease
+        duration is the TTL granted, which a later renewal compares against to notice
+        ``max_ttl``."""
         login = self.login_method
         what = f"log in to Vault with {login.method} auth at auth/{login.mount}"
-        if login.user_supplied:
-            if login.token_file:
-                value = _read_secret_file(login.token_file, setting="TOKENSIDECAR_VAULT_TOKEN_FILE")
-            elif login.token:
-                value = login.token
-            else:
-                raise VaultRefused("no Vault token configured")
-            client.token = value
-            try:
-                response = await asyncio.to_thread(client.auth.token.lookup_self)
-            except Exception as exc:
-                raise _vault_error(
-                    exc, what="look up the Vault token (VAULT_TOKEN or token file)", login=True
-                ) from None
-            info = response.get("data") or {}
-            ttl = float(info.get("ttl") or 0)
-            return _ClientToken(
-                accessor=info.get("accessor") or None,
-                ttl=ttl,
-                renewable=bool(info.get("renewable")),
-                granted_ttl=float(info.get("creation_ttl") or ttl),
-                learned_at=_monotonic(),
-            )
-        if login.method == "approle":
-            role_id = _read_secret_file(login.role_id_file or "", setting="TOKENSIDECAR_VAULT_ROLE_ID_FILE")
-            secret_id = (
-                _read_secret_file(login.secret_id_file, setting="TOKENSIDECAR_VAULT_SECRET_ID_FILE")
-                if login.secret_id_file
-                else None
-            )
-
-            def request(client: hvac.Client) -> Any:
-                return client.auth.approle.login(
-                    role_id=role_id, secret_id=secret_id, use_token=False, mount_point=login.mount
-                )
-        else:
-            jwt = _read_secret_file(login.jwt_file or "", setting="TOKENSIDECAR_VAULT_JWT_FILE")
-            role = login.role or ""
-            if login.method == "kubernetes":
-
-                def request(client: hvac.Client) -> Any:
-                    return client.auth.kubernetes.login(
-                        role=role, jwt=jwt, use_token=False, mount_point=login.mount
-                    )
-            else:
-
-                def request(client: hvac.Client) -> Any:
-                    return client.auth.jwt.jwt_login(role=role, jwt=jwt, use_token=False, path=login.mount)
-
+        request = self._login_request()
         try:
             response = await asyncio.to_thread(request, client)
         except Exception as exc:
@@ -628,6 +622,29 @@ class VaultSession:
             granted_ttl=ttl,
             learned_at=_monotonic(),
         )
+
+    def _login_request(self) -> Callable[[hvac.Client], Any]:
+        """The hvac login call of the configured method, its credentials read from their
+        files now: kubelet rotates projected tokens, so a credential is never cached.
+        ``use_token=False``: the session, not hvac, decides when the client takes the token."""
+        login = self.login_method
+        if login.method == "approle":
+            role_id = _read_secret_file(login.role_id_file or "", setting="TOKENSIDECAR_VAULT_ROLE_ID_FILE")
+            secret_id = (
+                _read_secret_file(login.secret_id_file, setting="TOKENSIDECAR_VAULT_SECRET_ID_FILE")
+                if login.secret_id_file
+                else None
+            )
+            return lambda client: client.auth.approle.login(
+                role_id=role_id, secret_id=secret_id, use_token=False, mount_point=login.mount
+            )
+        jwt = _read_secret_file(login.jwt_file or "", setting="TOKENSIDECAR_VAULT_JWT_FILE")
+        role = login.role or ""
+        if login.method == "kubernetes":
+            return lambda client: client.auth.kubernetes.login(
+                role=role, jwt=jwt, use_token=False, mount_point=login.mount
+            )
+        return lambda client: client.auth.jwt.jwt_login(role=role, jwt=jwt, use_token=False, path=login.mount)
 
     async def _keep_token_fresh(self) -> None:
         """Renew (or replace) the client token at ~2/3 of its TTL until the session closes.

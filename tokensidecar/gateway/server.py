@@ -23,7 +23,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
 
@@ -37,8 +37,14 @@ from tokensidecar.gateway.settings import GatewaySettings
 from tokensidecar.gateway.upstream import Answer, FileMeta, Upstream, UpstreamUnavailable
 from tokensidecar.metrics import CONTENT_TYPE_LATEST, exposition
 from tokensidecar.redact import safe_error
-from tokensidecar.serving import listen, shut_down, stop_on_signals, until_stopped
-from tokensidecar.webhook.server import CertificateReloader
+from tokensidecar.serving import CertificateReloader, listen, shut_down, stop_on_signals, until_stopped
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+    from tokensidecar.gateway.credentials import CredentialStore
+    from tokensidecar.gateway.identity import TokenReviewer
+    from tokensidecar.gateway.policy import PolicyFile
 
 __all__ = ["Gateway", "build_app", "main", "serve"]
 
@@ -489,53 +495,23 @@ SHUTDOWN_GRACE_SECONDS = 10.0
 
 def _build(
     settings: GatewaySettings, *, config: Config
-) -> tuple[Gateway, Any, Any, CertificateReloader | None]:
+) -> tuple[Gateway, CredentialStore, tuple[PolicyFile, TokenReviewer], CertificateReloader | None]:
     """Every part, checked before anything starts (ConfigError names the setting). ``config``
-    holds the sidecar's source settings: the credential ``default`` without a credentials file."""
-    from tokensidecar.gateway.authz import Gatekeeper as RealGatekeeper
-    from tokensidecar.gateway.credentials import CredentialStore
-    from tokensidecar.gateway.identity import TokenReviewer
-    from tokensidecar.gateway.policy import PolicyError, PolicyFile
+    holds the sidecar's source settings: the credential ``default`` without a credentials file.
 
-    tls = (
-        CertificateReloader(cert_file=settings.tls_cert_file, key_file=settings.tls_key_file)
-        if settings.tls_cert_file and settings.tls_key_file
-        else None
-    )
-    cache_dir = Path(settings.cache_dir)
-    try:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(
-            "TOKENSIDECAR_GATEWAY_CACHE_DIR", f"cannot create {cache_dir}: {exc.strerror}"
-        ) from None
+    The control plane's modules are imported only here, when the gateway runs."""
+    from tokensidecar.gateway.authz import Gatekeeper as RealGatekeeper
+    from tokensidecar.gateway.identity import TokenReviewer
+
+    tls = _certificate(settings)
+    cache_dir = _cache_directory(settings)
     metrics = GatewayMetrics()
-    upstream_url = settings.upstream
-    if settings.credentials_file:
-        credentials = CredentialStore.from_file(
-            Path(settings.credentials_file), upstream=upstream_url, registry=metrics.registry
-        )
-    else:
-        credentials = CredentialStore.from_sidecar_config(
-            config, upstream=upstream_url, registry=metrics.registry
-        )
-    try:
-        policy = PolicyFile(
-            Path(settings.policy_file), credentials=credentials.names(), registry=metrics.registry
-        )
-    except PolicyError as exc:
-        raise ConfigError("TOKENSIDECAR_GATEWAY_POLICY", str(exc)) from None
+    credentials = _credentials(settings, config=config, registry=metrics.registry)
+    policy = _policy(settings, credentials=credentials, registry=metrics.registry)
     reviewer = TokenReviewer.from_kubeconfig(
         audience=settings.audience, kubeconfig=settings.kubeconfig, registry=metrics.registry
     )
-    upstream = Upstream(base_url=upstream_url, metrics=metrics)
-
-    def readiness() -> tuple[bool, str]:
-        ready, reason = credentials.readiness(policy.current.credentials())
-        if policy.load_error is not None:  # the previous policy is still in force
-            reason += f"; policy file refused, previous version in force: {policy.load_error}"
-        return ready, reason
-
+    upstream = Upstream(base_url=settings.upstream, metrics=metrics)
     gateway = Gateway(
         upstream=upstream,
         metadata=Metadata(
@@ -548,10 +524,69 @@ def _build(
         gatekeeper=RealGatekeeper(reviewer=reviewer, policy=policy, registry=metrics.registry),
         credentials=credentials,
         metrics=metrics,
-        readiness=readiness,
+        readiness=_readiness(credentials=credentials, policy=policy),
         alive=credentials.alive,
     )
     return gateway, credentials, (policy, reviewer), tls
+
+
+def _certificate(settings: GatewaySettings) -> CertificateReloader | None:
+    """The serving certificate when both files are given (HTTPS), else None (plain HTTP)."""
+    if settings.tls_cert_file and settings.tls_key_file:
+        return CertificateReloader(cert_file=settings.tls_cert_file, key_file=settings.tls_key_file)
+    return None
+
+
+def _cache_directory(settings: GatewaySettings) -> Path:
+    """The cache directory, created now: one the gateway cannot create is a setting to fix."""
+    cache_dir = Path(settings.cache_dir)
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            "TOKENSIDECAR_GATEWAY_CACHE_DIR", f"cannot create {cache_dir}: {exc.strerror}"
+        ) from None
+    return cache_dir
+
+
+def _credentials(
+    settings: GatewaySettings, *, config: Config, registry: CollectorRegistry
+) -> CredentialStore:
+    """The upstream credentials: the credentials file's, or else the one named ``default``
+    that the sidecar's source settings in ``config`` describe."""
+    from tokensidecar.gateway.credentials import CredentialStore
+
+    if settings.credentials_file:
+        return CredentialStore.from_file(
+            Path(settings.credentials_file), upstream=settings.upstream, registry=registry
+        )
+    return CredentialStore.from_sidecar_config(config, upstream=settings.upstream, registry=registry)
+
+
+def _policy(
+    settings: GatewaySettings, *, credentials: CredentialStore, registry: CollectorRegistry
+) -> PolicyFile:
+    """The policy file, loaded now: a rule naming a credential that does not exist, or a
+    file that does not parse, stops the start naming the setting."""
+    from tokensidecar.gateway.policy import PolicyError, PolicyFile
+
+    try:
+        return PolicyFile(Path(settings.policy_file), credentials=credentials.names(), registry=registry)
+    except PolicyError as exc:
+        raise ConfigError("TOKENSIDECAR_GATEWAY_POLICY", str(exc)) from None
+
+
+def _readiness(*, credentials: CredentialStore, policy: PolicyFile) -> Callable[[], tuple[bool, str]]:
+    """``/readyz``'s answer: the credentials the policy in force uses, plus a word when a
+    newer policy file was refused (the previous one is still in force)."""
+
+    def readiness() -> tuple[bool, str]:
+        ready, reason = credentials.readiness(policy.current.credentials())
+        if policy.load_error is not None:  # the previous policy is still in force
+            reason += f"; policy file refused, previous version in force: {policy.load_error}"
+        return ready, reason
+
+    return readiness
 
 
 async def serve(config: Config, *, ready: asyncio.Future[int] | None = None) -> int:

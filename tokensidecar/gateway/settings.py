@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from tokensidecar.backends.settings import HUB_SETTINGS, KUBERNETES_SETTINGS, VAULT_SETTINGS
 from tokensidecar.config import (
     COMMON_SETTINGS,
+    TLS_SETTINGS,
     Config,
     ConfigError,
     Setting,
@@ -26,7 +27,6 @@ from tokensidecar.config import (
 )
 from tokensidecar.sidecar.settings import SIDECAR_SETTINGS
 from tokensidecar.sources.settings import OIDC_SETTINGS
-from tokensidecar.webhook.settings import WEBHOOK_SETTINGS
 
 __all__ = ["GATEWAY_SETTINGS", "SETTINGS", "GatewaySettings", "parse_size"]
 
@@ -126,7 +126,6 @@ GATEWAY_SETTINGS = register(
     ),
 )
 
-_TLS = tuple(s for s in WEBHOOK_SETTINGS if s.name in ("tls_cert_file", "tls_key_file"))
 # The credential named "default" when there is no credentials file: the sidecar's source
 # and verification settings, without what only a pod-local sidecar has (token file, probes,
 # notifications) and without HF_ENDPOINT (the upstream is --upstream).
@@ -138,7 +137,7 @@ _HUB = tuple(s for s in HUB_SETTINGS if s.name != "hf_endpoint")
 SETTINGS: tuple[Setting, ...] = (
     COMMON_SETTINGS
     + GATEWAY_SETTINGS
-    + _TLS
+    + TLS_SETTINGS
     + _SOURCE
     + _HUB
     + VAULT_SETTINGS

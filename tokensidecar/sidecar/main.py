@@ -30,7 +30,7 @@ import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from tokensidecar import __version__
 from tokensidecar.backends.verify import Verifier, build_verifier
@@ -41,6 +41,9 @@ from tokensidecar.sidecar.publish import Publisher
 from tokensidecar.sidecar.refresh import Refresher, RefreshFailed, close_upstreams
 from tokensidecar.sidecar.settings import SidecarSettings
 from tokensidecar.sources import Source, build_source
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 __all__ = ["Sidecar", "main_once", "main_run"]
 
@@ -165,28 +168,58 @@ def _bind(host: str, port: int) -> socket.socket:
     return listener
 
 
+class _StopSignal:
+    """SIGTERM or SIGINT, and the loop time the first one came: the shutdown budget is
+    counted from the signal, not from when the loop got round to noticing it."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.event = asyncio.Event()
+        self.at: float | None = None
+        self._loop = loop
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self._received)
+
+    def _received(self) -> None:
+        if not self.event.is_set():
+            self.at = self._loop.time()
+            self.event.set()
+
+    def deadline(self) -> float:
+        """When the event loop must be done: the budget from the signal (or from now, when
+        the loop ended without one)."""
+        return (self.at if self.at is not None else self._loop.time()) + SHUTDOWN_SECONDS
+
+
 async def _run(settings: SidecarSettings, *, executor: DaemonThreadExecutor) -> int:
     loop = asyncio.get_running_loop()
     loop.set_default_executor(executor)
     sidecar = Sidecar.from_settings(settings)
     refresher = sidecar.refresher
     await asyncio.to_thread(refresher.publisher.prepare)
-    stop = asyncio.Event()
-    stopped_at: list[float] = []
-
-    def on_signal() -> None:
-        if not stop.is_set():
-            stopped_at.append(loop.time())
-            stop.set()
-
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, on_signal)
-
+    stop = _StopSignal(loop)
     # Bind the probe port before anything else, so a taken port fails the start at once.
     host, port = settings.listen
     listener = _bind(host, port)
     loop_task = asyncio.create_task(refresher.run(), name="refresh-loop")
-    stop_task = asyncio.create_task(stop.wait())
+    stop_task = asyncio.create_task(stop.event.wait())
+    await _head_start(refresher, stop_task=stop_task)
+    runner = await _serve_probes(listener, refresher=refresher, loop_task=loop_task)
+    _log_started(settings, listen=f"{host}:{listener.getsockname()[1]}")
+    try:
+        await asyncio.wait({loop_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        await _outlive_a_dead_loop(loop_task, stop=stop.event)
+        deadline = stop.deadline()
+        log.info("shutting down")
+        stop_task.cancel()
+        await _shutdown(loop_task, sidecar=sidecar, runner=runner, deadline=deadline)
+    log.info("stopped")
+    return 0
+
+
+async def _head_start(refresher: Refresher, *, stop_task: asyncio.Task[Any]) -> None:
+    """Give the first refresh up to ``FIRST_TOKEN_HEAD_START_SECONDS`` before serving (see
+    there): a token on disk comes before the probe port; a signal ends the wait too."""
     first_attempt = asyncio.create_task(refresher.first_attempt.wait())
     await asyncio.wait(
         {first_attempt, stop_task},
@@ -195,6 +228,13 @@ async def _run(settings: SidecarSettings, *, executor: DaemonThreadExecutor) -> 
     )
     first_attempt.cancel()
 
+
+async def _serve_probes(
+    listener: socket.socket, *, refresher: Refresher, loop_task: asyncio.Task[None]
+) -> web.AppRunner:
+    """Serve /healthz, /readyz, /metrics and /status on the bound ``listener``; the runner.
+
+    aiohttp is imported only now, after the head start, since importing it takes a while."""
     from aiohttp import web
 
     from tokensidecar.sidecar.server import build_app
@@ -202,30 +242,29 @@ async def _run(settings: SidecarSettings, *, executor: DaemonThreadExecutor) -> 
     runner = web.AppRunner(build_app(refresher=refresher, loop_task=loop_task), access_log=None)
     await runner.setup()
     await web.SockSite(runner, listener, shutdown_timeout=HTTP_STOP_SECONDS).start()
-    bound = listener.getsockname()[1]
+    return runner
+
+
+def _log_started(settings: SidecarSettings, *, listen: str) -> None:
+    """The one line that says what this sidecar reads, where it publishes and serves."""
     log.info(
         "tokensidecar started",
         extra={
             "version": __version__,
             "source": settings.source.kind,
             "token_file": settings.token_file,
-            "listen": f"{host}:{bound}",
+            "listen": listen,
             "verify": settings.verify.mode,
         },
     )
-    try:
-        await asyncio.wait({loop_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        if loop_task.done() and not loop_task.cancelled() and loop_task.exception() is not None:
-            log.error("refresh loop died", exc_info=loop_task.exception())
-            # Keep serving /healthz=500 until the kubelet restarts us.
-            await stop.wait()
-        deadline = (stopped_at[0] if stopped_at else loop.time()) + SHUTDOWN_SECONDS
-        log.info("shutting down")
-        stop_task.cancel()
-        await _shutdown(loop_task, sidecar=sidecar, runner=runner, deadline=deadline)
-    log.info("stopped")
-    return 0
+
+
+async def _outlive_a_dead_loop(loop_task: asyncio.Task[None], *, stop: asyncio.Event) -> None:
+    """When the refresh loop died, say why and keep serving /healthz=500 until the kubelet
+    restarts us (SIGTERM); a loop that ended any other way returns at once."""
+    if loop_task.done() and not loop_task.cancelled() and loop_task.exception() is not None:
+        log.error("refresh loop died", exc_info=loop_task.exception())
+        await stop.wait()
 
 
 async def _shutdown(loop_task: asyncio.Task[None], *, sidecar: Sidecar, runner: Any, deadline: float) -> None:

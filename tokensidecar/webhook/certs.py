@@ -25,11 +25,12 @@ from __future__ import annotations
 import base64
 import contextlib
 import datetime
+import functools
 import logging
 import os
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -198,51 +199,81 @@ def _usable_ca(pair: KeyPair) -> str | None:
     return None
 
 
+def _managed_metadata(*, name: str, namespace: str) -> dict[str, Any]:
+    """The metadata of an object the webhook creates: labelled so an operator sees whose it is."""
+    return {
+        "name": name,
+        "namespace": namespace,
+        "labels": {
+            "app.kubernetes.io/managed-by": "tokensidecar",
+            "app.kubernetes.io/component": "webhook",
+        },
+    }
+
+
+def _failed(exc: BaseException, *, action: str) -> CertificateError:
+    """A Kubernetes call that failed, as the error the webhook reports (status and reason, no body)."""
+    from tokensidecar.backends.kube import describe_error
+
+    return CertificateError(describe_error(exc, action=action))
+
+
+def _written_unless_conflict(write: Callable[[], object], *, action: str) -> bool:
+    """Make one write to the API server: True when it took it, False when it answered
+    ``409`` (an ``AlreadyExists`` create, or a ``Conflict`` on the resourceVersion a patch
+    carried): another replica wrote first, which each caller answers by reading again.
+    Any other failure raises :class:`CertificateError`."""
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        write()
+    except Exception as exc:
+        if isinstance(exc, ApiException) and exc.status == 409:
+            return False
+        raise _failed(exc, action=action) from None
+    return True
+
+
+def _created(create: Callable[..., object], *, body: dict[str, Any], kind: str) -> bool:
+    """Create ``body`` with the client method ``create``: False when it exists already."""
+    namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    return _written_unless_conflict(
+        functools.partial(create, namespace=namespace, body=body), action=f"create {kind} {namespace}/{name}"
+    )
+
+
 def shared_ca(core_api: Any, *, namespace: str, secret_name: str) -> KeyPair:
     """The CA all replicas use: create the Secret with a fresh CA, or read the one that exists.
 
     ``core_api`` is a ``kubernetes.client.CoreV1Api``.
     """
-    from kubernetes.client.exceptions import ApiException
-
-    from tokensidecar.backends.kube import describe_error
-
     candidate = generate_ca()
     body = {
         "apiVersion": "v1",
         "kind": "Secret",
-        "metadata": {
-            "name": secret_name,
-            "namespace": namespace,
-            "labels": {
-                "app.kubernetes.io/managed-by": "tokensidecar",
-                "app.kubernetes.io/component": "webhook",
-            },
-        },
+        "metadata": _managed_metadata(name=secret_name, namespace=namespace),
         "type": "kubernetes.io/tls",
         "data": {
             CA_CERT_KEY: base64.b64encode(candidate.cert_pem).decode(),
             CA_KEY_KEY: base64.b64encode(candidate.key_pem).decode(),
         },
     }
-    try:
-        core_api.create_namespaced_secret(namespace=namespace, body=body)
+    if _created(core_api.create_namespaced_secret, body=body, kind="secret"):
         log.info("created the shared webhook CA", extra={"secret": f"{namespace}/{secret_name}"})
         return candidate
-    except ApiException as exc:
-        # 409 AlreadyExists: another replica (or an earlier run) won; use its CA.
-        if exc.status != 409:
-            raise CertificateError(
-                describe_error(exc, action=f"create secret {namespace}/{secret_name}")
-            ) from None
-    except Exception as exc:
-        raise CertificateError(
-            describe_error(exc, action=f"create secret {namespace}/{secret_name}")
-        ) from None
+    # 409 AlreadyExists: another replica (or an earlier run) won; use its CA.
+    existing = _existing_ca(core_api, namespace=namespace, secret_name=secret_name)
+    log.info("using the shared webhook CA", extra={"secret": f"{namespace}/{secret_name}"})
+    return existing
+
+
+def _existing_ca(core_api: Any, *, namespace: str, secret_name: str) -> KeyPair:
+    """The CA another replica stored, checked before use: a Secret someone edited by hand
+    (or a CA about to expire) must stop the start with what to do, not serve a broken chain."""
     try:
         secret = core_api.read_namespaced_secret(name=secret_name, namespace=namespace)
     except Exception as exc:
-        raise CertificateError(describe_error(exc, action=f"read secret {namespace}/{secret_name}")) from None
+        raise _failed(exc, action=f"read secret {namespace}/{secret_name}") from None
     data = secret.data or {}
     try:
         existing = KeyPair(
@@ -259,7 +290,6 @@ def shared_ca(core_api: Any, *, namespace: str, secret_name: str) -> KeyPair:
             f"secret {namespace}/{secret_name} does not hold a usable CA ({problem}); "
             "delete it and the webhook generates a new one"
         )
-    log.info("using the shared webhook CA", extra={"secret": f"{namespace}/{secret_name}"})
     return existing
 
 
@@ -269,35 +299,17 @@ def publish_ca_certificate(core_api: Any, *, namespace: str, name: str, ca_pem: 
 
     Create it, or bring an existing one up to date; True when something was written.
     """
-    from kubernetes.client.exceptions import ApiException
-
-    from tokensidecar.backends.kube import describe_error
-
     wanted = ca_pem.decode("ascii")
     body = {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": {
-            "name": name,
-            "namespace": namespace,
-            "labels": {
-                "app.kubernetes.io/managed-by": "tokensidecar",
-                "app.kubernetes.io/component": "webhook",
-            },
-        },
+        "metadata": _managed_metadata(name=name, namespace=namespace),
         "data": {CA_CERT_CONFIGMAP_KEY: wanted},
     }
-    try:
-        core_api.create_namespaced_config_map(namespace=namespace, body=body)
+    if _created(core_api.create_namespaced_config_map, body=body, kind="configmap"):
         log.info("published the webhook CA certificate", extra={"configmap": f"{namespace}/{name}"})
         return True
-    except ApiException as exc:
-        if exc.status != 409:  # AlreadyExists: compare and update below
-            raise CertificateError(
-                describe_error(exc, action=f"create configmap {namespace}/{name}")
-            ) from None
-    except Exception as exc:
-        raise CertificateError(describe_error(exc, action=f"create configmap {namespace}/{name}")) from None
+    # AlreadyExists: compare and update.
     try:
         existing = core_api.read_namespaced_config_map(name=name, namespace=namespace)
         if (existing.data or {}).get(CA_CERT_CONFIGMAP_KEY) == wanted:
@@ -306,7 +318,7 @@ def publish_ca_certificate(core_api: Any, *, namespace: str, name: str, ca_pem: 
             name=name, namespace=namespace, body={"data": {CA_CERT_CONFIGMAP_KEY: wanted}}
         )
     except Exception as exc:
-        raise CertificateError(describe_error(exc, action=f"update configmap {namespace}/{name}")) from None
+        raise _failed(exc, action=f"update configmap {namespace}/{name}") from None
     log.info("updated the published webhook CA certificate", extra={"configmap": f"{namespace}/{name}"})
     return True
 
@@ -318,18 +330,12 @@ def ensure_ca_bundle(admission_api: Any, *, name: str, ca_pem: bytes, attempts: 
     carries the resourceVersion it read (a precondition the API server enforces), and a
     409 Conflict re-reads. Raises :class:`CertificateError` (404, 403, persistent conflicts).
     """
-    from kubernetes.client.exceptions import ApiException
-
-    from tokensidecar.backends.kube import describe_error
-
     wanted = base64.b64encode(ca_pem).decode()
     for attempt in range(attempts):
         try:
             configuration = admission_api.read_mutating_webhook_configuration(name=name)
         except Exception as exc:
-            raise CertificateError(
-                describe_error(exc, action=f"get mutatingwebhookconfiguration {name}")
-            ) from None
+            raise _failed(exc, action=f"get mutatingwebhookconfiguration {name}") from None
         webhooks = configuration.webhooks or []
         if not webhooks:
             raise CertificateError(f"mutatingwebhookconfiguration {name} has no webhooks")
@@ -344,21 +350,18 @@ def ensure_ca_bundle(admission_api: Any, *, name: str, ca_pem: bytes, attempts: 
                 {"name": webhook_name, "clientConfig": {"caBundle": wanted}} for webhook_name in stale
             ],
         }
-        try:
-            admission_api.patch_mutating_webhook_configuration(
-                name=name, body=patch, _content_type="application/strategic-merge-patch+json"
-            )
-        except ApiException as exc:
-            if exc.status == 409:
-                time.sleep(0.05 * (attempt + 1))
-                continue
-            raise CertificateError(
-                describe_error(exc, action=f"patch mutatingwebhookconfiguration {name}")
-            ) from None
-        except Exception as exc:
-            raise CertificateError(
-                describe_error(exc, action=f"patch mutatingwebhookconfiguration {name}")
-            ) from None
+        patched = _written_unless_conflict(
+            functools.partial(
+                admission_api.patch_mutating_webhook_configuration,
+                name=name,
+                body=patch,
+                _content_type="application/strategic-merge-patch+json",
+            ),
+            action=f"patch mutatingwebhookconfiguration {name}",
+        )
+        if not patched:
+            time.sleep(0.05 * (attempt + 1))
+            continue
         log.info("patched the CA bundle", extra={"webhook_configuration": name, "webhooks": stale})
         return True
     raise CertificateError(

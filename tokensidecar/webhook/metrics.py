@@ -45,3 +45,8 @@ class WebhookMetrics:
             registry=self.registry,
         )
         self.build_info = build_info(self.registry, component="webhook")
+
+    def count_certificate_reload(self, result: str) -> None:
+        """One load of the serving certificate after start (``success`` or ``failure``):
+        the :class:`tokensidecar.serving.CertificateReloader`'s ``on_reload``."""
+        self.certificate_reloads.labels(result=result).inc()

@@ -5,11 +5,9 @@ functions. What lives here is what a long-running TLS server in a cluster needs:
 
 * **Certificates that change under it.** kubelet updates a Secret volume by swapping a
   ``..data`` symlink, cert-manager renews before expiry, and ``--self-signed`` re-issues
-  its own. A watcher ``stat``\\ s the files (following symlinks, so the swap shows as a
-  new inode) and calls ``load_cert_chain`` on the live ``SSLContext``; new handshakes
-  use the new pair, open connections finish on the old one, nothing restarts. A pair
-  that does not load (half-written, key/cert mismatch) is logged and retried; the old
-  one keeps serving.
+  its own. :class:`tokensidecar.serving.CertificateReloader` (shared with the gateway)
+  follows the files into the live ``SSLContext``; this server counts each reload in
+  ``tokensidecar_webhook_certificate_reloads_total``.
 * **Hostile input.** The body size is capped at what the API server can send, and
   ``review`` never raises: bad bodies get 400, bad pods a well-formed denial, so the API
   server never sees a 500 from input.
@@ -31,8 +29,6 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import os
-import ssl
 import time
 from collections import deque
 from collections.abc import AsyncIterator
@@ -47,8 +43,7 @@ from tokensidecar.backends.settings import KubernetesSettings
 from tokensidecar.backoff import Backoff, jittered
 from tokensidecar.config import Config, ConfigError
 from tokensidecar.metrics import CONTENT_TYPE_LATEST, exposition
-from tokensidecar.redact import safe_error
-from tokensidecar.serving import listen, shut_down, stop_on_signals, until_stopped
+from tokensidecar.serving import CertificateReloader, listen, shut_down, stop_on_signals, until_stopped
 from tokensidecar.webhook.inject import InjectionSettings
 from tokensidecar.webhook.metrics import WebhookMetrics
 from tokensidecar.webhook.review import ReviewOutcome, review
@@ -57,92 +52,16 @@ from tokensidecar.webhook.settings import MAX_REVIEW_BYTES, SelfSignedSettings, 
 if TYPE_CHECKING:
     from tokensidecar.gateway.policy import PolicyFile
 
-__all__ = ["CertificateReloader", "ReviewBudget", "build_app", "main", "serve"]
+__all__ = ["ReviewBudget", "build_app", "main", "serve"]
 
 log = logging.getLogger(__name__)
 
-# How often the certificate files are stat()ed. Two stat calls a second cost nothing,
-# and kubelet itself takes 60-90 s to propagate a Secret change.
-RELOAD_INTERVAL_SECONDS = 1.0
 # How often --self-signed re-checks the caBundle: a GitOps tool re-applying the
 # configuration without it would otherwise break admission until the next restart.
 BUNDLE_RECHECK_SECONDS = 300.0
 # The API server gives a webhook timeoutSeconds (5 s in our manifest) per call; in-flight
 # reviews get that long to finish after SIGTERM.
 SHUTDOWN_GRACE_SECONDS = 5.0
-
-
-def _tls_context() -> ssl.SSLContext:
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.options |= ssl.OP_NO_COMPRESSION
-    return context
-
-
-@dataclass(frozen=True)
-class _FileState:
-    resolved: str
-    inode: int
-    mtime_ns: int
-    size: int
-
-
-class CertificateReloader:
-    """One live ``SSLContext`` whose certificate follows the files on disk."""
-
-    def __init__(self, *, cert_file: str, key_file: str, metrics: WebhookMetrics | None = None) -> None:
-        self.cert_file = cert_file
-        self.key_file = key_file
-        self.metrics = metrics
-        self.context = _tls_context()
-        self._loaded: tuple[_FileState, ...] | None = None
-        self._failed: tuple[_FileState, ...] | None = None
-        try:
-            state = self._state()
-            self.context.load_cert_chain(certfile=cert_file, keyfile=key_file)
-        except (ssl.SSLError, OSError, ValueError) as exc:
-            raise ConfigError(
-                "TOKENSIDECAR_TLS_CERT_FILE", f"cannot load {cert_file} with its key: {safe_error(exc)}"
-            ) from None
-        self._loaded = state
-
-    def _state(self) -> tuple[_FileState, ...]:
-        states = []
-        for path in (self.cert_file, self.key_file):
-            # stat() follows symlinks: kubelet's ..data swap shows up as a new inode.
-            info = os.stat(path)
-            states.append(_FileState(os.path.realpath(path), info.st_ino, info.st_mtime_ns, info.st_size))
-        return tuple(states)
-
-    def reload_if_changed(self) -> bool:
-        """Load the pair again if either file changed; True when a new pair is in use."""
-        try:
-            state = self._state()
-        except OSError:
-            return False  # mid-swap or removed: keep serving the loaded pair
-        if state in (self._loaded, self._failed):
-            return False
-        try:
-            self.context.load_cert_chain(certfile=self.cert_file, keyfile=self.key_file)
-        except (ssl.SSLError, OSError, ValueError) as exc:
-            self._failed = state
-            if self.metrics is not None:
-                self.metrics.certificate_reloads.labels(result="failure").inc()
-            log.warning(
-                "the new certificate does not load; still serving the previous one",
-                extra={"cert_file": self.cert_file, "error": safe_error(exc)},
-            )
-            return False
-        self._loaded, self._failed = state, None
-        if self.metrics is not None:
-            self.metrics.certificate_reloads.labels(result="success").inc()
-        log.info("serving certificate reloaded", extra={"cert_file": self.cert_file})
-        return True
-
-    async def watch(self, *, interval: float = RELOAD_INTERVAL_SECONDS) -> None:
-        while True:
-            await asyncio.sleep(interval)
-            self.reload_if_changed()
 
 
 class ReviewBudget:
@@ -395,7 +314,9 @@ async def serve(webhook: WebhookSettings, *, ready: asyncio.Future[int] | None =
         else:
             assert webhook.tls_cert_file is not None and webhook.tls_key_file is not None
             cert_file, key_file = webhook.tls_cert_file, webhook.tls_key_file
-        reloader = CertificateReloader(cert_file=cert_file, key_file=key_file, metrics=metrics)
+        reloader = CertificateReloader(
+            cert_file=cert_file, key_file=key_file, on_reload=metrics.count_certificate_reload
+        )
         stop = stop_on_signals()
 
         app = build_app(

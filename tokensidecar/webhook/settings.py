@@ -22,6 +22,7 @@ from tokensidecar import __version__
 from tokensidecar.backends.settings import KUBERNETES_SETTINGS
 from tokensidecar.config import (
     COMMON_SETTINGS,
+    TLS_SETTINGS,
     VERIFY_MODES,
     Config,
     ConfigError,
@@ -109,7 +110,7 @@ def parse_port(text: str) -> int:
     return value
 
 
-WEBHOOK_SETTINGS = register(
+_LISTEN = register(
     Setting(
         "webhook_listen",
         "TOKENSIDECAR_WEBHOOK_LISTEN",
@@ -118,18 +119,9 @@ WEBHOOK_SETTINGS = register(
         parse=parse_listen,
         section="webhook",
     ),
-    Setting(
-        "tls_cert_file",
-        "TOKENSIDECAR_TLS_CERT_FILE",
-        "Serving certificate (PEM, chain allowed); reloaded when it changes on disk.",
-        section="webhook",
-    ),
-    Setting(
-        "tls_key_file",
-        "TOKENSIDECAR_TLS_KEY_FILE",
-        "Private key of --tls-cert-file (PEM); reloaded with it.",
-        section="webhook",
-    ),
+)
+
+_SERVER_AND_INJECTION = register(
     Setting(
         "self_signed",
         "TOKENSIDECAR_SELF_SIGNED",
@@ -420,6 +412,10 @@ WEBHOOK_SETTINGS = register(
         section="injection",
     ),
 )
+
+#: The webhook's settings, in the order its reference lists them: where it listens, its
+#: serving certificate (shared with the gateway, declared in tokensidecar.config), the rest.
+WEBHOOK_SETTINGS: tuple[Setting, ...] = _LISTEN + TLS_SETTINGS + _SERVER_AND_INJECTION
 
 # --self-signed talks to the API server: in-cluster by default, KUBECONFIG outside.
 _KUBECONFIG = tuple(setting for setting in KUBERNETES_SETTINGS if setting.name == "kubeconfig")
