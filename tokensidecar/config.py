@@ -303,19 +303,18 @@ COMMON_SETTINGS = register(
 
 # The serving certificate of the two HTTPS servers, the webhook and the gateway, which follow
 # it on disk (tokensidecar.serving.CertificateReloader). Declared here, where neither server
-# imports the other for it; filed under the webhook's section of the reference, where the
-# pair has always been listed, for both commands.
+# imports the other for it, and listed in a section of their own on both commands' pages.
 TLS_SETTINGS = register(
     Setting(
         "tls_cert_file",
         "TOKENSIDECAR_TLS_CERT_FILE",
         "Serving certificate (PEM, chain allowed); reloaded when it changes on disk.",
-        section="webhook",
+        section="tls",
     ),
     Setting(
         "tls_key_file",
         "TOKENSIDECAR_TLS_KEY_FILE",
         "Private key of --tls-cert-file (PEM); reloaded with it.",
-        section="webhook",
+        section="tls",
     ),
 )

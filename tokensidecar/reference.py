@@ -39,6 +39,7 @@ _SECTION_TITLES = {
     "hub": "Hugging Face Hub",
     "vault": "Vault / OpenBao",
     "kubernetes": "Kubernetes",
+    "tls": "TLS (serving certificate)",
 }
 
 

@@ -246,7 +246,8 @@ _SERVER_AND_INJECTION = register(
     Setting(
         "sidecar_memory_limit",
         "TOKENSIDECAR_SIDECAR_MEMORY_LIMIT",
-        "Memory limit of the injected sidecar (measured peak RSS with every client loaded: ~68 MiB).",
+        "Memory limit of the injected sidecar (measured steady RSS with the heaviest source, "
+        "kubernetes-secret: 79 MiB; docs/performance.md).",
         default="128Mi",
         parse=check_quantity,
         section="injection",
