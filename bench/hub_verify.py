@@ -24,7 +24,7 @@ from typing import Any
 from common import distribution, emit
 
 from tokensidecar.backends.hub import HubVerifier
-from tokensidecar.backends.verify import HubUnavailable
+from tokensidecar.backends.hub_errors import HubUnavailable
 from tokensidecar.demo.hub import DEFAULT_REPO, HubStandIn, serve_in_thread
 from tokensidecar.token import Token
 
