@@ -243,3 +243,18 @@ def test_without_a_valid_upstream_token_hits_are_served_and_misses_wait(
         miss = httpx2.get(f"{pinned}/{BIG}", headers=AUTH)
         assert miss.status_code == 503 and "Retry-After" in miss.headers
         assert len(hub.requests) == requests  # nothing was asked anonymously
+
+
+def test_a_hub_asking_to_slow_down_on_a_head_has_its_retry_after_passed_on(
+    hub: HubStandIn, tmp_path: Path
+) -> None:
+    # A 429 with Retry-After to the gateway's HEAD of a file it has never seen: the caller
+    # gets the Hub's own wait, as it does for an API call, not a guess of the gateway's.
+    import httpx2
+
+    credentials = StaticCredentials({"default": hub.issue_token()})
+    with gateway_for(hub.url, tmp_path, credentials=credentials) as (running, _, _):
+        hub.fail_next(1, status=429, path_prefix=f"/{REPO}/resolve")
+        head = httpx2.head(f"{running.url}/{REPO}/resolve/{hub.commit_sha}/{BIG}", headers=AUTH)
+    assert head.status_code == 429
+    assert head.headers.get("Retry-After") == "1"

@@ -269,9 +269,9 @@ class Upstream:
         route = f"/{repo}/resolve/{quote(revision, safe='')}/{quote(path)}"
         async with self._request("HEAD", route, route="resolve", token=token) as response:
             status, headers = response.status, response.headers
-        _raise_for_outage(Answer(status=status), route="resolve")
+        kept = {k: headers[k] for k in PASSED_HEADERS if k in headers}
+        _raise_for_outage(Answer(status=status, headers=kept), route="resolve")  # with its Retry-After
         if status >= 400:
-            kept = {k: headers[k] for k in PASSED_HEADERS if k in headers}
             return Answer(status=status, headers=kept)
         etag = headers.get("X-Linked-Etag") or headers.get("ETag") or ""
         size = headers.get("X-Linked-Size") or (
