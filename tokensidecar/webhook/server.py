@@ -295,9 +295,6 @@ class _SelfSigned:
 
 async def serve(webhook: WebhookSettings, *, ready: asyncio.Future[int] | None = None) -> int:
     """Run until SIGTERM/SIGINT. ``ready`` (tests) receives the bound port once serving."""
-    from tokensidecar.webhook.certs import CertificateError
-
-    settings = webhook.injection
     gateway_policy = _gateway_policy(webhook.gateway_policy_file)
     metrics = WebhookMetrics()
     self_signed: _SelfSigned | None = None
@@ -306,21 +303,15 @@ async def serve(webhook: WebhookSettings, *, ready: asyncio.Future[int] | None =
     try:
         if webhook.self_signed is not None:
             self_signed = _SelfSigned(settings=webhook.self_signed)
-            try:
-                cert_file, key_file = await asyncio.to_thread(self_signed.prepare)
-            except CertificateError as exc:
-                log.error("cannot set up the self-signed certificate", extra={"error": str(exc)})
-                return 1
-        else:
-            assert webhook.tls_cert_file is not None and webhook.tls_key_file is not None
-            cert_file, key_file = webhook.tls_cert_file, webhook.tls_key_file
+        pair = await _serving_pair(webhook, self_signed=self_signed)
+        if pair is None:
+            return 1
         reloader = CertificateReloader(
-            cert_file=cert_file, key_file=key_file, on_reload=metrics.count_certificate_reload
+            cert_file=pair[0], key_file=pair[1], on_reload=metrics.count_certificate_reload
         )
         stop = stop_on_signals()
-
         app = build_app(
-            settings=settings,
+            settings=webhook.injection,
             metrics=metrics,
             on_invalid=webhook.on_invalid,
             max_body_bytes=webhook.max_body_bytes,
@@ -333,17 +324,7 @@ async def serve(webhook: WebhookSettings, *, ready: asyncio.Future[int] | None =
         host, port = webhook.listen
         bound = await listen(runner, host=host, port=port, ssl_context=reloader.context)
         tasks += _background_tasks(reloader=reloader, gateway_policy=gateway_policy, self_signed=self_signed)
-        log.info(
-            "webhook listening",
-            extra={
-                "version": __version__,
-                "listen": f"{host}:{bound}",
-                "port": bound,
-                "certificates": "self-signed" if self_signed else "files",
-                "legacy_sidecar": settings.legacy_sidecar,
-                "on_invalid": webhook.on_invalid,
-            },
-        )
+        _log_listening(webhook, listen=f"{host}:{bound}", port=bound, self_signed=self_signed is not None)
         await until_stopped(stop, ready=ready, bound=bound)
         log.info("shutting down")
         return 0
@@ -351,6 +332,37 @@ async def serve(webhook: WebhookSettings, *, ready: asyncio.Future[int] | None =
         await shut_down(tasks=tasks, runner=runner)
         if self_signed is not None:
             self_signed.close()
+
+
+async def _serving_pair(
+    webhook: WebhookSettings, *, self_signed: _SelfSigned | None
+) -> tuple[str, str] | None:
+    """The certificate and key files to serve: generated and shared (``--self-signed``), or
+    the files given. None when the self-signed set-up failed, which is logged."""
+    from tokensidecar.webhook.certs import CertificateError
+
+    if self_signed is None:
+        assert webhook.tls_cert_file is not None and webhook.tls_key_file is not None
+        return webhook.tls_cert_file, webhook.tls_key_file
+    try:
+        return await asyncio.to_thread(self_signed.prepare)
+    except CertificateError as exc:
+        log.error("cannot set up the self-signed certificate", extra={"error": str(exc)})
+        return None
+
+
+def _log_listening(webhook: WebhookSettings, *, listen: str, port: int, self_signed: bool) -> None:
+    log.info(
+        "webhook listening",
+        extra={
+            "version": __version__,
+            "listen": listen,
+            "port": port,
+            "certificates": "self-signed" if self_signed else "files",
+            "legacy_sidecar": webhook.injection.legacy_sidecar,
+            "on_invalid": webhook.on_invalid,
+        },
+    )
 
 
 def _background_tasks(
