@@ -824,3 +824,107 @@ def test_vault_kubernetes_auth_sends_a_token_with_the_webhooks_vault_audience() 
     assert all(
         m["mountPath"] != "/var/run/secrets/kubernetes.io/serviceaccount" for m in sidecar["volumeMounts"]
     )
+
+
+# --- tokensidecar.io/token-audience: whom the projected token is minted for ------------------------
+
+
+def projected_audience(pod: dict[str, Any]) -> str:
+    volume = next(v for v in pod["spec"]["volumes"] if v["name"] == SA_TOKEN_VOLUME)
+    audience: str = volume["projected"]["sources"][0]["serviceAccountToken"]["audience"]
+    return audience
+
+
+OIDC_ANNOTATIONS = {
+    "tokensidecar.io/inject": "true",
+    "tokensidecar.io/source": "oidc-exchange",
+    "tokensidecar.io/oidc-resource": "org/acme",
+}
+
+
+def test_the_default_allows_the_webhooks_own_audiences() -> None:
+    for asked, audience in [
+        (VAULT_ANNOTATIONS, "vault"),
+        (VAULT_ANNOTATIONS, "https://huggingface.co"),
+        (OIDC_ANNOTATIONS, "https://huggingface.co"),
+        (OIDC_ANNOTATIONS, "vault"),
+    ]:
+        pod = kserve_predictor_pod({**asked, "tokensidecar.io/token-audience": audience})
+        assert projected_audience(injected(pod, SETTINGS)) == audience
+
+
+def test_the_default_denies_any_other_audience_naming_the_annotation_and_what_is_allowed() -> None:
+    for asked in (VAULT_ANNOTATIONS, OIDC_ANNOTATIONS):
+        pod = kserve_predictor_pod(
+            {**asked, "tokensidecar.io/token-audience": "https://kubernetes.default.svc"}
+        )
+        with pytest.raises(InvalidInjection) as caught:
+            inject(pod, settings=SETTINGS)
+        assert caught.value.subject == "tokensidecar.io/token-audience"
+        assert str(caught.value) == (
+            "tokensidecar.io/token-audience: 'https://kubernetes.default.svc' is not an allowed token "
+            "audience (--vault-token-audience, --oidc-token-audience or --allowed-token-audiences: "
+            "https://huggingface.co, vault)"
+        )
+
+
+def test_the_webhooks_configured_audiences_are_the_ones_allowed_by_default() -> None:
+    settings = dataclasses.replace(SETTINGS, vault_token_audience="vault.corp.example")
+    pod = kserve_predictor_pod({**VAULT_ANNOTATIONS, "tokensidecar.io/token-audience": "vault.corp.example"})
+    assert projected_audience(injected(pod, settings)) == "vault.corp.example"
+    with pytest.raises(InvalidInjection) as caught:
+        inject(
+            kserve_predictor_pod({**VAULT_ANNOTATIONS, "tokensidecar.io/token-audience": "vault"}),
+            settings=settings,
+        )
+    assert caught.value.subject == "tokensidecar.io/token-audience"
+
+
+def test_allowed_token_audiences_adds_audiences_a_pod_may_choose() -> None:
+    settings = dataclasses.replace(SETTINGS, allowed_token_audiences=("vault.team-a", "sts.example"))
+    for audience in ("vault.team-a", "sts.example", "vault"):
+        pod = kserve_predictor_pod({**VAULT_ANNOTATIONS, "tokensidecar.io/token-audience": audience})
+        assert projected_audience(injected(pod, settings)) == audience
+    with pytest.raises(InvalidInjection) as caught:
+        inject(
+            kserve_predictor_pod({**VAULT_ANNOTATIONS, "tokensidecar.io/token-audience": "vault.team-b"}),
+            settings=settings,
+        )
+    assert caught.value.subject == "tokensidecar.io/token-audience"
+    assert "https://huggingface.co, sts.example, vault, vault.team-a" in caught.value.problem
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        dataclasses.replace(SETTINGS, allowed_token_audiences=("tokensidecar-gateway",)),
+        dataclasses.replace(SETTINGS, gateway_audience="gw.example", allowed_token_audiences=("gw.example",)),
+        # Even a webhook whose own Vault audience is the gateway's gives no pod the choice of it.
+        dataclasses.replace(SETTINGS, gateway_audience="vault"),
+    ],
+    ids=["listed", "listed-custom-gateway-audience", "the-vault-default"],
+)
+def test_the_gateways_audience_is_refused_even_if_listed(settings: InjectionSettings) -> None:
+    for asked in (VAULT_ANNOTATIONS, OIDC_ANNOTATIONS):
+        pod = kserve_predictor_pod({**asked, "tokensidecar.io/token-audience": settings.gateway_audience})
+        with pytest.raises(InvalidInjection) as caught:
+            inject(pod, settings=settings)
+        assert caught.value.subject == "tokensidecar.io/token-audience"
+        assert "the gateway's audience (--inject-gateway-audience)" in caught.value.problem
+
+
+def test_gateway_mode_takes_no_token_audience_annotation() -> None:
+    gateway = dataclasses.replace(
+        SETTINGS,
+        gateway_url="http://tokensidecar-gateway.tokensidecar-system.svc:8080",
+        allowed_token_audiences=("x",),
+    )
+    annotations = {
+        "tokensidecar.io/inject": "true",
+        "tokensidecar.io/mode": "gateway",
+        "tokensidecar.io/token-audience": "x",
+    }
+    with pytest.raises(InvalidInjection) as caught:
+        inject(kserve_predictor_pod(annotations), settings=gateway)
+    assert caught.value.subject == "tokensidecar.io/token-audience"
+    assert "does not apply to mode 'gateway'" in caught.value.problem

@@ -1,10 +1,12 @@
-"""What a pod's annotations may choose: Vault addresses, sidecar images, Secret namespaces.
+"""What a pod's annotations may choose: Vault addresses, sidecar images, Secret namespaces,
+token audiences.
 
 Anyone who can create a pod in a namespace writes its annotations, and those annotations
-decide where the pod's service-account token is sent (``vault-addr``), which image holds
-the Hugging Face token (``image``) and whose Secret the sidecar reads
-(``secret-namespace``). The platform team draws the boundary with the webhook's settings
-(docs/security.md); this module holds the rules, as pure functions the injection calls:
+decide where the pod's service-account token is sent (``vault-addr``), whom that token is
+minted for (``token-audience``), which image holds the Hugging Face token (``image``) and
+whose Secret the sidecar reads (``secret-namespace``). The platform team draws the boundary
+with the webhook's settings (docs/security.md); this module holds the rules, as pure
+functions the injection calls:
 
 * a Vault address must be the webhook's default (``--inject-vault-addr``) or listed in
   ``--allowed-vault-addrs``; addresses compare as ``scheme://host[:port]`` (host in lower
@@ -15,7 +17,11 @@ the Hugging Face token (``image``) and whose Secret the sidecar reads
 * an image must be the default (``--sidecar-image``) or match a ``--allowed-images``
   pattern (``*`` matches any run of characters, nothing else is special);
 * a Secret namespace other than the pod's own must be in ``--allowed-secret-namespaces``
-  (``*`` allows any).
+  (``*`` allows any);
+* a token audience must be one of the webhook's own (``--vault-token-audience``,
+  ``--oidc-token-audience``) or listed in ``--allowed-token-audiences``, compared exactly
+  (as the API server's TokenReview compares them), and never the gateway's
+  (``--inject-gateway-audience``), listed or not.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from collections.abc import Sequence
 __all__ = [
     "image_allowed",
     "normalize_vault_addr",
+    "parse_audiences",
     "parse_image_patterns",
     "parse_namespaces",
     "parse_vault_addrs",
@@ -63,12 +70,21 @@ def parse_vault_addrs(text: str) -> tuple[str, ...]:
     return tuple(normalize_vault_addr(item) for item in _items(text))
 
 
+def _words(text: str, *, what: str) -> tuple[str, ...]:
+    """The comma list's items, none with whitespace inside (``what`` names one in the error)."""
+    words = _items(text)
+    for word in words:
+        if any(c.isspace() for c in word):
+            raise ValueError(f"{word!r} is not {what}")
+    return tuple(words)
+
+
 def parse_image_patterns(text: str) -> tuple[str, ...]:
-    patterns = _items(text)
-    for pattern in patterns:
-        if any(c.isspace() for c in pattern):
-            raise ValueError(f"{pattern!r} is not an image pattern")
-    return tuple(patterns)
+    return _words(text, what="an image pattern")
+
+
+def parse_audiences(text: str) -> tuple[str, ...]:
+    return _words(text, what="a token audience")
 
 
 def parse_namespaces(text: str) -> tuple[str, ...]:

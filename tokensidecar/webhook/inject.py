@@ -178,6 +178,8 @@ class InjectionSettings:
     # What annotations may choose (tokensidecar.webhook.confine); empty = the defaults only.
     allowed_vault_addrs: tuple[str, ...] = ()
     allow_insecure_vault: bool = False
+    #: Beyond ``vault_token_audience`` and ``oidc_token_audience``; never ``gateway_audience``.
+    allowed_token_audiences: tuple[str, ...] = ()
     allowed_images: tuple[str, ...] = ()
     allowed_secret_namespaces: tuple[str, ...] = ()
     # Gateway mode and KServe's LocalModelCache download pods.
@@ -606,7 +608,7 @@ def _read_annotations(
         return _gateway_plan(ours, settings=settings)
     asked = _Asked(ours=ours, source=_source(ours))
     source = _source_plan(asked, pod=pod, settings=settings, namespace=namespace)
-    _check_token_audience(asked, source=source)
+    _check_token_audience(asked, source=source, settings=settings)
     return SidecarPlan(
         source=source,
         verification=_verification_plan(asked, settings=settings),
@@ -745,14 +747,17 @@ def _oidc_plan(asked: _Asked, *, settings: InjectionSettings) -> OidcPlan:
     )
 
 
-def _check_token_audience(asked: _Asked, *, source: SourcePlan) -> None:
-    """``tokensidecar.io/token-audience``: not empty, and only for a source that logs in with one."""
+def _check_token_audience(asked: _Asked, *, source: SourcePlan, settings: InjectionSettings) -> None:
+    """``tokensidecar.io/token-audience``: not empty, only for a source that logs in with one,
+    and one the webhook allows."""
     if "token-audience" not in asked:
         return
-    if not asked.get("token-audience"):
+    audience = asked.get("token-audience")
+    if not audience:
         raise InvalidInjection(_name("token-audience"), "must not be empty")
     if source.sa_token_audience is None:
         raise InvalidInjection(_name("token-audience"), f"does not apply to source {asked.source!r}")
+    _confine_token_audience(audience, settings=settings, subject=_name("token-audience"))
 
 
 def _verification_plan(asked: _Asked, *, settings: InjectionSettings) -> VerificationPlan:
@@ -830,6 +835,30 @@ def _confine_vault_addr(address: str, *, settings: InjectionSettings, subject: s
             subject,
             f"{address!r} is not an allowed Vault address "
             f"(--inject-vault-addr or --allowed-vault-addrs: {', '.join(sorted(allowed)) or 'none'})",
+        )
+
+
+def _confine_token_audience(audience: str, *, settings: InjectionSettings, subject: str) -> None:
+    """An annotation's audience: one of the webhook's own two or a listed one, never the gateway's.
+
+    The token minted for it is sent to Vault or the Hub's exchange, where whoever reads it can
+    replay it at any service that accepts its audience."""
+    # The gateway takes a token of its audience as the pod's identity (a TokenReview names the
+    # service account, and its policy grants that account models), so one sent elsewhere would
+    # let whoever reads it there download as the pod. No list may allow that.
+    if audience == settings.gateway_audience:
+        raise InvalidInjection(
+            subject,
+            f"{audience!r} is the gateway's audience (--inject-gateway-audience): a token for it "
+            "is the pod's identity at the gateway and is never sent elsewhere",
+        )
+    allowed = {settings.vault_token_audience, settings.oidc_token_audience, *settings.allowed_token_audiences}
+    allowed.discard(settings.gateway_audience)
+    if audience not in allowed:
+        raise InvalidInjection(
+            subject,
+            f"{audience!r} is not an allowed token audience (--vault-token-audience, "
+            f"--oidc-token-audience or --allowed-token-audiences: {', '.join(sorted(allowed)) or 'none'})",
         )
 
 

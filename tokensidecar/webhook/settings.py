@@ -31,7 +31,12 @@ from tokensidecar.config import (
     parse_listen,
     register,
 )
-from tokensidecar.webhook.confine import parse_image_patterns, parse_namespaces, parse_vault_addrs
+from tokensidecar.webhook.confine import (
+    parse_audiences,
+    parse_image_patterns,
+    parse_namespaces,
+    parse_vault_addrs,
+)
 from tokensidecar.webhook.inject import InjectionSettings
 from tokensidecar.webhook.quantity import check_quantity
 
@@ -379,6 +384,17 @@ _SERVER_AND_INJECTION = register(
         section="injection",
     ),
     Setting(
+        "allowed_token_audiences",
+        "TOKENSIDECAR_ALLOWED_TOKEN_AUDIENCES",
+        "Audiences that annotation tokensidecar.io/token-audience may choose, comma-separated, "
+        "besides --vault-token-audience and --oidc-token-audience (default: only those two). "
+        "The projected service-account token minted for it goes to Vault or the Hub's token "
+        "exchange, and is a credential wherever its audience is accepted; the gateway's "
+        "(--inject-gateway-audience) is refused even if listed.",
+        parse=parse_audiences,
+        section="injection",
+    ),
+    Setting(
         "allowed_images",
         "TOKENSIDECAR_ALLOWED_IMAGES",
         "Images that annotation tokensidecar.io/image may choose, comma-separated; * matches "
@@ -517,6 +533,7 @@ def _injection(config: Config) -> InjectionSettings:
         token_lifetime_seconds=config.get("token_lifetime_seconds", int),
         allowed_vault_addrs=config.optional("allowed_vault_addrs", tuple) or (),
         allow_insecure_vault=config.get("allow_insecure_vault", bool),
+        allowed_token_audiences=config.optional("allowed_token_audiences", tuple) or (),
         allowed_images=config.optional("allowed_images", tuple) or (),
         allowed_secret_namespaces=config.optional("allowed_secret_namespaces", tuple) or (),
         mode=config.get("inject_mode", str),
