@@ -842,19 +842,24 @@ OIDC_ANNOTATIONS = {
 }
 
 
-def test_the_default_allows_the_webhooks_own_audiences() -> None:
-    for asked, audience in [
-        (VAULT_ANNOTATIONS, "vault"),
-        (VAULT_ANNOTATIONS, "https://huggingface.co"),
-        (OIDC_ANNOTATIONS, "https://huggingface.co"),
-        (OIDC_ANNOTATIONS, "vault"),
+def test_by_default_each_source_may_choose_only_its_own_audience() -> None:
+    # A Vault source may not pick the Hub's audience (Vault would hold a token the Hub
+    # exchanges), nor an exchange source Vault's.
+    for asked, own, other in [
+        (VAULT_ANNOTATIONS, "vault", "https://huggingface.co"),
+        (OIDC_ANNOTATIONS, "https://huggingface.co", "vault"),
     ]:
-        pod = kserve_predictor_pod({**asked, "tokensidecar.io/token-audience": audience})
-        assert projected_audience(injected(pod, SETTINGS)) == audience
+        pod = kserve_predictor_pod({**asked, "tokensidecar.io/token-audience": own})
+        assert projected_audience(injected(pod, SETTINGS)) == own
+        with pytest.raises(InvalidInjection) as caught:
+            inject(
+                kserve_predictor_pod({**asked, "tokensidecar.io/token-audience": other}), settings=SETTINGS
+            )
+        assert caught.value.subject == "tokensidecar.io/token-audience"
 
 
 def test_the_default_denies_any_other_audience_naming_the_annotation_and_what_is_allowed() -> None:
-    for asked in (VAULT_ANNOTATIONS, OIDC_ANNOTATIONS):
+    for asked, own in ((VAULT_ANNOTATIONS, "vault"), (OIDC_ANNOTATIONS, "https://huggingface.co")):
         pod = kserve_predictor_pod(
             {**asked, "tokensidecar.io/token-audience": "https://kubernetes.default.svc"}
         )
@@ -863,8 +868,7 @@ def test_the_default_denies_any_other_audience_naming_the_annotation_and_what_is
         assert caught.value.subject == "tokensidecar.io/token-audience"
         assert str(caught.value) == (
             "tokensidecar.io/token-audience: 'https://kubernetes.default.svc' is not an allowed token "
-            "audience (--vault-token-audience, --oidc-token-audience or --allowed-token-audiences: "
-            "https://huggingface.co, vault)"
+            f"audience (the source's default or --allowed-token-audiences: {own})"
         )
 
 
@@ -891,7 +895,7 @@ def test_allowed_token_audiences_adds_audiences_a_pod_may_choose() -> None:
             settings=settings,
         )
     assert caught.value.subject == "tokensidecar.io/token-audience"
-    assert "https://huggingface.co, sts.example, vault, vault.team-a" in caught.value.problem
+    assert "sts.example, vault, vault.team-a)" in caught.value.problem
 
 
 @pytest.mark.parametrize(

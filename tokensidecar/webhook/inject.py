@@ -757,7 +757,8 @@ def _check_token_audience(asked: _Asked, *, source: SourcePlan, settings: Inject
         raise InvalidInjection(_name("token-audience"), "must not be empty")
     if source.sa_token_audience is None:
         raise InvalidInjection(_name("token-audience"), f"does not apply to source {asked.source!r}")
-    _confine_token_audience(audience, settings=settings, subject=_name("token-audience"))
+    default = settings.vault_token_audience if isinstance(source, VaultPlan) else settings.oidc_token_audience
+    _confine_token_audience(audience, default=default, settings=settings, subject=_name("token-audience"))
 
 
 def _verification_plan(asked: _Asked, *, settings: InjectionSettings) -> VerificationPlan:
@@ -838,11 +839,15 @@ def _confine_vault_addr(address: str, *, settings: InjectionSettings, subject: s
         )
 
 
-def _confine_token_audience(audience: str, *, settings: InjectionSettings, subject: str) -> None:
-    """An annotation's audience: one of the webhook's own two or a listed one, never the gateway's.
+def _confine_token_audience(
+    audience: str, *, default: str, settings: InjectionSettings, subject: str
+) -> None:
+    """An annotation's audience: the source's own default (``--vault-token-audience`` for
+    Vault, ``--oidc-token-audience`` for the exchange) or a listed one, never the gateway's.
 
     The token minted for it is sent to Vault or the Hub's exchange, where whoever reads it can
-    replay it at any service that accepts its audience."""
+    replay it at any service that accepts its audience: a Vault source may not pick the Hub's
+    audience (Vault would then hold a token the Hub exchanges), nor the reverse, unless listed."""
     # The gateway takes a token of its audience as the pod's identity (a TokenReview names the
     # service account, and its policy grants that account models), so one sent elsewhere would
     # let whoever reads it there download as the pod. No list may allow that.
@@ -852,13 +857,13 @@ def _confine_token_audience(audience: str, *, settings: InjectionSettings, subje
             f"{audience!r} is the gateway's audience (--inject-gateway-audience): a token for it "
             "is the pod's identity at the gateway and is never sent elsewhere",
         )
-    allowed = {settings.vault_token_audience, settings.oidc_token_audience, *settings.allowed_token_audiences}
+    allowed = {default, *settings.allowed_token_audiences}
     allowed.discard(settings.gateway_audience)
     if audience not in allowed:
         raise InvalidInjection(
             subject,
-            f"{audience!r} is not an allowed token audience (--vault-token-audience, "
-            f"--oidc-token-audience or --allowed-token-audiences: {', '.join(sorted(allowed)) or 'none'})",
+            f"{audience!r} is not an allowed token audience (the source's default or "
+            f"--allowed-token-audiences: {', '.join(sorted(allowed)) or 'none'})",
         )
 
 

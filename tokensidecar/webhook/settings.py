@@ -387,7 +387,8 @@ _SERVER_AND_INJECTION = register(
         "allowed_token_audiences",
         "TOKENSIDECAR_ALLOWED_TOKEN_AUDIENCES",
         "Audiences that annotation tokensidecar.io/token-audience may choose, comma-separated, "
-        "besides --vault-token-audience and --oidc-token-audience (default: only those two). "
+        "besides the source's own default (--vault-token-audience for vault, "
+        "--oidc-token-audience for oidc-exchange; without this list, only that one). "
         "The projected service-account token minted for it goes to Vault or the Hub's token "
         "exchange, and is a credential wherever its audience is accepted; the gateway's "
         "(--inject-gateway-audience) is refused even if listed.",
