@@ -23,12 +23,24 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from tests.fixtures.jwt import JwtIssuer
 from tests.fixtures.kube import KubeApi
 from tests.fixtures.tokenreview import GATEWAY_AUDIENCE, ServiceAccountTokens
+from tests.gateway.harness import Clock
 
 __all__ = ["GATEWAY_AUDIENCE", "KubeletVolume", "ServiceAccountTokens"]
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def registry() -> CollectorRegistry:
+    return CollectorRegistry()
 
 
 @pytest.fixture(scope="session")

@@ -171,6 +171,17 @@ class RunningGateway:
         return 0.0 if value is None else value
 
 
+class Clock:
+    """Seconds that a test moves forward by hand (``clock.now += 300``): the TTLs and expiries
+    of the reviewer, the gatekeeper and the metadata cache, without sleeping."""
+
+    def __init__(self, now: float | None = None) -> None:
+        self.now = time.time() if now is None else now
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def projected_token(directory: Path, token: str) -> Path:
     """Write ``token`` the way kubelet updates a projected volume; returns the token path."""
     directory.mkdir(parents=True, exist_ok=True)

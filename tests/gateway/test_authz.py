@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from tests.fixtures.kube import KubeApi
 from tests.gateway.conftest import GATEWAY_AUDIENCE, KubeletVolume, ServiceAccountTokens
-from tests.gateway.harness import HUB_SETUP, TEAM_A_POLICY, GatewayProcess, projected_token, run_client
+from tests.gateway.harness import HUB_SETUP, TEAM_A_POLICY, Clock, GatewayProcess, projected_token, run_client
 from tests.sidecar_process import wait_for
 from tokensidecar.demo.hub import HubStandIn
 from tokensidecar.gateway.authz import AUDIT_LOGGER, AuditLog, Gatekeeper, Verdict, bearer_token
@@ -34,14 +34,6 @@ rules:
     credential: partner
 """
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
@@ -66,12 +58,7 @@ def audit_lines() -> Iterator[list[dict[str, Any]]]:
 
 @pytest.fixture
 def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def registry() -> CollectorRegistry:
-    return CollectorRegistry()
+    return Clock(1000.0)
 
 
 @pytest.fixture

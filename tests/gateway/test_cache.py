@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.gateway.harness import AllowList, RunningGateway, StaticCredentials, gateway_for
+from tests.gateway.harness import AllowList, Clock, RunningGateway, StaticCredentials, gateway_for
 from tokensidecar.demo.hub import HubStandIn, serve_in_thread
 
 REPO = "acme/private-model"
@@ -187,16 +186,6 @@ def test_a_full_disk_still_serves_the_file_from_upstream_and_caches_nothing(
         assert full.metric("tokensidecar_gateway_fills_total", result="local") == 1
         assert list((tiny_tmpfs / "blobs").iterdir()) == []
         assert list((tiny_tmpfs / "partial").iterdir()) == []
-
-
-class Clock:
-    """The metadata cache's clock, moved by the test: TTLs without sleeping."""
-
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_branches_follow_the_ttl_and_outages_serve_stale_and_pinned(hub: HubStandIn, tmp_path: Path) -> None:

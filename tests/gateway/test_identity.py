@@ -16,32 +16,10 @@ from prometheus_client import CollectorRegistry, generate_latest
 from tests.fixtures.jwt import JwtIssuer
 from tests.fixtures.kube import KubeApi
 from tests.gateway.conftest import GATEWAY_AUDIENCE, KubeletVolume, ServiceAccountTokens
-from tests.gateway.harness import GatewayProcess, client_mid_download
+from tests.gateway.harness import Clock, GatewayProcess, client_mid_download
 from tokensidecar.demo.hub import HubStandIn, serve_in_thread
 from tokensidecar.gateway.identity import Identity, IdentityUnavailable, TokenReviewer, parse_service_account
 from tokensidecar.logs import JsonFormatter
-
-
-class Clock:
-    """Wall-clock seconds that a test moves forward (the reviewer's view of time only)."""
-
-    def __init__(self) -> None:
-        import time
-
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def registry() -> CollectorRegistry:
-    return CollectorRegistry()
 
 
 @pytest.fixture
