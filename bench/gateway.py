@@ -46,7 +46,7 @@ from common import ROOT, distribution, emit, process_usage, stop_process
 
 from tests.fixtures.jwt import JwtIssuer
 from tests.fixtures.kube import KubeApi
-from tests.gateway.harness import GatewayProcess
+from tests.gateway.harness import GatewayProcess, olah_process
 from tests.sidecar_process import free_port, wait_for
 from tokensidecar.demo.hub import HubStandIn, serve_in_thread
 
@@ -174,24 +174,7 @@ def start_olah(root: Path, hub: HubStandIn) -> tuple[subprocess.Popen[bytes], st
         )
     )
     log = open(root / "olah.log", "wb")  # noqa: SIM115 - the child keeps it
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "from olah.server import cli; cli()",
-            "-c",
-            str(root / "olah.toml"),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--log-path",
-            str(root / "logs"),
-        ],
-        cwd=root,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    process = olah_process(config=root / "olah.toml", port=port, root=root, log=log)
     url = f"http://127.0.0.1:{port}"
     import httpx2
 

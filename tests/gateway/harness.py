@@ -171,6 +171,23 @@ class RunningGateway:
         return 0.0 if value is None else value
 
 
+def olah_process(
+    *, config: Path, port: int, root: Path, log: Any, env: Mapping[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """olah (its own ``olah.server.cli``, as its console script runs it) on 127.0.0.1:``port``
+    with ``config``, working in ``root``, its log files under ``root/logs``, output to ``log``."""
+    return subprocess.Popen(
+        [
+            *(sys.executable, "-c", "from olah.server import cli; cli()", "-c", str(config)),
+            *("--host", "127.0.0.1", "--port", str(port), "--log-path", str(root / "logs")),
+        ],
+        cwd=root,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+
+
 class Clock:
     """Seconds that a test moves forward by hand (``clock.now += 300``): the TTLs and expiries
     of the reviewer, the gatekeeper and the metadata cache, without sleeping."""

@@ -13,13 +13,12 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.gateway.harness import HUB_SETUP, StaticCredentials, gateway_for, run_client
+from tests.gateway.harness import HUB_SETUP, StaticCredentials, gateway_for, olah_process, run_client
 from tests.sidecar_process import free_port, wait_for
 
 pytest.importorskip("olah")
@@ -89,25 +88,7 @@ offline = true
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING"))}
     log = open(root / "olah.log", "wb")  # noqa: SIM115 - closed below
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "from olah.server import cli; cli()",
-            "-c",
-            str(config),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--log-path",
-            str(root / "logs"),
-        ],
-        cwd=root,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    process = olah_process(config=config, port=port, root=root, log=log, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
         import httpx2
