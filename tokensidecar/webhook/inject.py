@@ -658,7 +658,7 @@ def _vault_plan(asked: _Asked, *, settings: InjectionSettings) -> VaultPlan:
         # auth through a TokenReview with the role's audience) accepts it, and anyone who reads
         # it there cannot replay it against the API server, which the pod's own
         # service-account token would allow.
-        sa_token_audience=asked.get("token-audience") or settings.vault_token_audience,
+        sa_token_audience=asked.get("token-audience") or _default_audience(asked.source, settings=settings),
     )
 
 
@@ -743,7 +743,7 @@ def _file_plan(asked: _Asked, *, pod: Mapping[str, Any]) -> FilePlan:
 def _oidc_plan(asked: _Asked, *, settings: InjectionSettings) -> OidcPlan:
     return OidcPlan(
         resource=asked.required("oidc-resource", "the resource requested in the token exchange"),
-        sa_token_audience=asked.get("token-audience") or settings.oidc_token_audience,
+        sa_token_audience=asked.get("token-audience") or _default_audience(asked.source, settings=settings),
     )
 
 
@@ -757,8 +757,18 @@ def _check_token_audience(asked: _Asked, *, source: SourcePlan, settings: Inject
         raise InvalidInjection(_name("token-audience"), "must not be empty")
     if source.sa_token_audience is None:
         raise InvalidInjection(_name("token-audience"), f"does not apply to source {asked.source!r}")
-    default = settings.vault_token_audience if isinstance(source, VaultPlan) else settings.oidc_token_audience
-    _confine_token_audience(audience, default=default, settings=settings, subject=_name("token-audience"))
+    _confine_token_audience(
+        audience,
+        default=_default_audience(asked.source, settings=settings),
+        settings=settings,
+        subject=_name("token-audience"),
+    )
+
+
+def _default_audience(source: str, *, settings: InjectionSettings) -> str:
+    """The audience a source's projected token gets without ``tokensidecar.io/token-audience``,
+    and the one it may always choose: Vault's for ``vault``, the Hub's for ``oidc-exchange``."""
+    return settings.vault_token_audience if source == "vault" else settings.oidc_token_audience
 
 
 def _verification_plan(asked: _Asked, *, settings: InjectionSettings) -> VerificationPlan:
