@@ -40,26 +40,13 @@ from typing import Any
 
 from common import emit
 
+from tests.e2e.test_vault import approle_files
 from tests.fixtures.openbao import CountingProxy, live_token_accessors, seal, unseal
 from tests.fixtures.stalling import StallingListener
 from tests.sidecar_process import SidecarProcess, wait_for
 from tokensidecar.demo.openbao import DevServer
 
 PATH = "secret/hf/bench"
-
-
-def _approle(
-    server: DevServer, directory: Path, *, policy_paths: tuple[str, ...], ttl: str
-) -> dict[str, str]:
-    policy = server.read_policy_for(*policy_paths)
-    role_id, secret_id = server.create_approle("bench", policies=[policy], ttl=ttl, max_ttl="1h")
-    (directory / "role-id").write_text(role_id)
-    (directory / "secret-id").write_text(secret_id)
-    return {
-        "TOKENSIDECAR_VAULT_AUTH": "approle",
-        "TOKENSIDECAR_VAULT_ROLE_ID_FILE": str(directory / "role-id"),
-        "TOKENSIDECAR_VAULT_SECRET_ID_FILE": str(directory / "secret-id"),
-    }
 
 
 def _env(code: str | None, **env: str) -> dict[str, str]:
@@ -84,7 +71,7 @@ def expired_outage(
                 TOKENSIDECAR_VAULT_PATH=PATH,
                 TOKENSIDECAR_MAX_BACKOFF=max_backoff,
                 TOKENSIDECAR_REFRESH_INTERVAL=refresh_interval,
-                **_approle(server, directory, policy_paths=(PATH,), ttl="3s"),
+                **approle_files(server, directory, allowed=PATH, ttl="3s", max_ttl="1h"),
             )
             with SidecarProcess(token_file=directory / "out" / "token", env=env) as sidecar:
                 sidecar.wait_for_token("hf_bench_outage_before")
@@ -128,7 +115,7 @@ def forbidden_polling(directory: Path, *, seconds: float, code: str | None) -> d
                 TOKENSIDECAR_VAULT_PATH=forbidden,
                 TOKENSIDECAR_REFRESH_INTERVAL="1s",
                 TOKENSIDECAR_MAX_BACKOFF="1s",
-                **_approle(server, directory, policy_paths=(PATH,), ttl="1h"),
+                **approle_files(server, directory, allowed=PATH, ttl="1h", max_ttl="1h"),
             )
             before = live_token_accessors(server)
             with SidecarProcess(token_file=directory / "out" / "token", env=env):

@@ -21,13 +21,13 @@ PATH = "secret/hf/model-a"
 
 
 def approle_files(
-    server: DevServer, directory: Path, *, allowed: str = PATH, ttl: str = "1h"
+    server: DevServer, directory: Path, *, allowed: str = PATH, ttl: str = "1h", max_ttl: str = "24h"
 ) -> dict[str, str]:
     """(Re-)seed AppRole auth for a role that may read ``allowed`` (its tokens live ``ttl``)
     and write its credential files, as a Vault operator and a secrets mount would; returns
     the sidecar settings that point at them."""
     policy = server.read_policy_for(allowed)
-    role_id, secret_id = server.create_approle("model-a", policies=[policy], ttl=ttl)
+    role_id, secret_id = server.create_approle("model-a", policies=[policy], ttl=ttl, max_ttl=max_ttl)
     (directory / "role-id").write_text(role_id)
     (directory / "secret-id").write_text(secret_id)
     return {
